@@ -1,0 +1,201 @@
+"""Synthetic sample videos with known scene boundaries, and a gallery of bad inputs.
+
+Nothing is downloaded: the demo and the tests make their own videos. Each scene has its own
+palette, texture and moving shapes, so a content detector sees a clear change at a hard cut; a
+cross-dissolve blends two scenes linearly over several frames (the case detectors often miss).
+Every video gets a JSON sidecar (`<name>.truth.json`) with its true cut frames.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+@dataclass
+class SampleSpec:
+    name: str
+    width: int = 320
+    height: int = 240
+    fps: int = 24
+    codec: str = "libx264"
+    container: str = "mp4"
+    scene_frames: list[int] = field(default_factory=lambda: [48, 36, 60])
+    dissolve_frames: int = 0  # >0: the last transition is a cross-dissolve of this many frames
+    seed: int = 0
+
+
+@dataclass
+class SampleTruth:
+    path: str
+    num_frames: int
+    fps: int
+    width: int
+    height: int
+    codec: str
+    hard_cuts: list[int]  # first frame of each new scene after a hard cut
+    dissolves: list[tuple[int, int]]  # [start, end) frame ranges of cross-dissolves
+
+
+def _scene_painter(index: int, seed: int, width: int, height: int):
+    rng = np.random.default_rng(seed * 1000 + index)
+    base = rng.integers(30, 226, size=3).astype(np.float32)
+    accent = 255 - base
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    grad = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)[..., None]
+    texture = rng.normal(0, 12, size=(height // 8 + 1, width // 8 + 1, 1)).astype(np.float32)
+    texture = np.kron(texture, np.ones((8, 8, 1), np.float32))[:height, :width]
+    background = np.clip(base * (0.6 + 0.6 * grad) + texture, 0, 255)
+    radius = max(4, min(width, height) // 8)
+    speed = rng.uniform(1.5, 3.5, size=2)
+    start = rng.uniform(0.2, 0.8, size=2) * (width, height)
+
+    def paint(t: int) -> np.ndarray:
+        frame = background.copy()
+        cx = (start[0] + speed[0] * t) % width
+        cy = (start[1] + speed[1] * t * 0.6) % height
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
+        frame[mask] = accent
+        sq = max(2, radius // 2)
+        sx, sy = int((width - 1 - cx) % (width - sq)), int(cy * 0.5)
+        frame[sy : sy + sq, sx : sx + sq] = 255 - accent * 0.5
+        return frame
+
+    return paint
+
+
+def render_frames(spec: SampleSpec):
+    """Yield (frame uint8 HxWx3) for the whole video; also returns truth via StopIteration value."""
+    painters = [_scene_painter(i, spec.seed, spec.width, spec.height) for i in range(len(spec.scene_frames))]
+    for s, n in enumerate(spec.scene_frames):
+        blend_next = spec.dissolve_frames and s == len(spec.scene_frames) - 2
+        for t in range(n):
+            frame = painters[s](t)
+            if blend_next and t >= n - spec.dissolve_frames:
+                alpha = (t - (n - spec.dissolve_frames) + 1) / (spec.dissolve_frames + 1)
+                frame = (1 - alpha) * frame + alpha * painters[s + 1](0)
+            yield frame.astype(np.uint8)
+
+
+def truth_for(spec: SampleSpec, path: Path) -> SampleTruth:
+    bounds = np.cumsum(spec.scene_frames).tolist()
+    hard, dissolves = [], []
+    for i, b in enumerate(bounds[:-1]):
+        if spec.dissolve_frames and i == len(bounds) - 2:
+            dissolves.append((b - spec.dissolve_frames, b))
+        else:
+            hard.append(b)
+    return SampleTruth(str(path), bounds[-1], spec.fps, spec.width, spec.height, spec.codec, hard, dissolves)
+
+
+def write_video(path: Path, frames, *, fps: int, codec: str, width: int, height: int) -> int:
+    """Encode RGB frames with PyAV (no shell, no ffmpeg binary). Returns frames written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec in ("libx264", "libx265"):
+            stream.options = {"preset": "veryfast", "crf": "20"}
+        elif codec in ("mpeg4", "mjpeg"):
+            stream.bit_rate = 4_000_000
+        elif codec.startswith("libvpx"):
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+            stream.bit_rate = 2_000_000
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+            n += 1
+        for packet in stream.encode():
+            out.mux(packet)
+    return n
+
+
+def make_sample(spec: SampleSpec, out_dir: Path) -> SampleTruth:
+    path = Path(out_dir) / f"{spec.name}.{spec.container}"
+    write_video(path, render_frames(spec), fps=spec.fps, codec=spec.codec, width=spec.width, height=spec.height)
+    truth = truth_for(spec, path)
+    path.with_name(path.name + ".truth.json").write_text(json.dumps(asdict(truth), indent=2) + "\n")
+    return truth
+
+
+DEMO_SPECS = [
+    SampleSpec("city_h264_320x240", 320, 240, 24, "libx264", "mp4", [48, 40, 56], 0, seed=1),
+    SampleSpec("beach_mpeg4_426x240", 426, 240, 25, "mpeg4", "mp4", [50, 45, 60], 12, seed=2),
+    SampleSpec("forest_vp9_256x144", 256, 144, 30, "libvpx-vp9", "webm", [60, 45, 75], 0, seed=3),
+    SampleSpec("studio_mjpeg_352x288", 352, 288, 24, "mjpeg", "avi", [36, 72], 0, seed=4),
+    SampleSpec("street_h264_640x360", 640, 360, 30, "libx264", "mkv", [90, 30, 66, 54], 15, seed=5),
+]
+
+
+def make_demo_set(out_dir: Path, specs: list[SampleSpec] | None = None) -> list[SampleTruth]:
+    """Write the demo videos (skipping ones already there) and return their truths."""
+    out_dir = Path(out_dir)
+    truths = []
+    for spec in specs or DEMO_SPECS:
+        path = out_dir / f"{spec.name}.{spec.container}"
+        sidecar = path.with_name(path.name + ".truth.json")
+        if path.exists() and sidecar.exists():
+            truths.append(SampleTruth(**json.loads(sidecar.read_text())))
+        else:
+            truths.append(make_sample(spec, out_dir))
+    return truths
+
+
+def make_bad_inputs(out_dir: Path) -> dict[str, Path]:
+    """A gallery of inputs that must become error rows, never crashes."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bad: dict[str, Path] = {}
+    bad["empty"] = out_dir / "empty.mp4"
+    bad["empty"].write_bytes(b"")
+    good = make_sample(SampleSpec("tmp_good", 160, 120, 24, "libx264", "mp4", [24, 24], seed=9), out_dir)
+    good_bytes = Path(good.path).read_bytes()
+    Path(good.path).unlink()
+    Path(good.path + ".truth.json").unlink()
+    bad["truncated"] = out_dir / "truncated.mp4"
+    bad["truncated"].write_bytes(good_bytes[: len(good_bytes) // 3])
+    bad["corrupt"] = out_dir / "corrupt.mp4"
+    rng = np.random.default_rng(0)
+    bad["corrupt"].write_bytes(good_bytes[:64] + rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    bad["not_a_video"] = out_dir / "notes.mp4"
+    bad["not_a_video"].write_text("this is a text file with a video extension\n")
+    bad["audio_only"] = out_dir / "audio_only.m4a"
+    _write_tone(bad["audio_only"])
+    bad["dir_named_like_video"] = out_dir / "folder.mp4"
+    bad["dir_named_like_video"].mkdir(exist_ok=True)
+    bad["broken_symlink"] = out_dir / "dangling.mp4"
+    if not bad["broken_symlink"].is_symlink():
+        bad["broken_symlink"].symlink_to(out_dir / "does-not-exist.mp4")
+    weird = out_dir / "we ird $(touch pwned) 'quote\" ;&|.mp4"
+    make_sample(SampleSpec("tmp_weird", 160, 120, 24, "libx264", "mp4", [24, 24], seed=10), out_dir)
+    (out_dir / "tmp_weird.mp4").rename(weird)
+    (out_dir / "tmp_weird.mp4.truth.json").unlink()
+    bad["weird_name_ok"] = weird
+    return bad
+
+
+def _write_tone(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+    with av.open(str(path), mode="w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        frame_size = stream.codec_context.frame_size or 1024
+        for i in range(0, samples.shape[1], frame_size):
+            chunk = samples[:, i : i + frame_size]
+            if chunk.shape[1] < frame_size:
+                chunk = np.pad(chunk, ((0, 0), (0, frame_size - chunk.shape[1])))
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)

@@ -1,0 +1,240 @@
+"""The workspace: Parquet part files per stage table, a DuckDB catalog of views, and locks.
+
+Layout of a workspace directory:
+
+    workspace.json          schema version and the absolute root the catalog was built for
+    manifest.duckdb         DuckDB catalog: views over the Parquet parts (no data inside)
+    tables/<table>/*.parquet immutable part files; the newest row per key wins
+    media/                  downloaded videos;  clips/  extracted clip files
+    locks/                  one lock file per stage (fcntl), so two runs of a stage never overlap
+    runs/                   one folder per stage run: config and stats
+
+Parts are written to a temporary name and renamed, so a reader never sees half a file and a
+SIGKILL loses at most the batch in flight. Rows are deduplicated by key in the views, so a rerun
+that rewrites a row never duplicates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.schema import SCHEMA_VERSION, TABLES, VIEWS, WRITTEN_COLUMN, arrow_schema
+
+DEFAULT_WORKSPACE = "workspace"
+_INIT_PART = "part-0000000000000000000-init.parquet"
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("DATAKIT_WORKSPACE", DEFAULT_WORKSPACE))
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+class Workspace:
+    def __init__(self, root: str | os.PathLike | None = None, *, create: bool = True):
+        self.root = Path(root if root is not None else default_workspace()).absolute()
+        if not (self.root / "workspace.json").exists():
+            if not create:
+                raise WorkspaceError(f"no datakit workspace at {self.root} (run `datakit ingest` first)")
+            self._init()
+        self._check_version()
+
+    # ----------------------------------------------------------------------------- layout
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "manifest.duckdb"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.root / "media"
+
+    @property
+    def clips_dir(self) -> Path:
+        return self.root / "clips"
+
+    def table_dir(self, table: str) -> Path:
+        return self.root / "tables" / table
+
+    def _init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.lock("catalog"):
+            if (self.root / "workspace.json").exists():  # another process won the race
+                return
+            for sub in ("media", "clips", "locks", "runs"):
+                (self.root / sub).mkdir(exist_ok=True)
+            self._ensure_tables()
+            self._build_catalog()
+            self._write_meta()
+
+    def _write_meta(self) -> None:
+        meta = {"schema_version": SCHEMA_VERSION, "root": str(self.root)}
+        _atomic_write_text(self.root / "workspace.json", json.dumps(meta, indent=2) + "\n")
+
+    def _check_version(self) -> None:
+        meta = json.loads((self.root / "workspace.json").read_text())
+        version = meta.get("schema_version", 0)
+        if version > SCHEMA_VERSION:
+            raise WorkspaceError(
+                f"workspace {self.root} has schema version {version}, newer than this datakit "
+                f"({SCHEMA_VERSION}); upgrade datakit"
+            )
+        if version < SCHEMA_VERSION or meta.get("root") != str(self.root) or not self.catalog_path.exists():
+            with self.lock("catalog"):  # new tables/views, or the workspace was moved
+                self._ensure_tables()
+                self._build_catalog()
+                self._write_meta()
+
+    def _ensure_tables(self) -> None:
+        for name in TABLES:
+            d = self.table_dir(name)
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / _INIT_PART).exists():  # an empty part keeps the glob non-empty
+                _atomic_write_parquet(d / _INIT_PART, arrow_schema(name).empty_table())
+
+    # ----------------------------------------------------------------------------- views
+    def view_sql(self) -> dict[str, str]:
+        """Name -> SELECT of every view, with absolute paths to this workspace's parts."""
+        views: dict[str, str] = {}
+        for name, table in TABLES.items():
+            glob = _sql_str(str(self.table_dir(name) / "*.parquet"))
+            latest = (
+                f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM read_parquet({glob}, union_by_name = true) "
+                f"QUALIFY row_number() OVER (PARTITION BY {table.key} ORDER BY {WRITTEN_COLUMN} DESC) = 1"
+            )
+            views[f"_latest_{name}"] = latest
+            views[name] = f"SELECT * FROM _latest_{name}"
+        for name, (_, sql) in VIEWS.items():
+            views[name] = sql
+        return views
+
+    def _create_views(self, con: duckdb.DuckDBPyConnection, temp: bool) -> None:
+        kind = "TEMP VIEW" if temp else "VIEW"
+        for name, sql in self.view_sql().items():
+            con.execute(f"CREATE OR REPLACE {kind} {name} AS {sql}")
+
+    def _build_catalog(self) -> None:
+        tmp = self.catalog_path.with_name(f".manifest-{uuid.uuid4().hex}.duckdb")
+        con = duckdb.connect(str(tmp))
+        try:
+            self._create_views(con, temp=False)
+        finally:
+            con.close()
+        os.replace(tmp, self.catalog_path)
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with every view: never blocks on other processes."""
+        con = duckdb.connect(":memory:")
+        self._create_views(con, temp=True)
+        return con
+
+    def sql(self, query: str, params: list | None = None) -> list[dict]:
+        """Run a query and return rows as dicts (for small results)."""
+        con = self.connect()
+        try:
+            cur = con.execute(query, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        finally:
+            con.close()
+
+    def arrow(self, query: str, params: list | None = None) -> pa.Table:
+        con = self.connect()
+        try:
+            return con.execute(query, params or []).fetch_arrow_table()
+        finally:
+            con.close()
+
+    # ----------------------------------------------------------------------------- writes
+    def write(self, table: str, rows: Iterable[dict]) -> Path | None:
+        """Append rows to a table as one new part file (atomic). Later rows win per key."""
+        rows = list(rows)
+        if not rows:
+            return None
+        schema = arrow_schema(table)
+        now = time.time_ns()
+        columns = {f.name: [r.get(f.name) for r in rows] for f in schema if f.name != WRITTEN_COLUMN}
+        # Rows in one part get increasing stamps, so the last row for a key in a batch wins.
+        columns[WRITTEN_COLUMN] = [now + i for i in range(len(rows))]
+        data = pa.table(columns, schema=schema)
+        path = self.table_dir(table) / f"part-{now:019d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        _atomic_write_parquet(path, data)
+        return path
+
+    def compact(self, table: str) -> int:
+        """Rewrite a table's parts as one part of its latest rows. Returns the row count."""
+        with self.lock(f"stage-{table}"), self.lock("compact"):
+            parts = sorted(p for p in self.table_dir(table).glob("*.parquet") if p.name != _INIT_PART)
+            if len(parts) <= 1:
+                return sum(pq.read_metadata(p).num_rows for p in parts)
+            con = duckdb.connect(":memory:")
+            try:
+                files = "[" + ", ".join(_sql_str(str(p)) for p in parts) + "]"
+                key = TABLES[table].key
+                data = con.execute(
+                    f"SELECT * FROM read_parquet({files}, union_by_name = true) "
+                    f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {WRITTEN_COLUMN} DESC) = 1 "
+                    f"ORDER BY {WRITTEN_COLUMN}"
+                ).fetch_arrow_table()
+            finally:
+                con.close()
+            newest = max(int(p.name.split("-")[1]) for p in parts)
+            out = self.table_dir(table) / f"part-{newest:019d}-compact-{uuid.uuid4().hex[:8]}.parquet"
+            _atomic_write_parquet(out, data.cast(arrow_schema(table)))
+            for p in parts:
+                p.unlink()
+            return data.num_rows
+
+    # ----------------------------------------------------------------------------- locks
+    @contextlib.contextmanager
+    def lock(self, name: str, *, wait: bool = True, on_wait=None) -> Iterator[None]:
+        """Exclusive inter-process lock on `locks/<name>.lock` (released if the process dies)."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{name}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise WorkspaceError(f"another process holds the '{name}' lock on {self.root}") from None
+                if on_wait:
+                    on_wait(name)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _atomic_write_parquet(path: Path, data: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(data, tmp, compression="zstd")
+    _fsync_and_rename(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    _fsync_and_rename(tmp, path)
+
+
+def _fsync_and_rename(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
