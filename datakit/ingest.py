@@ -1,0 +1,185 @@
+"""Ingest: turn files, directories and URL lists into `sources` rows.
+
+Directories are walked recursively; a file is taken when its extension is a video extension or
+when its first bytes look like a video container. URL lists are .txt (one per line, '#'
+comments), .csv/.tsv (a `url` column, or the first column) and .parquet (a `url` column). Inputs
+that cannot be read become error rows; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from datakit.ids import file_video_id, is_url, path_error_id, url_video_id
+from datakit.workspace import Workspace
+
+VIDEO_EXTENSIONS = {
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts",
+    ".mts", ".3gp", ".ogv", ".vob", ".asf", ".y4m", ".m4a",
+}  # fmt: skip
+URL_LIST_EXTENSIONS = {".txt", ".csv", ".tsv", ".parquet"}
+_SKIP_SNIFF = {".json", ".md", ".py", ".parquet", ".csv", ".tsv", ".txt", ".duckdb", ".part", ".tmp", ".lock"}
+
+
+def sniff_video(path: Path) -> bool:
+    """True when the file starts like a common video container."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if len(head) < 12:
+        return False
+    return (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide")  # MP4 / MOV
+        or head.startswith(b"\x1a\x45\xdf\xa3")  # Matroska / WebM
+        or (head.startswith(b"RIFF") and head[8:12] in (b"AVI ", b"AVIX"))
+        or head.startswith(b"FLV")
+        or head.startswith(b"OggS")
+        or head.startswith(b"\x00\x00\x01\xba")  # MPEG-PS
+        or head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")  # ASF / WMV
+        or head.startswith(b"YUV4MPEG2")
+        or (len(head) >= 377 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47)  # MPEG-TS
+    )
+
+
+@dataclass
+class IngestStats:
+    files: int = 0
+    urls: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    error_messages: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"ingest: {self.files} files, {self.urls} URLs, {self.unchanged} unchanged, "
+            f"{self.duplicates} duplicate contents, {self.errors} errors"
+        )
+
+
+def _read_url_list(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        table = pq.read_table(path)
+        if "url" not in table.column_names:
+            raise ValueError(f"{path}: a Parquet URL list needs a 'url' column (has {table.column_names})")
+        return [u for u in table.column("url").to_pylist() if u]
+    if suffix in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+        if not rows:
+            return []
+        header = [c.strip().lower() for c in rows[0]]
+        if "url" in header:
+            i = header.index("url")
+            return [r[i].strip() for r in rows[1:] if len(r) > i and r[i].strip()]
+        return [r[0].strip() for r in rows if r and is_url(r[0].strip())]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+
+
+def _walk(root: Path, found: list[tuple[Path, str | None]]) -> None:
+    """Collect (path, error) under root; follows directory symlinks once (no loops)."""
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames.sort()
+        for d in dirnames:
+            if Path(d).suffix.lower() in VIDEO_EXTENSIONS:
+                found.append((Path(dirpath) / d, "is a directory, not a video file"))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            suffix = p.suffix.lower()
+            if suffix in VIDEO_EXTENSIONS:
+                found.append((p, None))
+            elif suffix not in _SKIP_SNIFF and not name.startswith(".") and sniff_video(p):
+                found.append((p, None))
+
+
+def _classify(path: Path, given_error: str | None) -> str | None:
+    if given_error:
+        return given_error
+    if path.is_symlink() and not path.exists():
+        return f"broken symlink (points to {os.readlink(path)})"
+    if path.is_dir():
+        return "is a directory, not a video file"
+    if not path.exists():
+        return "file not found"
+    if not path.is_file():
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
+    """Add files, directories, URL lists and URLs to the manifest. Idempotent."""
+    stats = IngestStats()
+    candidates: list[tuple[Path, str | None]] = []
+    urls: list[str] = []
+    for raw in inputs:
+        if is_url(raw):
+            urls.append(raw)
+            continue
+        p = Path(raw)
+        if p.is_dir():
+            _walk(p, candidates)
+        elif p.suffix.lower() in URL_LIST_EXTENSIONS and p.is_file():
+            urls.extend(_read_url_list(p))
+        else:
+            candidates.append((p, None))
+
+    with ws.lock("stage-ingest"):
+        known = {
+            r["path"]: r
+            for r in ws.sql("SELECT path, bytes, mtime_ns, video_id FROM sources WHERE status = 'ok' AND source_kind = 'file'")
+        }
+        rows: list[dict] = []
+        ids_this_run: set[str] = set()
+        for path, given_error in candidates:
+            apath = str(path.absolute())
+            error = _classify(path, given_error)
+            if error is None:
+                st = path.stat()
+                prev = known.get(apath)
+                if prev and prev["bytes"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns:
+                    stats.unchanged += 1
+                    continue
+                try:
+                    vid = file_video_id(path)
+                except OSError as exc:
+                    error = f"cannot read file: {exc.strerror or exc}"
+            if error is not None:
+                stats.errors += 1
+                stats.error_messages.append(f"{apath}: {error}")
+                rows.append(dict(video_id=path_error_id(path), source=apath, source_kind="file", path=apath, status="error", error=error))
+                continue
+            if vid in ids_this_run:
+                stats.duplicates += 1
+            ids_this_run.add(vid)
+            stats.files += 1
+            rows.append(
+                dict(video_id=vid, source=apath, source_kind="file", path=apath, bytes=st.st_size, mtime_ns=st.st_mtime_ns, status="ok")
+            )
+        known_urls = {r["video_id"] for r in ws.sql("SELECT video_id FROM sources WHERE source_kind = 'url'")}
+        for url in urls:
+            vid = url_video_id(url)
+            if vid in known_urls or vid in ids_this_run:
+                stats.unchanged += 1
+                continue
+            ids_this_run.add(vid)
+            stats.urls += 1
+            rows.append(dict(video_id=vid, source=url, source_kind="url", status="ok"))
+        ws.write("sources", rows)
+    return stats

@@ -1,0 +1,1 @@
+"""Pipeline stages: each a small Stage subclass over the manifest."""

@@ -1,0 +1,101 @@
+"""Probe: container and stream metadata with PyAV. Unreadable inputs become error rows."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import av
+
+from datakit.stage import Stage
+
+PENDING_PATHS = """
+    SELECT s.video_id, coalesce(d.path, s.path) AS path
+    FROM _latest_sources s LEFT JOIN _latest_downloads d USING (video_id)
+    WHERE s.status = 'ok' AND (s.source_kind = 'file' OR d.status = 'ok')
+"""
+
+
+@dataclass
+class ProbeStage(Stage):
+    """Reads width, height, fps, codec and the true frame count (by counting packets)."""
+
+    count_frames: bool = True  # False: trust the container header's frame count (faster, less exact)
+    batch_size: int = 64
+
+    name = "probe"
+    marker_table = "probes"
+
+    def pending_sql(self) -> str:
+        return f"""
+            SELECT v.video_id, v.path FROM ({PENDING_PATHS}) v
+            ANTI JOIN (SELECT video_id FROM _latest_probes WHERE status IN ('ok', 'error')) p USING (video_id)
+            ORDER BY v.video_id
+        """
+
+    def process(self, item: dict) -> dict[str, list[dict]]:
+        return {"probes": [probe_file(item["video_id"], item["path"], count_frames=self.count_frames)]}
+
+
+def probe_file(video_id: str, path: str, *, count_frames: bool = True) -> dict:
+    row: dict = {"video_id": video_id}
+
+    def fail(message: str) -> dict:
+        return {**row, "status": "error", "error": message}
+
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return fail("file not found")
+    except OSError as exc:
+        return fail(f"cannot stat file: {exc.strerror or exc}")
+    row["bytes"] = size
+    if os.path.isdir(path):
+        return fail("is a directory, not a video file")
+    if size == 0:
+        return fail("empty file (0 bytes)")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        return fail(f"not a readable video container: {exc.strerror or exc}")
+    except Exception as exc:  # PyAV may raise plain errors on odd input
+        return fail(f"not a readable video container: {exc}")
+    with container:
+        row["container"] = container.format.name
+        row["bit_rate"] = container.bit_rate or None
+        row["has_audio"] = bool(container.streams.audio)
+        if not container.streams.video:
+            return fail("audio only: no video stream" if container.streams.audio else "no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        row.update(codec=ctx.name, width=ctx.width or None, height=ctx.height or None, pix_fmt=ctx.pix_fmt)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            return fail("unknown frame rate")
+        row["fps"] = float(rate)
+        try:
+            num_frames = _count_packets(container, stream) if count_frames else stream.frames
+        except av.error.FFmpegError as exc:
+            return fail(f"corrupt stream while reading packets: {exc.strerror or exc}")
+        if not num_frames:
+            return fail("no video frames")
+        row["num_frames"] = int(num_frames)
+        row["duration_s"] = num_frames / row["fps"]
+        try:
+            container.seek(0, stream=stream)
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            return fail(f"cannot decode video: {exc.strerror or exc}")
+        if first is None:
+            return fail("cannot decode video: no frame decoded")
+        row["width"], row["height"] = first.width, first.height
+    return {**row, "status": "ok", "error": None}
+
+
+def _count_packets(container, stream) -> int:
+    """Frames actually present: packets that carry data (the header count can be wrong)."""
+    n = 0
+    for packet in container.demux(stream):
+        if packet.size:
+            n += 1
+    return n
