@@ -1,0 +1,214 @@
+"""PixArt-α → STDiT loading parity with Open-Sora 1.0's loader, and the other checkpoint forms."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.checkpoint import CheckpointMismatchError, LoadReport, load_pretrained, save_weights
+from models.stdit import STDiT
+
+GOLDEN = Path(__file__).parent / "golden" / "opensora-v1.0"
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def cfg() -> dict:
+    return json.loads((GOLDEN / "stdit_tiny.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stdit_weights() -> dict[str, torch.Tensor]:
+    g = load_file(str(GOLDEN / "stdit_tiny.safetensors"))
+    return {k: v for k, v in g.items() if not k.startswith(("input.", "output."))}
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, torch.Tensor]:
+    return load_file(str(GOLDEN / "stdit_from_pixart.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def loader_log() -> dict:
+    return json.loads((GOLDEN / "pixart_to_stdit.json").read_text())
+
+
+def make(cfg: dict, sd: dict[str, torch.Tensor] | None = None, **overrides) -> STDiT:
+    m = STDiT(**{**cfg["constructor_args"], **overrides})
+    if sd is not None:
+        m.load_state_dict(sd)
+    return m.eval()
+
+
+def check_pixart_result(m: STDiT, report: LoadReport, expected, loader_log) -> None:
+    sd = m.state_dict()
+    exp = {k: v for k, v in expected.items() if not k.startswith(("input.", "output."))}
+    assert sd.keys() == exp.keys()
+    for k in exp:
+        assert torch.equal(sd[k], exp[k]), k
+    assert report.missing == loader_log["load_state_dict_strict_false"]["missing_keys"]
+    assert report.unexpected == loader_log["load_state_dict_strict_false"]["unexpected_keys"] == []
+    assert sorted(report.matched) == sorted(loader_log["keys_overwritten_from_pixart"])
+    assert report.mismatched == []
+    with torch.no_grad():
+        out = m(
+            expected["input.x"], expected["input.timestep"], expected["input.y"], mask=expected["input.mask"]
+        )
+    torch.testing.assert_close(out, expected["output.forward"], atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------- PixArt-α
+
+
+def test_pixart_safetensors_loads_like_open_sora(cfg, stdit_weights, expected, loader_log):
+    m = make(cfg, stdit_weights)
+    report = load_pretrained(m, GOLDEN / "pixart_tiny.safetensors")
+    check_pixart_result(m, report, expected, loader_log)
+    text = str(report)
+    assert "46/56" in text and "Conv2d -> Conv3d" in text and "attn_temp" in text
+
+
+def test_pixart_pth_state_dict_wrapped(cfg, stdit_weights, expected, loader_log, tmp_path):
+    path = tmp_path / "PixArt-XL-2-512x512.pth"
+    torch.save({"state_dict": load_file(str(GOLDEN / "pixart_tiny.safetensors"))}, path)
+    m = make(cfg, stdit_weights)
+    report = load_pretrained(m, path)
+    check_pixart_result(m, report, expected, loader_log)
+    assert any("state_dict" in n for n in report.notes)
+
+
+def test_pixart_into_meta_model_initialises_temporal_branch(cfg):
+    with torch.device("meta"):
+        m = STDiT(**cfg["constructor_args"])
+    report = load_pretrained(m, GOLDEN / "pixart_tiny.safetensors")
+    assert not any(t.is_meta for t in m.state_dict().values())
+    assert sorted(report.initialized) == sorted(k for k in report.missing if "attn_temp" in k)
+    for blk in m.blocks:  # fresh init: zero output projection, xavier qkv
+        assert torch.count_nonzero(blk.attn_temp.proj.weight) == 0
+        assert blk.attn_temp.qkv.weight.abs().sum() > 0
+    assert torch.equal(m.pos_embed, STDiT(**cfg["constructor_args"]).pos_embed)
+    pix = load_file(str(GOLDEN / "pixart_tiny.safetensors"))
+    assert torch.equal(m.t_block[1].weight, pix["t_block.1.weight"])
+
+
+# ---------------------------------------------------------------------------- Open-Sora / ours
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"ema": sd},
+        lambda sd: {"model": sd},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"ema": {f"module.{k}": v for k, v in sd.items()}, "step": 3},
+    ],
+    ids=["plain", "ema", "model", "module-prefix", "ema-module-prefix"],
+)
+def test_open_sora_pth_forms(cfg, stdit_weights, tmp_path, wrap):
+    path = tmp_path / "OpenSora-v1-16x256x256.pth"
+    torch.save(wrap(dict(stdit_weights)), path)
+    m = make(cfg)
+    report = load_pretrained(m, path)
+    assert len(report.matched) == 54 and report.missing == ["pos_embed", "pos_embed_temporal"]
+    assert report.ok
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, stdit_weights[k]), k
+
+
+def test_ema_preferred_over_model_and_selectable(cfg, stdit_weights, tmp_path):
+    other = {k: v + 1 for k, v in stdit_weights.items()}
+    torch.save({"model": other, "ema": stdit_weights}, tmp_path / "both.pth")
+    m = make(cfg)
+    load_pretrained(m, tmp_path / "both.pth")
+    assert torch.equal(m.t_block[1].weight, stdit_weights["t_block.1.weight"])
+    load_pretrained(m, tmp_path / "both.pth", use_ema=False)
+    assert torch.equal(m.t_block[1].weight, other["t_block.1.weight"])
+
+
+def test_our_checkpoint_directory(cfg, stdit_weights, tmp_path):
+    src = make(cfg, stdit_weights)
+    ckpt = tmp_path / "step_000100"
+    save_weights(src, ckpt / "ema.safetensors")
+    save_weights({k: torch.zeros_like(v) for k, v in src.state_dict().items()}, ckpt / "model.safetensors")
+    m = make(cfg)
+    report = load_pretrained(m, ckpt)
+    assert any("ema.safetensors" in n for n in report.notes)
+    assert torch.equal(m.final_layer.linear.weight, stdit_weights["final_layer.linear.weight"])
+    load_pretrained(m, ckpt, use_ema=False)
+    assert torch.count_nonzero(m.final_layer.linear.weight) == 0
+    # a single safetensors file works too, and bf16 tensors are cast to the model's dtype
+    save_file({k: v.bfloat16() for k, v in stdit_weights.items()}, str(tmp_path / "w.safetensors"))
+    load_pretrained(m, tmp_path / "w.safetensors")
+    assert m.final_layer.linear.weight.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def test_unrelated_checkpoint_raises_clearly(cfg, tmp_path):
+    torch.save(
+        {"state_dict": {"encoder.weight": torch.zeros(3), "decoder.bias": torch.zeros(2)}}, tmp_path / "x.pth"
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"does not fit STDiT: matched 0 of 54"):
+        load_pretrained(make(cfg), tmp_path / "x.pth")
+
+
+def test_wrong_size_checkpoint_raises(cfg, tmp_path):
+    small = STDiT(**{**cfg["constructor_args"], "hidden_size": 32, "num_heads": 2})
+    save_weights(small, tmp_path / "small.safetensors")
+    m = make(cfg)
+    before = m.t_block[1].weight.clone()
+    with pytest.raises(CheckpointMismatchError, match="shape mismatch"):
+        load_pretrained(m, tmp_path / "small.safetensors")
+    assert torch.equal(m.t_block[1].weight, before)  # nothing was loaded
+
+
+def test_deeper_checkpoint_raises_on_unexpected_keys(cfg, tmp_path):
+    deep = STDiT(**{**cfg["constructor_args"], "depth": 8})
+    save_weights(deep, tmp_path / "deep.safetensors")
+    with pytest.raises(CheckpointMismatchError, match="unexpected"):
+        load_pretrained(make(cfg), tmp_path / "deep.safetensors")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_arbitrary_pickles_are_refused(cfg, tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f, protocol=2)
+    with pytest.raises(CheckpointMismatchError, match="Arbitrary pickled objects are refused"):
+        load_pretrained(make(cfg), path)
+
+
+def test_missing_files(cfg, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_pretrained(make(cfg), tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="without"):
+        load_pretrained(make(cfg), tmp_path)
+
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="hpcai-tech/Open-Sora.*pass the file path"):
+        load_pretrained(make(cfg), "OpenSora-v1-HQ-16x512x512.pth")
+
+
+def test_released_name_found_in_pretrained_models(cfg, stdit_weights, tmp_path, monkeypatch):
+    (tmp_path / "pretrained_models").mkdir()
+    torch.save(dict(stdit_weights), tmp_path / "pretrained_models" / "OpenSora-v1-16x256x256.pth")
+    monkeypatch.chdir(tmp_path)
+    m = make(cfg)
+    assert load_pretrained(m, "OpenSora-v1-16x256x256.pth").ok
