@@ -141,12 +141,11 @@ def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
             candidates.append((p, None))
 
     with ws.lock("stage-ingest"):
-        known = {
-            r["path"]: r
-            for r in ws.sql("SELECT path, bytes, mtime_ns, video_id FROM sources WHERE status = 'ok' AND source_kind = 'file'")
-        }
+        ok_files = ws.sql("SELECT path, bytes, mtime_ns, video_id FROM sources WHERE status = 'ok' AND source_kind = 'file'")
+        known = {r["path"]: r for r in ok_files}
+        # The first path seen for a content stays its source; later copies count as duplicates.
+        ids_this_run: set[str] = {r["video_id"] for r in ok_files}
         rows: list[dict] = []
-        ids_this_run: set[str] = set()
         for path, given_error in candidates:
             apath = str(path.absolute())
             error = _classify(path, given_error)
@@ -167,6 +166,7 @@ def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
                 continue
             if vid in ids_this_run:
                 stats.duplicates += 1
+                continue
             ids_this_run.add(vid)
             stats.files += 1
             rows.append(

@@ -157,7 +157,7 @@ class Workspace:
     def arrow(self, query: str, params: list | None = None) -> pa.Table:
         con = self.connect()
         try:
-            return con.execute(query, params or []).fetch_arrow_table()
+            return con.sql(query, params=params).to_arrow_table()
         finally:
             con.close()
 
@@ -187,11 +187,11 @@ class Workspace:
             try:
                 files = "[" + ", ".join(_sql_str(str(p)) for p in parts) + "]"
                 key = TABLES[table].key
-                data = con.execute(
+                data = con.sql(
                     f"SELECT * FROM read_parquet({files}, union_by_name = true) "
                     f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {WRITTEN_COLUMN} DESC) = 1 "
                     f"ORDER BY {WRITTEN_COLUMN}"
-                ).fetch_arrow_table()
+                ).to_arrow_table()
             finally:
                 con.close()
             newest = max(int(p.name.split("-")[1]) for p in parts)

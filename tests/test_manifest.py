@@ -1,0 +1,151 @@
+"""Workspace storage, catalog, schema docs, ids, ingest and probe."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datakit.ids import canonical_url, clip_id, url_video_id
+from datakit.ingest import ingest
+from datakit.stage import run_stage
+from datakit.stages.probe import ProbeStage
+from datakit.workspace import Workspace, WorkspaceError
+from manifests.schema import SCHEMA_VERSION, TABLES, render_markdown
+
+REQUIRED_VIDEO_COLUMNS = "video_id source path status error width height fps num_frames duration_s codec bytes".split()
+REQUIRED_CLIP_COLUMNS = "clip_id video_id start_frame end_frame start_s end_s num_frames fps width height path".split()
+
+
+def test_schema_doc_is_in_sync():
+    doc = (Path(__file__).resolve().parents[1] / "manifests" / "SCHEMA.md").read_text()
+    assert doc == render_markdown(), "run: python -m manifests.schema > manifests/SCHEMA.md"
+    assert f"version {SCHEMA_VERSION}" in doc
+
+
+def test_plain_duckdb_client_reads_views(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    con = duckdb.connect(str(ws.catalog_path), read_only=True)
+    videos = con.sql("select * from videos")
+    clips = con.sql("select * from clips")
+    assert set(REQUIRED_VIDEO_COLUMNS) <= set(videos.columns)
+    assert set(REQUIRED_CLIP_COLUMNS) <= set(clips.columns)
+    assert clips.fetchall() == []
+    con.close()
+
+
+def test_latest_row_per_key_wins_and_parts_are_atomic(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.write("probes", [{"video_id": "v1", "status": "error", "error": "first"}])
+    ws.write("probes", [{"video_id": "v1", "status": "ok", "width": 64}, {"video_id": "v2", "status": "ok"}])
+    rows = ws.sql("select video_id, status, error, width from probes order by video_id")
+    assert rows == [
+        {"video_id": "v1", "status": "ok", "error": None, "width": 64},
+        {"video_id": "v2", "status": "ok", "error": None, "width": None},
+    ]
+    assert not list(ws.table_dir("probes").glob(".*")), "no temp files left behind"
+    assert ws.compact("probes") == 2
+    assert len([p for p in ws.table_dir("probes").glob("*.parquet") if "init" not in p.name]) == 1
+    assert ws.sql("select count(*) n from probes")[0]["n"] == 2
+
+
+def test_moved_workspace_rebuilds_catalog(tmp_path):
+    ws = Workspace(tmp_path / "a")
+    ws.write("sources", [{"video_id": "v", "source": "x", "source_kind": "file", "status": "ok"}])
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    Workspace(tmp_path / "b")
+    con = duckdb.connect(str(tmp_path / "b" / "manifest.duckdb"), read_only=True)
+    assert con.sql("select video_id from videos").fetchall() == [("v",)]
+
+
+def test_newer_schema_is_refused(tmp_path):
+    ws = Workspace(tmp_path)
+    (ws.root / "workspace.json").write_text('{"schema_version": 999, "root": "%s"}' % ws.root)
+    with pytest.raises(WorkspaceError, match="newer"):
+        Workspace(tmp_path)
+
+
+def test_missing_workspace_is_a_clear_error(tmp_path):
+    with pytest.raises(WorkspaceError, match="no datakit workspace"):
+        Workspace(tmp_path / "nope", create=False)
+
+
+def test_ids_are_deterministic():
+    assert canonical_url("HTTPS://Example.COM:443/a/b.mp4?utm_source=x&k=1#frag") == "https://example.com/a/b.mp4?k=1"
+    assert url_video_id("https://youtu.be/abc123") == url_video_id("https://www.youtube.com/watch?v=abc123&utm_medium=s")
+    assert url_video_id("https://example.com/a.mp4") != url_video_id("https://example.com/b.mp4")
+    assert clip_id("00ff", 10, 20) == "00ff-10-20"
+
+
+def test_ingest_files_dirs_and_url_lists(tmp_path, demo_samples, bad_inputs):
+    ws = Workspace(tmp_path / "ws")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "urls.txt").write_text("# comment\nhttps://example.com/a.mp4\n\nhttps://example.com/b.mp4\n")
+    (lists / "urls.csv").write_text("id,url\n1,https://example.com/c.mp4\n2,https://example.com/a.mp4\n")
+    pq.write_table(pa.table({"url": ["https://example.com/d.webm"]}), lists / "urls.parquet")
+    # a video without a video extension is found by sniffing its header
+    sniffed = tmp_path / "extra" / "no_extension"
+    sniffed.parent.mkdir()
+    shutil.copy(demo_samples[0].path, sniffed)
+    (sniffed.parent / "readme.md").write_text("not a video")
+    sample_dir = Path(demo_samples[0].path).parent
+    stats = ingest(
+        ws, [str(sample_dir), str(bad_inputs["empty"].parent), str(sniffed.parent), *map(str, lists.iterdir())]
+    )
+    assert stats.urls == 4  # a.mp4 appears twice
+    assert stats.duplicates == 1  # the sniffed copy has the same content as sample 0
+    rows = ws.sql("select * from sources")
+    by_source = {Path(r["source"]).name if r["source_kind"] == "file" else r["source"]: r for r in rows}
+    assert by_source["folder.mp4"]["status"] == "error" and "directory" in by_source["folder.mp4"]["error"]
+    assert by_source["dangling.mp4"]["status"] == "error" and "broken symlink" in by_source["dangling.mp4"]["error"]
+    assert "readme.md" not in by_source
+    assert {r["source"] for r in rows if r["source_kind"] == "url"} == {
+        f"https://example.com/{n}" for n in ("a.mp4", "b.mp4", "c.mp4", "d.webm")
+    }
+    before = ws.sql("select * from sources order by video_id")
+    again = ingest(ws, [str(sample_dir)])
+    assert again.files == 0 and again.unchanged == len(demo_samples)
+    assert ws.sql("select * from sources order by video_id") == before
+
+
+def test_probe_reads_metadata_and_turns_bad_inputs_into_error_rows(tmp_path, demo_samples, bad_inputs):
+    ws = Workspace(tmp_path)
+    ingest(ws, [str(Path(demo_samples[0].path).parent), str(bad_inputs["empty"].parent)])
+    stats = run_stage(ws, ProbeStage(), progress=False)
+    assert stats.processed == stats.planned
+    videos = {Path(r["source"]).name: r for r in ws.sql("select * from videos")}
+    for truth in demo_samples:
+        v = videos[Path(truth.path).name]
+        assert v["status"] == "ok", v
+        assert (v["width"], v["height"], v["num_frames"]) == (truth.width, truth.height, truth.num_frames)
+        assert v["fps"] == pytest.approx(truth.fps)
+        assert v["duration_s"] == pytest.approx(truth.num_frames / truth.fps)
+    expected = {
+        "empty.mp4": "empty file",
+        "truncated.mp4": "not a readable video",
+        "corrupt.mp4": "not a readable video",
+        "notes.mp4": "not a readable video",
+        "audio_only.m4a": "audio only",
+        "folder.mp4": "directory",
+        "dangling.mp4": "broken symlink",
+    }
+    for name, message in expected.items():
+        assert videos[name]["status"] == "error", name
+        assert message in videos[name]["error"], (name, videos[name]["error"])
+    weird = videos[bad_inputs["weird_name_ok"].name]
+    assert weird["status"] == "ok" and weird["num_frames"] == 48
+    assert not (Path.cwd() / "pwned").exists() and not (bad_inputs["empty"].parent / "pwned").exists()
+    # a rerun has nothing to do
+    assert run_stage(ws, ProbeStage(), progress=False).planned == 0
+
+
+def test_every_table_has_key_status_contract():
+    for t in TABLES.values():
+        assert t.key == t.columns[0].name
+        if t.name not in ("clip_spans",):
+            assert "status" in t.column_names and "error" in t.column_names
