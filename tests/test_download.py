@@ -1,0 +1,482 @@
+"""Download stage against a local HTTP server on 127.0.0.1 (no other network is touched)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from datakit.stage import run_stage
+from datakit.stages import download as dl
+from datakit.stages.download import DownloadStage, needs_ytdlp
+from datakit.workspace import Workspace
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def video_id_for(url: str) -> str:
+    try:
+        from datakit.ids import url_video_id
+    except ImportError:  # ids not there yet: same scheme, without canonicalisation
+        return hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+    return url_video_id(url)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> bytes:
+    from datakit.samples import SampleSpec, make_sample
+
+    truth = make_sample(SampleSpec("dl", 160, 120, 12, scene_frames=[12, 12]), tmp_path_factory.mktemp("v"))
+    return Path(truth.path).read_bytes()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, video: bytes):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.video = video
+        self.hits: Counter[str] = Counter()
+        self.ranges: list[tuple[str, str]] = []  # (path, Range header) of every ranged request
+        self.sent: Counter[str] = Counter()  # body bytes sent per path
+        self.lock = threading.Lock()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        s = self.server
+        with s.lock:
+            s.hits[path] += 1
+            hit = s.hits[path]
+            if self.headers.get("Range"):
+                s.ranges.append((path, self.headers["Range"]))
+        video = s.video
+        if path in ("/good.mp4", "/nested/clip.webm") or path.endswith("passwd"):
+            self.send_video(video, ranges=True)
+        elif path == "/norange.mp4":
+            self.send_video(video, ranges=False)
+        elif path == "/noext":
+            self.send_video(video, ranges=False, ctype="application/octet-stream")
+        elif path == "/fail500":
+            self.send_status(500)
+        elif path.startswith("/flaky/"):
+            self.send_status(500) if hit == 1 else self.send_video(video)
+        elif path.startswith("/ratelimit/"):
+            self.send_status(429, {"Retry-After": "1"}) if hit == 1 else self.send_video(video)
+        elif path == "/ratelimit-long":
+            self.send_status(429, {"Retry-After": "120"})
+        elif path == "/truncated":
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(video)))
+            self.end_headers()
+            self.wfile.write(video[: len(video) // 2])
+            self.close_connection = True
+        elif path == "/stall":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(video)))
+            self.end_headers()
+            self.wfile.write(video[:1000])
+            self.wfile.flush()
+            time.sleep(3)
+            self.close_connection = True
+        elif path == "/loop":
+            self.send_status(302, {"Location": "/loop"})
+        elif path == "/redirect":
+            self.send_status(302, {"Location": "/good.mp4"})
+        elif path == "/huge":  # announces 3 GiB; the client must give up before the body
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(3 * 1024**3))
+            self.end_headers()
+            self.close_connection = True
+        elif path == "/endless":  # chunked, no Content-Length, far past max_bytes
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"\0" * 65536
+            try:
+                for _ in range(160):  # 10 MiB at most
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+            self.close_connection = True
+        elif path == "/page":
+            self.send_body(b"<html>a video page</html>", "text/html; charset=utf-8")
+        else:
+            self.send_status(404)
+
+    def send_status(self, code: int, headers: dict | None = None) -> None:
+        body = f"{code}\n".encode()
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_body(self, body: bytes, ctype: str, code: int = 200, headers: dict | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        with self.server.lock:
+            self.server.sent[urlsplit(self.path).path] += len(body)
+
+    def send_video(self, video: bytes, ranges: bool = True, ctype: str = "video/mp4") -> None:
+        rng = self.headers.get("Range", "")
+        if ranges and rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[6:-1])
+            headers = {
+                "Content-Range": f"bytes {start}-{len(video) - 1}/{len(video)}",
+                "Accept-Ranges": "bytes",
+            }
+            self.send_body(video[start:], ctype, 206, headers)
+        else:
+            self.send_body(video, ctype)
+
+
+@pytest.fixture
+def server(video):
+    srv = Server(video)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def make_stage(tmp_path: Path, **kw) -> DownloadStage:
+    opts = dict(timeout_s=2.0, max_retries=3, backoff_base_s=0.05, backoff_cap_s=0.2, use_ytdlp="never")
+    stage = DownloadStage(media_dir=str(tmp_path / "media"), **(opts | kw))
+    stage.setup()
+    return stage
+
+
+def fetch(stage: DownloadStage, url: str, attempts: int = 0) -> dict:
+    rows = stage.process({"video_id": video_id_for(url), "url": url, "attempts": attempts})
+    (row,) = rows["downloads"]
+    return row
+
+
+def media_files(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "media").iterdir())
+
+
+# ------------------------------------------------------------------------------------ HTTP
+def test_good_file(server, video, tmp_path):
+    stage = make_stage(tmp_path)
+    url = server.url("/good.mp4")
+    row = fetch(stage, url)
+    assert (row["status"], row["error"], row["attempts"], row["method"], row["http_status"]) == (
+        "ok",
+        None,
+        1,
+        "http",
+        200,
+    )
+    assert row["path"] == str(tmp_path / "media" / f"{video_id_for(url)}.mp4")
+    assert Path(row["path"]).read_bytes() == video and row["bytes"] == len(video)
+    assert media_files(tmp_path) == [f"{video_id_for(url)}.mp4"]  # no .part left
+    assert stage.bytes_downloaded == len(video) and stage.files_downloaded == 1
+
+
+def test_extension_from_magic_not_url(server, tmp_path):
+    stage = make_stage(tmp_path)
+    for path in ("/noext", "/nested/clip.webm"):  # an mp4 served as octet-stream, and as '.webm'
+        row = fetch(stage, server.url(path))
+        assert row["status"] == "ok" and row["path"].endswith(".mp4")
+
+
+def test_500_always_becomes_retry(server, tmp_path):
+    row = fetch(make_stage(tmp_path), server.url("/fail500"))
+    assert row["status"] == "retry" and row["attempts"] == 3 and row["http_status"] == 500
+    assert row["error"] == "HTTP 500 Internal Server Error after 3 attempts"
+    assert server.hits["/fail500"] == 3
+
+
+def test_flaky_500_then_ok(server, video, tmp_path):
+    row = fetch(make_stage(tmp_path), server.url("/flaky/a.mp4"))
+    assert row["status"] == "ok" and row["attempts"] == 2
+    assert Path(row["path"]).read_bytes() == video
+
+
+def test_429_retry_after_is_honoured(server, tmp_path):
+    t0 = time.monotonic()
+    row = fetch(make_stage(tmp_path), server.url("/ratelimit/a.mp4"))
+    assert row["status"] == "ok" and row["attempts"] == 2
+    assert time.monotonic() - t0 >= 0.95
+
+
+def test_long_retry_after_defers_to_a_later_run(server, tmp_path):
+    t0 = time.monotonic()
+    row = fetch(make_stage(tmp_path, max_wait_s=5), server.url("/ratelimit-long"))
+    assert time.monotonic() - t0 < 2  # did not sleep 120 s
+    assert row["status"] == "retry" and row["retry_after_s"] == 120 and row["http_status"] == 429
+    assert row["attempts"] == 1 and "Retry-After" not in row["error"] and "retry after 120 s" in row["error"]
+
+
+def test_retry_after_forms():
+    assert dl._retry_after("7") == 7.0
+    assert (
+        50 < dl._retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 60
+    )
+    assert dl._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert dl._retry_after("soon") is None and dl._retry_after(None) is None
+
+
+def test_truncated_body(server, video, tmp_path):
+    row = fetch(make_stage(tmp_path, max_retries=2), server.url("/truncated"))
+    assert row["status"] == "retry"
+    assert row["error"] == f"truncated body: got {len(video) // 2} of {len(video)} bytes after 2 attempts"
+    assert not any(n.endswith(".mp4") for n in media_files(tmp_path))  # nothing published
+
+
+def test_stalled_body(server, tmp_path):
+    t0 = time.monotonic()
+    row = fetch(make_stage(tmp_path, timeout_s=0.5, max_retries=1), server.url("/stall"))
+    assert time.monotonic() - t0 < 2.5
+    assert row["status"] == "retry" and row["error"].startswith("connection stalled: no data for 0.5 s")
+
+
+def test_redirect_loop(server, tmp_path):
+    row = fetch(make_stage(tmp_path, max_redirects=5), server.url("/loop"))
+    assert row["status"] == "error" and row["error"] == "too many redirects (more than 5)"
+    assert row["attempts"] == 1 and server.hits["/loop"] <= 6
+
+
+def test_redirect_to_file(server, video, tmp_path):
+    row = fetch(make_stage(tmp_path), server.url("/redirect"))
+    assert row["status"] == "ok" and Path(row["path"]).read_bytes() == video
+
+
+def test_too_large_by_content_length(server, tmp_path):
+    row = fetch(make_stage(tmp_path), server.url("/huge"))
+    assert row["status"] == "error" and row["attempts"] == 1
+    assert row["error"] == "too large: Content-Length 3.0 GiB > max_bytes 2.0 GiB"
+    assert media_files(tmp_path) == []
+
+
+def test_too_large_while_streaming(server, tmp_path):
+    row = fetch(make_stage(tmp_path, max_bytes=1024**2), server.url("/endless"))
+    assert row["status"] == "error" and row["error"] == "too large: body passed max_bytes 1.0 MiB"
+    assert media_files(tmp_path) == []  # the partial file is gone
+
+
+def test_404_is_permanent(server, tmp_path):
+    row = fetch(make_stage(tmp_path), server.url("/missing.mp4"))
+    assert (row["status"], row["error"], row["attempts"], row["http_status"]) == (
+        "error",
+        "HTTP 404 Not Found",
+        1,
+        404,
+    )
+    assert server.hits["/missing.mp4"] == 1
+
+
+def test_html_page_is_not_a_video(server, tmp_path):
+    row = fetch(make_stage(tmp_path), server.url("/page"))
+    assert row["status"] == "error" and row["error"].startswith("not a video")
+
+
+def test_connection_refused_is_transient(tmp_path):
+    row = fetch(make_stage(tmp_path, max_retries=1, timeout_s=1), "http://127.0.0.1:1/x.mp4")
+    assert row["status"] == "retry" and row["error"].startswith("connection failed: ")
+    assert "Connection refused" in row["error"]
+
+
+def test_resume_with_range(server, video, tmp_path):
+    stage = make_stage(tmp_path)
+    url = server.url("/good.mp4")
+    half = len(video) // 2
+    part = tmp_path / "media" / f"{video_id_for(url)}.part"
+    part.write_bytes(video[:half])  # what a killed run left behind
+    row = fetch(stage, url)
+    assert row["status"] == "ok" and Path(row["path"]).read_bytes() == video
+    assert server.ranges == [("/good.mp4", f"bytes={half}-")]
+    assert server.sent["/good.mp4"] == len(video) - half  # only the rest was sent
+    assert not part.exists()
+
+
+def test_resume_restarts_when_server_ignores_range(server, video, tmp_path):
+    url = server.url("/norange.mp4")
+    part = tmp_path / "media" / f"{video_id_for(url)}.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"garbage" * 100)
+    row = fetch(make_stage(tmp_path), url)
+    assert row["status"] == "ok" and Path(row["path"]).read_bytes() == video
+
+
+def test_nasty_url_path_never_names_a_file(server, video, tmp_path):
+    url = server.url("/../../etc/passwd?x=$(rm -rf)")
+    row = fetch(make_stage(tmp_path), url)
+    assert row["status"] == "ok"
+    assert row["path"] == str(tmp_path / "media" / f"{video_id_for(url)}.mp4")
+    assert media_files(tmp_path) == [f"{video_id_for(url)}.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["media"]
+
+
+def test_attempts_over_all_runs_end_in_error(server, tmp_path):
+    row = fetch(make_stage(tmp_path, max_attempts_total=8), server.url("/fail500"), attempts=7)
+    assert row["status"] == "error" and row["attempts"] == 8 and server.hits["/fail500"] == 1
+    assert "giving up" in row["error"] and "(8 over all runs)" in row["error"]
+
+
+# ------------------------------------------------------------------------------------ yt-dlp
+def test_routing():
+    for url in (
+        "https://www.youtube.com/watch?v=dQw4w9WgXcQ",
+        "https://youtu.be/dQw4w9WgXcQ",
+        "https://vimeo.com/76979871",
+        "https://cdn.example.com/live/index.m3u8",
+    ):
+        assert needs_ytdlp(url), url
+    for url in (
+        "http://127.0.0.1:8000/video.mp4",
+        "https://example.com/a/b.webm?sig=1",
+        "https://storage.googleapis.com/bucket/clip.mp4",
+    ):
+        assert not needs_ytdlp(url), url
+    stage = DownloadStage(media_dir="unused")
+    assert stage.route("https://vimeo.com/76979871") == "yt-dlp"
+    assert stage.route("https://example.com/a.mp4") == "http"
+    assert DownloadStage(media_dir="unused", use_ytdlp="never").route("https://vimeo.com/1") == "http"
+    assert (
+        DownloadStage(media_dir="unused", use_ytdlp="always").route("https://example.com/a.mp4") == "yt-dlp"
+    )
+    with pytest.raises(ValueError):
+        DownloadStage(media_dir="unused", use_ytdlp="sometimes")
+
+
+def test_ytdlp_downloads_a_local_file(server, video, tmp_path):
+    stage = make_stage(tmp_path, use_ytdlp="always")
+    url = server.url("/good.mp4")
+    row = fetch(stage, url)
+    assert row["status"] == "ok" and row["method"] == "yt-dlp", row["error"]
+    assert row["path"] == str(tmp_path / "media" / f"{video_id_for(url)}.mp4")
+    assert Path(row["path"]).read_bytes() == video
+    row = fetch(stage, server.url("/missing.mp4"))
+    assert row["status"] == "error" and row["http_status"] == 404 and row["attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "code"),
+    [
+        (
+            "ERROR: [youtube] abc: Unable to download webpage: HTTP Error 503: Service Unavailable",
+            "retry",
+            503,
+        ),
+        ("ERROR: [youtube] abc: Sign in to confirm you're not a bot", "retry", None),
+        ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "error", None),
+        ("ERROR: [vimeo] 1: HTTP Error 404: Not Found", "error", 404),
+    ],
+)
+def test_ytdlp_failure_becomes_a_row(monkeypatch, tmp_path, message, status, code):
+    import yt_dlp
+
+    class FailingYDL:
+        def __init__(self, opts):
+            assert opts["noplaylist"] and opts["outtmpl"]["default"].startswith("vid.")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def extract_info(self, url, download=True):
+            raise yt_dlp.utils.DownloadError(message)
+
+    monkeypatch.setattr(yt_dlp, "YoutubeDL", FailingYDL)
+    stage = make_stage(tmp_path, use_ytdlp="auto", max_retries=2)
+    (row,) = stage.process({"video_id": "vid", "url": "https://www.youtube.com/watch?v=abc", "attempts": 0})[
+        "downloads"
+    ]
+    assert row["method"] == "yt-dlp" and row["status"] == status and row["http_status"] == code
+    assert row["error"].startswith("yt-dlp: [") and "ERROR" not in row["error"]
+    assert row["attempts"] == (2 if status == "retry" else 1)
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_end_to_end_with_rerun(server, video, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    paths = {
+        "good": "/good.mp4",
+        "flaky": "/flaky/e2e.mp4",
+        "down": "/fail500",
+        "gone": "/missing.mp4",
+        "moved": "/redirect",
+        "cut": "/truncated",
+    }
+    urls = {name: server.url(p) for name, p in paths.items()}
+    ids = {name: video_id_for(u) for name, u in urls.items()}
+    ws.write(
+        "sources",
+        [{"video_id": ids[n], "source": u, "source_kind": "url", "status": "ok"} for n, u in urls.items()],
+    )
+    stage = DownloadStage.for_workspace(
+        ws,
+        timeout_s=2,
+        max_retries=2,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.1,
+        max_attempts_total=4,
+        use_ytdlp="never",
+    )
+    stats = run_stage(ws, stage, workers=4, progress=False)
+    assert stats.planned == 6 and stats.statuses == {"ok": 3, "retry": 2, "error": 1}
+
+    def rows() -> dict[str, dict]:
+        by_id = {r["video_id"]: r for r in ws.sql("SELECT * FROM downloads")}
+        return {n: by_id[i] for n, i in ids.items()}
+
+    r = rows()
+    assert {n: (r[n]["status"], r[n]["attempts"]) for n in r} == {
+        "good": ("ok", 1),
+        "flaky": ("ok", 2),
+        "moved": ("ok", 1),
+        "down": ("retry", 2),
+        "cut": ("retry", 2),
+        "gone": ("error", 1),
+    }
+    assert r["down"]["error"] == "HTTP 500 Internal Server Error after 2 attempts"
+    assert r["gone"]["error"] == "HTTP 404 Not Found"
+    videos = {v["video_id"]: v for v in ws.sql("SELECT * FROM videos")}
+    for n in ("good", "flaky", "moved"):
+        assert videos[ids[n]]["path"] == r[n]["path"] and Path(r[n]["path"]).read_bytes() == video
+    assert videos[ids["down"]]["path"] is None and videos[ids["down"]]["status"] == "retry"
+
+    hits = server.hits.copy()
+    stats = run_stage(ws, stage, workers=4, progress=False)  # only the two 'retry' rows again
+    assert stats.planned == 2
+    r = rows()
+    assert (r["down"]["status"], r["down"]["attempts"]) == ("error", 4)  # max_attempts_total reached
+    assert r["down"]["error"] == (
+        "HTTP 500 Internal Server Error after 2 attempts (4 over all runs); giving up (max_attempts_total 4)"
+    )
+    assert (r["cut"]["status"], r["cut"]["attempts"]) == ("error", 4)
+    changed = {p for p in paths.values() if server.hits[p] != hits[p]}
+    assert changed == {"/fail500", "/truncated"}  # ok and error rows were not fetched again
+    assert run_stage(ws, stage, workers=4, progress=False).planned == 0
