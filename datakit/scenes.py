@@ -139,7 +139,9 @@ def _gradual_gaps(hits: list[int], cuts: list[int], step: int, n: int) -> list[t
 
 
 # ------------------------------------------------------------------------------------ policy
-def scenes_from_cuts(cuts: list[int], num_frames: int, gaps: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+def scenes_from_cuts(
+    cuts: list[int], num_frames: int, gaps: list[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
     """[start, end) scenes between cuts, with transition gaps removed (a gap also splits)."""
     bounds = sorted({0, num_frames, *(c for c in cuts if 0 < c < num_frames)})
     scenes = list(zip(bounds[:-1], bounds[1:], strict=True))

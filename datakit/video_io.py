@@ -139,7 +139,9 @@ def open_video(path: str | os.PathLike, *, threads: bool = True):
     return container, stream
 
 
-def _decode_span(container, stream, mapping, start: int, end: int, seeked: bool) -> Iterator[tuple[int, av.VideoFrame]]:
+def _decode_span(
+    container, stream, mapping, start: int, end: int, seeked: bool
+) -> Iterator[tuple[int, av.VideoFrame]]:
     """Yield (index, frame) for start <= index < end from the current position.
 
     Raises _Overshoot when the first decoded frame is already past `start` (seek landed late) and
@@ -224,10 +226,14 @@ def iter_video_frames(
                     container.close()
         except _Inconsistent as exc:
             if yielded or mode == modes[-1]:
-                raise VideoReadError(f"frame timestamps of {path} do not map to frame indices: {exc}") from None
+                raise VideoReadError(
+                    f"frame timestamps of {path} do not map to frame indices: {exc}"
+                ) from None
 
 
-def frame_to_array(frame: av.VideoFrame, size: tuple[int, int] | None = None, fmt: str = "rgb24") -> np.ndarray:
+def frame_to_array(
+    frame: av.VideoFrame, size: tuple[int, int] | None = None, fmt: str = "rgb24"
+) -> np.ndarray:
     arr = frame.to_ndarray(format=fmt)
     return resize(arr, size) if size else arr
 
@@ -253,9 +259,10 @@ def iter_frames(
         if wanted is not None and idx not in wanted:
             continue
         if out_size is None:
-            out_size = (
-                even_size(frame.width, frame.height, size) if isinstance(size, int) else size
-            ) or (frame.width, frame.height)
+            out_size = (even_size(frame.width, frame.height, size) if isinstance(size, int) else size) or (
+                frame.width,
+                frame.height,
+            )
         yield frame_to_array(frame, out_size, fmt)
 
 

@@ -59,7 +59,11 @@ class SceneStage(Stage):
 
     def process(self, item: dict) -> dict[str, list[dict]]:
         video_id = item["video_id"]
-        base = {"video_id": video_id, "detector": self.detector, "params": json.dumps(self.params(), sort_keys=True)}
+        base = {
+            "video_id": video_id,
+            "detector": self.detector,
+            "params": json.dumps(self.params(), sort_keys=True),
+        }
         try:
             det = detect_scenes(
                 item["path"],
@@ -73,12 +77,26 @@ class SceneStage(Stage):
                 skip_loop_filter=self.skip_loop_filter,
             )
         except Exception as exc:  # unreadable from the first frame on: an error row, never a crash
-            return {"scene_runs": [{**base, "status": "error", "error": f"scene detection failed: {exc}", "analysed_frames": 0}]}
+            return {
+                "scene_runs": [
+                    {
+                        **base,
+                        "status": "error",
+                        "error": f"scene detection failed: {exc}",
+                        "analysed_frames": 0,
+                    }
+                ]
+            }
         fps = float(item["fps"])
         n = det.analysed_frames  # a partial decode (corrupt tail) ends the video where it stopped
         scenes = scenes_from_cuts(det.cuts, n, det.gradual)
         clips = apply_clip_policy(
-            scenes, fps, n, min_clip_s=self.min_clip_s, max_clip_s=self.max_clip_s, trim_frames=self.trim_frames
+            scenes,
+            fps,
+            n,
+            min_clip_s=self.min_clip_s,
+            max_clip_s=self.max_clip_s,
+            trim_frames=self.trim_frames,
         )
         spans = [
             {
@@ -96,5 +114,12 @@ class SceneStage(Stage):
             }
             for i, s, e in clips
         ]
-        run = {**base, "status": "ok", "error": det.error, "num_scenes": len(scenes), "num_clips": len(spans), "analysed_frames": n}
+        run = {
+            **base,
+            "status": "ok",
+            "error": det.error,
+            "num_scenes": len(scenes),
+            "num_clips": len(spans),
+            "analysed_frames": n,
+        }
         return {"clip_spans": spans, "scene_runs": [run]}
