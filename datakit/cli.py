@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from rich.table import Table
 from datakit.workspace import Workspace, WorkspaceError, default_workspace
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Build, inspect and curate video manifests.")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 WorkspaceOpt = Annotated[
     Path,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def demo(

@@ -127,11 +127,11 @@ def make_sample(spec: SampleSpec, out_dir: Path) -> SampleTruth:
 
 
 DEMO_SPECS = [
-    SampleSpec("city_h264_320x240", 320, 240, 24, "libx264", "mp4", [48, 40, 56], 0, seed=1),
-    SampleSpec("beach_mpeg4_426x240", 426, 240, 25, "mpeg4", "mp4", [50, 45, 60], 12, seed=2),
-    SampleSpec("forest_vp9_256x144", 256, 144, 30, "libvpx-vp9", "webm", [60, 45, 75], 0, seed=3),
-    SampleSpec("studio_mjpeg_352x288", 352, 288, 24, "mjpeg", "avi", [36, 72], 0, seed=4),
-    SampleSpec("street_h264_640x360", 640, 360, 30, "libx264", "mkv", [90, 30, 66, 54], 15, seed=5),
+    SampleSpec("city_h264_320x240", 320, 240, 24, "libx264", "mp4", [72, 60, 84], 0, seed=1),
+    SampleSpec("beach_mpeg4_426x240", 426, 240, 25, "mpeg4", "mp4", [75, 60, 90], 12, seed=2),
+    SampleSpec("forest_vp9_256x144", 256, 144, 30, "libvpx-vp9", "webm", [90, 75, 105], 0, seed=3),
+    SampleSpec("studio_mjpeg_352x288", 352, 288, 24, "mjpeg", "avi", [60, 96], 0, seed=4),
+    SampleSpec("street_h264_640x360", 640, 360, 30, "libx264", "mkv", [120, 75, 96, 84], 15, seed=5),
 ]
 
 

@@ -1,0 +1,92 @@
+"""The datakit command line as a user drives it: ingest, probe, status, query, run."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import PYTHON, ROOT, cli_env
+
+
+def datakit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", *args], env=cli_env(), capture_output=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"datakit {' '.join(args)} failed: {proc.stderr.decode()[-2000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory, demo_samples, bad_inputs) -> Path:
+    ws = tmp_path_factory.mktemp("cli") / "ws"
+    datakit("ingest", "-w", str(ws), str(Path(demo_samples[0].path).parent), str(bad_inputs["empty"].parent))
+    datakit("probe", "-w", str(ws), "-j", "2")
+    return ws
+
+
+def test_status_json_and_table(probed, demo_samples):
+    rows = {r["stage"]: r for r in json.loads(datakit("status", "-w", str(probed), "--json").stdout)}
+    assert rows["probe"]["ok"] == len(demo_samples) + 1  # + the weird-but-valid name
+    assert rows["probe"]["error"] == 5 and rows["probe"]["pending"] == 0
+    assert rows["ingest"]["error"] == 2  # directory named like a video, broken symlink
+    assert rows["scenes"]["pending"] == rows["probe"]["ok"]
+    text = datakit("status", "-w", str(probed)).stdout.decode()
+    assert "probe" in text and "pending" in text
+
+
+def test_query_formats(probed, demo_samples, tmp_path):
+    sql = "select video_id, width, height from videos where status = 'ok' order by video_id"
+    csv_out = datakit("query", "-w", str(probed), sql, "--format", "csv").stdout.decode().splitlines()
+    assert csv_out[0].replace('"', "") == "video_id,width,height"
+    assert len(csv_out) == len(demo_samples) + 2
+    lines = datakit("query", "-w", str(probed), sql, "-f", "json").stdout.decode().splitlines()
+    assert {"video_id", "width", "height"} == set(json.loads(lines[0]))
+    table = pq.read_table(io.BytesIO(datakit("query", "-w", str(probed), sql, "-f", "parquet").stdout))
+    assert table.num_rows == len(demo_samples) + 1
+    out = tmp_path / "r.parquet"
+    datakit("query", "-w", str(probed), sql, "-f", "parquet", "--output", str(out))
+    assert pq.read_table(out).equals(table)
+    shown = datakit("query", "-w", str(probed), "select count(*) as n from clips").stdout.decode()
+    assert "n" in shown and "0" in shown
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "insert into sources values ('x')",
+        "copy (select 1) to '/tmp/datakit-should-not-exist.csv'",
+        "attach '/tmp/x.duckdb'",
+        "create table t as select 1",
+        "select 1; drop view videos",
+    ],
+)
+def test_query_refuses_writes(probed, sql):
+    proc = datakit("query", "-w", str(probed), sql, check=False)
+    assert proc.returncode == 2
+    assert "read-only" in proc.stderr.decode() or "one statement" in proc.stderr.decode()
+    assert not Path("/tmp/datakit-should-not-exist.csv").exists()
+
+
+def test_query_errors_are_messages_not_tracebacks(probed):
+    proc = datakit("query", "-w", str(probed), "select nope from videos", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
+    assert "nope" in proc.stderr.decode()
+
+
+def test_query_on_missing_workspace(tmp_path):
+    proc = datakit("query", "-w", str(tmp_path / "none"), "select 1", check=False)
+    assert proc.returncode != 0 and "no datakit workspace" in proc.stderr.decode()
+
+
+def test_unknown_stage_option_is_refused(probed):
+    proc = datakit("probe", "-w", str(probed), "--set", "no_such_option=1", check=False)
+    assert proc.returncode != 0 and "no_such_option" in proc.stderr.decode()
+
+
+def test_every_command_has_help():
+    for cmd in ("ingest", "download", "probe", "scenes", "cut", "status", "query", "run", "compact", "samples"):
+        assert "Usage" in datakit(cmd, "--help").stdout.decode()
