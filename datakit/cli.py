@@ -227,6 +227,25 @@ def compact(workspace: WorkspaceOpt = default_workspace()) -> None:
 
 
 @app.command()
+def preview(
+    out_png: Annotated[Path, typer.Argument(help="PNG to write.")] = Path("contact_sheet.png"),
+    workspace: WorkspaceOpt = default_workspace(),
+    sql: Annotated[str | None, typer.Option(help="SELECT over clips choosing what to show.")] = None,
+    max_clips: Annotated[int, typer.Option(help="Clips on the sheet.")] = 24,
+) -> None:
+    """Write a contact sheet (first, middle, last frame of each clip) as a PNG."""
+    from datakit.preview import contact_sheet
+    from datakit.query import ReadOnlyError, check_read_only
+
+    if sql:
+        try:
+            check_read_only(sql)
+        except ReadOnlyError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    out.print(f"wrote {contact_sheet(_open(workspace, create=False), out_png, sql, max_clips)}")
+
+
+@app.command()
 def samples(
     out_dir: Annotated[Path, typer.Argument(help="Where to write the synthetic sample videos.")] = Path("samples"),
     bad: Annotated[bool, typer.Option(help="Also write a gallery of bad inputs (empty, corrupt, ...).")] = False,

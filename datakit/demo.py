@@ -54,8 +54,12 @@ def demo(
     print_table(ws.arrow(sql), title="videos and their clips")
     errors = ws.arrow("SELECT regexp_extract(source, '[^/]+$') AS file, error FROM videos WHERE status = 'error' ORDER BY file")
     print_table(errors, title="inputs that became error rows")
+    from datakit.preview import contact_sheet
+
+    sheet = contact_sheet(ws, workspace / "clips_contact_sheet.png", max_clips=16)
+    console.print(f"\nContact sheet of the clips (first, middle, last frame): {sheet}", highlight=False)
     console.print(
-        f"\nQuery it yourself: python -c \"import duckdb; print(duckdb.connect('{ws.catalog_path}', "
+        f"Query it yourself: python -c \"import duckdb; print(duckdb.connect('{ws.catalog_path}', "
         "read_only=True).sql('select * from clips limit 5'))\"",
         highlight=False,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_moved_workspace_rebuilds_catalog(tmp_path):
 
 def test_newer_schema_is_refused(tmp_path):
     ws = Workspace(tmp_path)
-    (ws.root / "workspace.json").write_text('{"schema_version": 999, "root": "%s"}' % ws.root)
+    (ws.root / "workspace.json").write_text(json.dumps({"schema_version": 999, "root": str(ws.root)}))
     with pytest.raises(WorkspaceError, match="newer"):
         Workspace(tmp_path)
 
@@ -149,3 +150,20 @@ def test_every_table_has_key_status_contract():
         assert t.key == t.columns[0].name
         if t.name not in ("clip_spans",):
             assert "status" in t.column_names and "error" in t.column_names
+
+
+def test_contact_sheet_shows_one_strip_per_clip(tmp_path, demo_samples):
+    from PIL import Image
+
+    from datakit.preview import THUMB_H, contact_sheet
+
+    ws = Workspace(tmp_path)
+    ingest(ws, [demo_samples[0].path])
+    vid = ws.sql("select video_id from sources")[0]["video_id"]
+    spans = [(0, 40), (60, 100)]
+    ws.write("clip_spans", [{"clip_id": clip_id(vid, a, b), "video_id": vid, "start_frame": a, "end_frame": b,
+                             "start_s": a / 24, "end_s": b / 24} for a, b in spans])  # fmt: skip
+    image = Image.open(contact_sheet(ws, tmp_path / "sheet.png"))
+    assert image.height == 8 + len(spans) * (THUMB_H + 22)
+    pixels = image.crop((4, 24, 4 + THUMB_H, 24 + THUMB_H)).getextrema()
+    assert any(hi - lo > 30 for lo, hi in pixels), "the strip holds real frames, not a blank"
