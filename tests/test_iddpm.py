@@ -67,7 +67,11 @@ def load_tiny_stdit():
     cfg["input_size"] = tuple(cfg["input_size"])
     cfg["patch_size"] = tuple(cfg["patch_size"])
     model = STDiT(**cfg)
-    state = {k: v for k, v in load_file(str(GOLDEN / "stdit_tiny.safetensors")).items() if not k.startswith(("input.", "output."))}
+    state = {
+        k: v
+        for k, v in load_file(str(GOLDEN / "stdit_tiny.safetensors")).items()
+        if not k.startswith(("input.", "output."))
+    }
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -94,7 +98,9 @@ def test_schedule_tables(gold, train_sched, sample_sched, name):
 
 
 def test_timestep_map(gold, train_sched, sample_sched):
-    assert sample_sched.timestep_map.tolist() == gold["sample5.timestep_map"].tolist() == [0, 250, 500, 749, 999]
+    assert (
+        sample_sched.timestep_map.tolist() == gold["sample5.timestep_map"].tolist() == [0, 250, 500, 749, 999]
+    )
     assert train_sched.timestep_map.tolist() == list(range(1000))
     assert sample_sched.num_timesteps == 5 and train_sched.num_timesteps == 1000
 
@@ -149,7 +155,9 @@ def _loss_fixed(sched, gold, dtype):
         seen["t"] = t
         return out
 
-    terms = sched.training_losses(model, gold["q.x_start"].to(dtype), gold["q.t"], model_kwargs={}, noise=gold["q.noise"].to(dtype))
+    terms = sched.training_losses(
+        model, gold["q.x_start"].to(dtype), gold["q.t"], model_kwargs={}, noise=gold["q.noise"].to(dtype)
+    )
     assert seen["t"].tolist() == gold["q.t"].tolist()
     return terms
 
@@ -174,7 +182,9 @@ def test_loss_fixed_float64(gold, train_sched):
 
 def test_vb_stops_gradient_on_mean(gold, train_sched):
     out = gold["loss_fixed.model_output"].clone().requires_grad_(True)
-    terms = train_sched.training_losses(lambda x, t, **kw: out, gold["q.x_start"], gold["q.t"], noise=gold["q.noise"])
+    terms = train_sched.training_losses(
+        lambda x, t, **kw: out, gold["q.x_start"], gold["q.t"], noise=gold["q.noise"]
+    )
     (grad_vb,) = torch.autograd.grad(terms["vb"].sum(), out, retain_graph=True)
     assert grad_vb[:, :4].abs().max() == 0 and grad_vb[:, 4:].abs().max() > 0
     (grad_mse,) = torch.autograd.grad(terms["mse"].sum(), out)
@@ -206,7 +216,9 @@ def test_loss_stdit(gold):
     x_t = sched.q_sample(gold["loss_stdit.x_start"], gold["loss_stdit.t"], noise=gold["loss_stdit.noise"])
     torch.testing.assert_close(x_t, gold["loss_stdit.x_t"], rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        terms = sched.training_losses(model, gold["loss_stdit.x_start"], gold["loss_stdit.t"], kwargs, gold["loss_stdit.noise"])
+        terms = sched.training_losses(
+            model, gold["loss_stdit.x_start"], gold["loss_stdit.t"], kwargs, gold["loss_stdit.noise"]
+        )
     for key in ("mse", "vb", "loss"):
         torch.testing.assert_close(terms[key], gold[f"loss_stdit.{key}"], rtol=1e-5, atol=1e-5)
 
@@ -255,7 +267,16 @@ def test_sampling_chain_with_stored_outputs(gold, sample_sched):
 
     encoder = StoredText(gold)
     noises = [gold[f"sample.step{i}.noise"] for i in range(5)]
-    out = sample_sched.sample(Replay(), encoder, (4, 4, 8, 8), ["a", "b"], "cpu", progress=False, z=gold["sample.z"], step_noise=noises)
+    out = sample_sched.sample(
+        Replay(),
+        encoder,
+        (4, 4, 8, 8),
+        ["a", "b"],
+        "cpu",
+        progress=False,
+        z=gold["sample.z"],
+        step_noise=noises,
+    )
     assert [c.tolist() for c in calls] == [gold[f"sample.step{i}.t_model"].tolist() for i in range(5)]
     assert_close_rel(out, gold["sample.final"], 1e-5)
 
@@ -277,7 +298,16 @@ class StoredText:
 def test_sample_end_to_end_with_stdit(gold, sample_sched):
     model = load_tiny_stdit()
     noises = [gold[f"sample.step{i}.noise"] for i in range(5)]
-    out = sample_sched.sample(model, StoredText(gold), (4, 4, 8, 8), ["a", "b"], "cpu", progress=False, z=gold["sample.z"], step_noise=noises)
+    out = sample_sched.sample(
+        model,
+        StoredText(gold),
+        (4, 4, 8, 8),
+        ["a", "b"],
+        "cpu",
+        progress=False,
+        z=gold["sample.z"],
+        step_noise=noises,
+    )
     assert_close_rel(out, gold["sample.final"], 1e-5)
     # The same by seed: the RNG is consumed in Open-Sora's order.
     torch.manual_seed(2024)
@@ -342,7 +372,9 @@ def test_dpm_solver_matches_exact_ode(s):
     for steps in (20, 100):
         solver = DPMSolver(num_sampling_steps=steps, cfg_scale=4.0)
         t_last = int(solver.make_scheduler().timesteps[-1])
-        out = solver.sample(GaussianOracle(mu, s), ZeroText(), (4, 2, 4, 4), ["a", "b", "c"], "cpu", progress=False, z=z)
+        out = solver.sample(
+            GaussianOracle(mu, s), ZeroText(), (4, 2, 4, 4), ["a", "b", "c"], "cpu", progress=False, z=z
+        )
         assert out.shape == z.shape and out.dtype == torch.float32
         errors[steps] = (out.double() - _exact_dpm_target(z, mu, s, t_last)).abs().max().item()
     if s == 0.0:  # a point mass: lands exactly on the known x0
@@ -358,7 +390,9 @@ def test_dpm_solver_and_ancestral_agree_in_distribution():
     s = 0.5
     z = torch.randn(8, 4, 4, 16, 16, generator=gen)
     prompts = ["p"] * 8
-    dpm = DPMSolver(num_sampling_steps=20).sample(GaussianOracle(mu, s), ZeroText(), z.shape[1:], prompts, "cpu", progress=False, z=z)
+    dpm = DPMSolver(num_sampling_steps=20).sample(
+        GaussianOracle(mu, s), ZeroText(), z.shape[1:], prompts, "cpu", progress=False, z=z
+    )
     torch.manual_seed(0)
     anc = IDDPM(num_sampling_steps=100, cfg_scale=4.0).sample(
         GaussianOracle(mu, s, v=-1.0), ZeroText(), z.shape[1:], prompts, "cpu", progress=False, z=z
@@ -369,7 +403,9 @@ def test_dpm_solver_and_ancestral_agree_in_distribution():
     for out, std_tol in ((dpm, 0.05), (anc, 0.05)):
         per_channel = out.double().transpose(0, 1).reshape(4, -1)
         torch.testing.assert_close(per_channel.mean(1), mu.flatten(), atol=0.03, rtol=0)
-        torch.testing.assert_close(per_channel.std(1), torch.full((4,), s, dtype=torch.float64), atol=std_tol, rtol=0)
+        torch.testing.assert_close(
+            per_channel.std(1), torch.full((4,), s, dtype=torch.float64), atol=std_tol, rtol=0
+        )
 
 
 def test_frame_mask_keeps_conditioning_frames():
@@ -379,7 +415,14 @@ def test_frame_mask_keeps_conditioning_frames():
     mask = torch.tensor([[0, 1, 1], [1, 1, 0]])
     torch.manual_seed(0)
     out = IDDPM(num_sampling_steps=10).sample(
-        GaussianOracle(mu, 1.0), ZeroText(), (4, 3, 4, 4), ["a", "b"], "cpu", progress=False, mask=mask, x_cond=x_cond
+        GaussianOracle(mu, 1.0),
+        ZeroText(),
+        (4, 3, 4, 4),
+        ["a", "b"],
+        "cpu",
+        progress=False,
+        mask=mask,
+        x_cond=x_cond,
     )
     torch.testing.assert_close(out[0, :, 0], x_cond[0, :, 0])
     torch.testing.assert_close(out[1, :, 2], x_cond[1, :, 2])

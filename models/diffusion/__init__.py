@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 
-def build_scheduler(sampler: str = "iddpm", num_sampling_steps: int | None = None, **kwargs) -> IDDPM | DPMSolver:
+def build_scheduler(
+    sampler: str = "iddpm", num_sampling_steps: int | None = None, **kwargs
+) -> IDDPM | DPMSolver:
     """``"iddpm"`` (default 100 steps) or ``"dpm-solver"`` (default 20 steps)."""
     name = sampler.lower().replace("_", "-")
     if name == "iddpm":

@@ -50,7 +50,9 @@ class LossType(enum.Enum):
 # ---------------------------------------------------------------------------------------------
 
 
-def betas_from_alpha_bar(num_steps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999) -> np.ndarray:
+def betas_from_alpha_bar(
+    num_steps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
+) -> np.ndarray:
     """Betas such that prod(1 - beta) follows ``alpha_bar(t)`` for t in [0, 1]."""
     betas = []
     for i in range(num_steps):
@@ -79,9 +81,13 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim)))
 
 
-def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +95,9 @@ def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
     """Log-likelihood of data in [-1, 1] quantised to 256 bins under N(means, exp(log_scales)^2).
 
     The outermost bins extend to +-infinity.  Logs are clamped at 1e-12.
@@ -154,9 +162,13 @@ class GaussianDiffusion:
         # q(x_{t-1} | x_t, x_0)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # The posterior variance is 0 at t = 0, so its log is taken with entry 0 replaced by entry 1.
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        self.posterior_log_variance_clipped = np.log(
+            np.append(self.posterior_variance[1], self.posterior_variance[1:])
+        )
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        )
 
     # -- the network's view of time ---------------------------------------------------------
 
@@ -166,7 +178,9 @@ class GaussianDiffusion:
 
     # -- forward process ---------------------------------------------------------------------
 
-    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def q_mean_variance(
+        self, x_start: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0)."""
         n = x_start.ndim
         mean = extract(self.sqrt_alphas_cumprod, t, n) * x_start
@@ -174,19 +188,27 @@ class GaussianDiffusion:
         log_var = extract(self.log_one_minus_alphas_cumprod, t, n).expand_as(x_start)
         return mean, var, log_var
 
-    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def q_sample(
+        self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
         if noise is None:
             noise = torch.randn_like(x_start)
         n = x_start.ndim
-        return extract(self.sqrt_alphas_cumprod, t, n) * x_start + extract(self.sqrt_one_minus_alphas_cumprod, t, n) * noise
+        return (
+            extract(self.sqrt_alphas_cumprod, t, n) * x_start
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, n) * noise
+        )
 
     def q_posterior_mean_variance(
         self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         n = x_t.ndim
-        mean = extract(self.posterior_mean_coef1, t, n) * x_start + extract(self.posterior_mean_coef2, t, n) * x_t
+        mean = (
+            extract(self.posterior_mean_coef1, t, n) * x_start
+            + extract(self.posterior_mean_coef2, t, n) * x_t
+        )
         var = extract(self.posterior_variance, t, n).expand_as(x_t)
         log_var = extract(self.posterior_log_variance_clipped, t, n).expand_as(x_t)
         return mean, var, log_var
@@ -195,9 +217,14 @@ class GaussianDiffusion:
 
     def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         n = x_t.ndim
-        return extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+        )
 
-    def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
+    def predict_eps_from_xstart(
+        self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor
+    ) -> torch.Tensor:
         n = x_t.ndim
         return (extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t - pred_xstart) / extract(
             self.sqrt_recipm1_alphas_cumprod, t, n
@@ -205,9 +232,10 @@ class GaussianDiffusion:
 
     def _xstart_from_prev(self, x_t: torch.Tensor, t: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         n = x_t.ndim
-        return extract(1.0 / self.posterior_mean_coef1, t, n) * x_prev - extract(
-            self.posterior_mean_coef2 / self.posterior_mean_coef1, t, n
-        ) * x_t
+        return (
+            extract(1.0 / self.posterior_mean_coef1, t, n) * x_prev
+            - extract(self.posterior_mean_coef2 / self.posterior_mean_coef1, t, n) * x_t
+        )
 
     def p_mean_variance(
         self,
@@ -282,7 +310,12 @@ class GaussianDiffusion:
             noise = torch.randn_like(x)
         nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))  # no noise at the last step
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
-        return {"sample": sample, "pred_xstart": out["pred_xstart"], "mean": out["mean"], "log_variance": out["log_variance"]}
+        return {
+            "sample": sample,
+            "pred_xstart": out["pred_xstart"],
+            "mean": out["mean"],
+            "log_variance": out["log_variance"],
+        }
 
     def p_sample_loop_progressive(
         self,
@@ -364,7 +397,9 @@ class GaussianDiffusion:
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(None, x_t, t, clip_denoised=clip_denoised, model_output=model_output)  # type: ignore[arg-type]
         kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / math.log(2.0)
-        nll = -discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])
+        nll = -discretized_gaussian_log_likelihood(
+            x_start, means=out["mean"], log_scales=0.5 * out["log_variance"]
+        )
         nll = mean_flat(nll) / math.log(2.0)
         return {"output": torch.where(t == 0, nll, kl), "pred_xstart": out["pred_xstart"]}
 

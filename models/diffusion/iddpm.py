@@ -150,7 +150,9 @@ class IDDPM(SpacedDiffusion):
         model_args = prepare_cfg_inputs(text_encoder, prompts, additional_args)
 
         def guided(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            return forward_with_cfg(model, x, t, cfg_scale=self.cfg_scale, cfg_channels=self.cfg_channels, **kwargs)
+            return forward_with_cfg(
+                model, x, t, cfg_scale=self.cfg_scale, cfg_channels=self.cfg_channels, **kwargs
+            )
 
         samples = self.p_sample_loop(
             guided,
