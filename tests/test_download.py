@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import Counter
@@ -69,6 +70,10 @@ class Handler(BaseHTTPRequestHandler):
         video = s.video
         if path in ("/good.mp4", "/nested/clip.webm") or path.endswith("passwd"):
             self.send_video(video, ranges=True)
+        elif path == "/etag.mp4":  # honours Range only while If-Range names its current ETag
+            if self.headers.get("If-Range", '"v2"') != '"v2"':
+                del self.headers["Range"]
+            self.send_video(video, ranges=True, headers={"ETag": '"v2"'})
         elif path == "/norange.mp4":
             self.send_video(video, ranges=False)
         elif path == "/noext":
@@ -144,17 +149,17 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.sent[urlsplit(self.path).path] += len(body)
 
-    def send_video(self, video: bytes, ranges: bool = True, ctype: str = "video/mp4") -> None:
+    def send_video(self, video: bytes, ranges: bool = True, ctype: str = "video/mp4", headers=None) -> None:
         rng = self.headers.get("Range", "")
         if ranges and rng.startswith("bytes=") and rng.endswith("-"):
             start = int(rng[6:-1])
-            headers = {
+            extra = {
                 "Content-Range": f"bytes {start}-{len(video) - 1}/{len(video)}",
                 "Accept-Ranges": "bytes",
             }
-            self.send_body(video[start:], ctype, 206, headers)
+            self.send_body(video[start:], ctype, 206, extra | (headers or {}))
         else:
-            self.send_body(video, ctype)
+            self.send_body(video, ctype, headers=headers)
 
 
 @pytest.fixture
@@ -328,6 +333,24 @@ def test_resume_restarts_when_server_ignores_range(server, video, tmp_path):
     assert row["status"] == "ok" and Path(row["path"]).read_bytes() == video
 
 
+def test_resume_sends_if_range_and_restarts_on_a_changed_file(server, video, tmp_path):
+    url = server.url("/etag.mp4")
+    stage = make_stage(tmp_path)
+    part, meta = stage._part(video_id_for(url)), stage._part_meta(video_id_for(url))
+    part.write_bytes(b"old version" * 50)  # a part of the file as it was, with its validator
+    meta.write_text(json.dumps({"url": url, "etag": '"v1"'}))
+    row = fetch(stage, url)
+    assert row["status"] == "ok" and Path(row["path"]).read_bytes() == video  # sent whole, not spliced
+    assert server.ranges == [("/etag.mp4", "bytes=550-")] and not meta.exists()
+    # The same validator as the server's: the resume is honoured.
+    Path(row["path"]).unlink()
+    part.write_bytes(video[:1000])
+    meta.write_text(json.dumps({"url": url, "etag": '"v2"'}))
+    row = fetch(stage, url)
+    assert row["status"] == "ok" and Path(row["path"]).read_bytes() == video
+    assert server.sent["/etag.mp4"] == len(video) + len(video) - 1000
+
+
 def test_nasty_url_path_never_names_a_file(server, video, tmp_path):
     url = server.url("/../../etc/passwd?x=$(rm -rf)")
     row = fetch(make_stage(tmp_path), url)
@@ -358,6 +381,19 @@ def test_routing():
         "https://storage.googleapis.com/bucket/clip.mp4",
     ):
         assert not needs_ytdlp(url), url
+    # The same answers as asking each of yt-dlp's extractors (bar Generic) for suitability.
+    from yt_dlp.extractor import gen_extractor_classes
+
+    site_ies = [ie for ie in gen_extractor_classes() if ie.ie_key() != "Generic"]
+    for url in (
+        "https://www.youtube.com/playlist?list=PL1",
+        "https://www.youtube.com/@chan/videos",
+        "https://www.dropbox.com/s/abc/x.mp4",
+        "https://www.twitch.tv/videos/123",
+        "https://www.reddit.com/r/a/comments/b/c/",
+        "https://example.org/watch?v=1",
+    ):
+        assert needs_ytdlp(url) == any(ie.suitable(url) for ie in site_ies), url
     stage = DownloadStage(media_dir="unused")
     assert stage.route("https://vimeo.com/76979871") == "yt-dlp"
     assert stage.route("https://example.com/a.mp4") == "http"

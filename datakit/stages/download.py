@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -105,19 +105,31 @@ class DownloadStage(Stage):
     ytdlp_format: str = DEFAULT_YTDLP_FORMAT  # yt-dlp format selector (720p cap)
     user_agent: str | None = None  # HTTP User-Agent; None: datakit's for HTTP, yt-dlp's own for yt-dlp
     fsync: bool = True  # fsync each file before the rename that publishes it
-    # Counters for this process (threads add to them); not part of the config.
-    bytes_downloaded: int = field(default=0, init=False, repr=False, compare=False)
-    files_downloaded: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.use_ytdlp not in ("auto", "always", "never"):
             raise ValueError(f"use_ytdlp must be 'auto', 'always' or 'never', not {self.use_ytdlp!r}")
+        self.media_dir = str(Path(self.media_dir).absolute())  # rows record absolute paths
+        # Counters of this process (worker threads add to them); not options, not in the config.
+        self.bytes_downloaded = 0
+        self.files_downloaded = 0
 
     def config(self) -> dict:
         cfg = super().config()
         cfg.pop("bytes_downloaded", None)
         cfg.pop("files_downloaded", None)
         return cfg
+
+    def error_rows(self, item: dict, message: str) -> Rows:
+        # An unexpected exception in `process` (a bug): keep the URL and count the attempt.
+        row = {
+            "video_id": item["video_id"],
+            "url": item.get("url"),
+            "status": "error",
+            "error": message,
+            "attempts": int(item.get("attempts") or 0) + 1,
+        }
+        return {self.marker_table: [row]}
 
     @classmethod
     def for_workspace(cls, ws: Any, **options: Any) -> DownloadStage:
@@ -439,23 +451,46 @@ class DownloadStage(Stage):
 
 # --------------------------------------------------------------------------------- routing
 @lru_cache(maxsize=1)
-def _site_extractors() -> tuple:
+def _site_matchers() -> tuple[tuple[re.Pattern, ...], tuple]:
+    """yt-dlp's site extractors (all but Generic) as (URL patterns, extractors with own `suitable`).
+
+    Matching the compiled patterns directly gives the same answer as calling every extractor's
+    `suitable` and is about 4x faster (~1 ms per URL instead of ~4 ms).
+    """
     try:
         from yt_dlp.extractor import gen_extractor_classes
-    except ImportError:  # yt-dlp missing: everything goes over HTTP
-        return ()
-    return tuple(ie for ie in gen_extractor_classes() if ie.ie_key() != "Generic")
+        from yt_dlp.extractor.lazy_extractors import LazyLoadExtractor
+    except ImportError:  # yt-dlp missing (or without lazy extractors): ask every extractor
+        try:
+            from yt_dlp.extractor import gen_extractor_classes
+        except ImportError:  # no yt-dlp at all: everything goes over HTTP
+            return (), ()
+        return (), tuple(ie for ie in gen_extractor_classes() if ie.ie_key() != "Generic")
+    plain = LazyLoadExtractor.suitable.__func__
+    patterns: list[re.Pattern] = []
+    custom = []
+    for ie in gen_extractor_classes():
+        if ie.ie_key() == "Generic":
+            continue
+        if getattr(ie.suitable, "__func__", None) is plain:
+            if ie._VALID_URL:
+                valid = ie._VALID_URL
+                patterns.extend(re.compile(v) for v in ([valid] if isinstance(valid, str) else valid))
+        else:
+            custom.append(ie)
+    return tuple(patterns), tuple(custom)
 
 
 def needs_ytdlp(url: str) -> bool:
     """True for URLs that a site extractor of yt-dlp claims, and for HLS/DASH manifests.
 
     Direct file links (only the Generic extractor matches them) are fetched over plain HTTP.
-    About 3 ms per URL once the patterns are compiled (the first call takes ~1 s).
+    About 1 ms per URL once the patterns are compiled (the first call takes ~1 s).
     """
     if urlsplit(url).path.lower().endswith(MANIFEST_SUFFIXES):
         return True
-    return any(ie.suitable(url) for ie in _site_extractors())
+    patterns, custom = _site_matchers()
+    return any(p.match(url) for p in patterns) or any(ie.suitable(url) for ie in custom)
 
 
 # --------------------------------------------------------------------------------- helpers
