@@ -1,0 +1,147 @@
+"""``python cli.py sample``: text -> video with an Open-Sora 1.0 STDiT checkpoint.
+
+Registered by ``cli.py`` as ``app.command("sample")(sample)``. No ``from __future__ import
+annotations`` here: typer reads the annotations at runtime.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .text_encoder import DEFAULT_T5
+from .vae import DEFAULT_VAE
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "sample"
+
+
+def sample(
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="Prompt; repeat for several videos.")
+    ] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option(help="Text file with one prompt per line (added after --prompt).")
+    ] = None,
+    ckpt: Annotated[
+        str | None,
+        typer.Option(help="STDiT checkpoint: .pth/.pt/.safetensors file or a training checkpoint directory."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("samples"),
+    vae: Annotated[
+        str, typer.Option(help="VAE: hub id or local diffusers AutoencoderKL directory.")
+    ] = DEFAULT_VAE,
+    text_encoder: Annotated[
+        str, typer.Option(help="T5: hub id or local directory (tokenizer + encoder).")
+    ] = DEFAULT_T5,
+    model: Annotated[
+        str, typer.Option(help="STDiT preset name (STDiT-XL/2) or a JSON file of constructor args.")
+    ] = "STDiT-XL/2",
+    num_frames: Annotated[int, typer.Option(help="Frames per video.")] = 16,
+    height: Annotated[int, typer.Option(help="Video height in pixels (multiple of 8 x patch).")] = 256,
+    width: Annotated[int, typer.Option(help="Video width in pixels.")] = 256,
+    sampler: Annotated[
+        str, typer.Option(help="iddpm (ancestral, 1.0 default) or dpm-solver (fast ODE).")
+    ] = "iddpm",
+    steps: Annotated[
+        int | None, typer.Option(help="Sampling steps (default 100 for iddpm, 20 for dpm-solver).")
+    ] = None,
+    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.0,
+    cfg_channels: Annotated[
+        int | None,
+        typer.Option(
+            help="Guide only the first N latent channels; 3 reproduces Open-Sora 1.0 samples exactly."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (torch global RNG, as Open-Sora).")] = 42,
+    fps: Annotated[float, typer.Option(help="Frame rate of the written videos.")] = 8.0,
+    batch_size: Annotated[int, typer.Option(help="Prompts sampled together.")] = 1,
+    dtype: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    space_scale: Annotated[
+        float | None, typer.Option(help="STDiT spatial position scale (default height/512 for presets).")
+    ] = None,
+    time_scale: Annotated[
+        float | None, typer.Option(help="STDiT temporal position scale (1.0; 2/3 for 64 frames).")
+    ] = None,
+    vae_micro_batch_size: Annotated[
+        int | None, typer.Option(help="Frames per VAE call (saves memory).")
+    ] = None,
+    gif: Annotated[bool, typer.Option(help="Also write an animated GIF per video.")] = True,
+    contact_sheet: Annotated[
+        bool, typer.Option(help="Also write a PNG grid of all frames per video.")
+    ] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while sampling.")] = True,
+    local_files_only: Annotated[bool, typer.Option(help="Never download from the Hugging Face hub.")] = False,
+) -> None:
+    """Sample videos from text prompts and write them as MP4 (+ GIF and contact sheet)."""
+    from .pipeline import TextToVideoPipeline, save_contact_sheet, save_gif, save_mp4
+
+    prompts = list(prompt or [])
+    if prompt_file is not None:
+        prompts += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise typer.BadParameter("give at least one --prompt or a --prompt-file")
+    if ckpt is None:
+        typer.echo("warning: no --ckpt given, sampling with random STDiT weights", err=True)
+
+    pipe = TextToVideoPipeline.from_paths(
+        ckpt,
+        vae=vae,
+        text_encoder=text_encoder,
+        model=model,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        sampler=sampler,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        cfg_channels=cfg_channels,
+        space_scale=space_scale,
+        time_scale=time_scale,
+        device=device,
+        dtype=dtype,
+        vae_micro_batch_size=vae_micro_batch_size,
+        local_files_only=local_files_only,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        t0 = time.perf_counter()
+        videos = pipe(batch, seed=seed + start, progress=progress)
+        elapsed = time.perf_counter() - t0
+        for offset, (text, frames) in enumerate(zip(batch, videos, strict=True)):
+            stem = f"{start + offset:04d}_{_slug(text)}"
+            files = {"mp4": str(save_mp4(frames, out / f"{stem}.mp4", fps=fps))}
+            if gif:
+                files["gif"] = str(save_gif(frames, out / f"{stem}.gif", fps=fps))
+            if contact_sheet:
+                files["contact_sheet"] = str(save_contact_sheet(frames, out / f"{stem}.png"))
+            records.append({"prompt": text, "seed": seed + start, "frames": list(frames.shape), **files})
+            typer.echo(
+                f"{files['mp4']}  ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, {elapsed:.1f}s)"
+            )
+    settings = dict(
+        ckpt=ckpt,
+        model=model,
+        vae=vae,
+        text_encoder=text_encoder,
+        sampler=sampler,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        cfg_channels=cfg_channels,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        fps=fps,
+        dtype=dtype,
+    )
+    (out / "samples.json").write_text(json.dumps({"settings": settings, "samples": records}, indent=2))

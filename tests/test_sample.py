@@ -1,0 +1,168 @@
+"""Text -> video pipeline and the ``sample`` CLI on tiny random local models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import typer
+from model_fixtures import TINY_MAX_LEN, save_tiny_stdit, save_tiny_t5, save_tiny_vae_x8
+from PIL import Image
+from typer.testing import CliRunner
+
+from models.pipeline import (
+    TextToVideoPipeline,
+    load_stdit_config,
+    save_contact_sheet,
+    save_gif,
+    save_mp4,
+    to_uint8_frames,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "opensora-v1.0"
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_models")
+    vae = save_tiny_vae_x8(root / "vae")
+    t5 = save_tiny_t5(root / "t5")
+    ckpt, cfg = save_tiny_stdit(root / "stdit.safetensors", root / "stdit.json")
+    return dict(vae=str(vae), t5=str(t5), ckpt=str(ckpt), config=str(cfg))
+
+
+def _pipe(parts, **kwargs):
+    return TextToVideoPipeline.from_paths(
+        parts["ckpt"],
+        vae=parts["vae"],
+        text_encoder=parts["t5"],
+        model=parts["config"],
+        num_frames=4,
+        height=64,
+        width=64,
+        device="cpu",
+        dtype="fp32",
+        **kwargs,
+    )
+
+
+def test_pipeline_iddpm_and_dpm_solver(parts):
+    pipe = _pipe(parts, sampler="iddpm", steps=3)
+    assert pipe.latent_size == (4, 8, 8) and pipe.video_size == (4, 64, 64)
+    assert pipe.text_encoder.model_max_length == TINY_MAX_LEN
+    videos = pipe(["a red ball", "a blue cube"], seed=0, progress=False)
+    assert len(videos) == 2
+    for v in videos:
+        assert v.shape == (4, 64, 64, 3) and v.dtype == np.uint8
+    again = pipe(["a red ball", "a blue cube"], seed=0, progress=False)
+    np.testing.assert_array_equal(videos[0], again[0])
+
+    fast = _pipe(parts, sampler="dpm-solver", steps=4, cfg_channels=3)
+    lat = fast.sample_latents(["a red ball"], seed=1, progress=False)
+    assert lat.shape == (1, 4, 4, 8, 8) and torch.isfinite(lat).all()
+
+
+def test_pipeline_checkpoint_is_loaded(parts):
+    from safetensors.torch import load_file
+
+    pipe = _pipe(parts, steps=2)
+    stored = load_file(parts["ckpt"])
+    torch.testing.assert_close(pipe.stdit.blocks[0].attn.qkv.weight, stored["blocks.0.attn.qkv.weight"])
+    # The null caption used by the sampler is the checkpoint's y_embedding.
+    torch.testing.assert_close(pipe.text_encoder.null(1)[0, 0], stored["y_embedder.y_embedding"])
+
+
+def test_pipeline_rejects_bad_model(parts):
+    with pytest.raises(ValueError):
+        _pipe(parts, sampler="nope")
+    with pytest.raises(ValueError):
+        TextToVideoPipeline.from_paths(None, vae=parts["vae"], text_encoder=parts["t5"], model="STDiT-XXL/9")
+
+
+def test_load_stdit_config(parts):
+    assert load_stdit_config("STDiT-XL/2") == ("STDiT-XL/2", {})
+    name, args = load_stdit_config(str(GOLDEN / "stdit_tiny.json"))
+    assert name is None and args["hidden_size"] == 64 and args["caption_channels"] == 32
+    name, args = load_stdit_config(parts["config"])
+    assert args["model_max_length"] == TINY_MAX_LEN
+
+
+def test_to_uint8_frames():
+    v = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).reshape(1, 5, 1, 1).expand(3, 5, 1, 1)
+    frames = to_uint8_frames(v)
+    assert frames.shape == (5, 1, 1, 3)
+    assert frames[:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def test_writers(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(6, 35, 47, 3), dtype=np.uint8)  # odd sizes get padded
+    mp4 = save_mp4(frames, tmp_path / "v.mp4", fps=8)
+    with av.open(str(mp4)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 6 and decoded[0].shape == (36, 48, 3)
+    gif = save_gif(frames, tmp_path / "v.gif", fps=8)
+    with Image.open(gif) as im:
+        assert im.n_frames == 6 and im.size == (47, 35)
+    sheet = save_contact_sheet(frames, tmp_path / "v.png", cols=3)
+    with Image.open(sheet) as im:
+        assert im.size == (3 * (47 + 2) + 2, 2 * (35 + 2) + 2)
+
+
+def test_sample_cli(parts, tmp_path):
+    from models.sample_cli import sample
+
+    app = typer.Typer()
+    app.command()(sample)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat playing piano\n\n")
+    out = tmp_path / "out"
+    args = [
+        "--prompt", "a red ball bouncing",
+        "--prompt-file", str(prompts),
+        "--ckpt", parts["ckpt"],
+        "--out", str(out),
+        "--vae", parts["vae"],
+        "--text-encoder", parts["t5"],
+        "--model", parts["config"],
+        "--num-frames", "4",
+        "--height", "64",
+        "--width", "64",
+        "--steps", "3",
+        "--seed", "7",
+        "--fps", "4",
+        "--batch-size", "2",
+        "--device", "cpu",
+        "--no-progress",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    meta = json.loads((out / "samples.json").read_text())
+    assert [s["prompt"] for s in meta["samples"]] == ["a red ball bouncing", "a cat playing piano"]
+    for record in meta["samples"]:
+        with av.open(record["mp4"]) as container:
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert len(frames) == 4 and frames[0].shape == (64, 64, 3)
+        assert Path(record["gif"]).is_file() and Path(record["contact_sheet"]).is_file()
+
+    no_prompt = CliRunner().invoke(app, ["--ckpt", parts["ckpt"], "--out", str(out)])
+    assert no_prompt.exit_code != 0
+
+
+def test_cli_registers_sample_command():
+    """``python cli.py sample`` is wired (skipped while other parts of cli.py fail to import)."""
+    try:
+        import cli
+    except ImportError as exc:  # pragma: no cover
+        pytest.skip(f"cli.py not importable: {exc}")
+    try:
+        cli._register()
+    except ImportError as exc:  # pragma: no cover
+        pytest.skip(f"cli.py registration needs other parts: {exc}")
+    result = CliRunner().invoke(cli.app, ["sample", "--help"])
+    assert result.exit_code == 0 and "--cfg-channels" in result.output
