@@ -88,6 +88,7 @@ TABLES: dict[str, Table] = {
                 C("bytes", "BIGINT", "size of the downloaded file"),
                 C("http_status", "INTEGER", "last HTTP status code seen, if any"),
                 C("retry_after_s", "DOUBLE", "server-requested wait (Retry-After) of the last failure, if any"),
+                C("retry_at", "DOUBLE", "unix time before which a rerun skips this row (a long Retry-After)"),
             ),
         ),
         Table(

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from datakit.stage import run_stage
+from datakit.stage import plan, run_stage
 from datakit.stages import download as dl
 from datakit.stages.download import DownloadStage, needs_ytdlp
 from datakit.workspace import Workspace
@@ -240,6 +240,17 @@ def test_long_retry_after_defers_to_a_later_run(server, tmp_path):
     assert time.monotonic() - t0 < 2  # did not sleep 120 s
     assert row["status"] == "retry" and row["retry_after_s"] == 120 and row["http_status"] == 429
     assert row["attempts"] == 1 and "Retry-After" not in row["error"] and "retry after 120 s" in row["error"]
+    assert row["retry_at"] == pytest.approx(time.time() + 120, abs=5)
+
+
+def test_a_rerun_skips_rows_until_their_retry_at(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.write("sources", [{"video_id": v, "source": f"http://127.0.0.1:9/{v}.mp4", "source_kind": "url", "status": "ok"} for v in "ab"])
+    ws.write("downloads", [
+        {"video_id": "a", "status": "retry", "attempts": 1, "retry_at": time.time() + 3600},
+        {"video_id": "b", "status": "retry", "attempts": 1, "retry_at": time.time() - 1},
+    ])  # fmt: skip
+    assert [r["video_id"] for r in plan(ws, make_stage(tmp_path))] == ["b"]
 
 
 def test_retry_after_forms():

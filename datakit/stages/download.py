@@ -143,6 +143,7 @@ class DownloadStage(Stage):
             FROM sources s LEFT JOIN downloads d USING (video_id)
             WHERE s.source_kind = 'url' AND coalesce(s.status, 'ok') <> 'error'
               AND (d.status IS NULL OR d.status NOT IN ('ok', 'error'))
+              AND (d.retry_at IS NULL OR d.retry_at <= epoch(now()))
             ORDER BY s.video_id
         """
 
@@ -241,6 +242,7 @@ class DownloadStage(Stage):
             "attempts": total,
             "http_status": last.http_status,
             "retry_after_s": last.retry_after,
+            "retry_at": time.time() + last.retry_after if deferred and status == "retry" else None,
         }
 
     def _backoff(self, attempt: int) -> float:
