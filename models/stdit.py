@@ -285,12 +285,14 @@ class STDiT(nn.Module):
         return todo
 
     def freeze(self, what: str) -> None:
-        """Freeze: "not_temporal" trains only the temporal attention; "text" freezes the caption embedder."""
+        """As Open-Sora 1.0: "not_temporal" trains only `attn_temp`; "text" freezes `cross_attn`."""
         if what == "not_temporal":
             for name, p in self.named_parameters():
                 p.requires_grad_("attn_temp" in name)
         elif what == "text":
-            self.y_embedder.requires_grad_(False)
+            for name, p in self.named_parameters():
+                if "cross_attn" in name:
+                    p.requires_grad_(False)
         else:
             raise ValueError(f"unknown freeze option {what!r}")
 
@@ -402,12 +404,20 @@ STDIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_stdit(name: str, **overrides: Any) -> STDiT:
-    """Build a named preset, e.g. `build_stdit("STDiT-XL/2", input_size=(16, 32, 32), space_scale=0.5)`."""
+def build_stdit(name: str, from_pretrained: str | None = None, **overrides: Any) -> STDiT:
+    """Build a named preset, e.g. `build_stdit("STDiT-XL/2", input_size=(16, 32, 32), space_scale=0.5)`.
+
+    `from_pretrained` (as in Open-Sora configs) loads weights with `models.checkpoint.load_pretrained`.
+    """
     if name not in STDIT_PRESETS:
         raise KeyError(f"unknown STDiT preset {name!r}; known: {sorted(STDIT_PRESETS)}")
-    return STDiT(**{**STDIT_PRESETS[name], **overrides})
+    model = STDiT(**{**STDIT_PRESETS[name], **overrides})
+    if from_pretrained is not None:
+        from .checkpoint import load_pretrained
+
+        load_pretrained(model, from_pretrained)
+    return model
 
 
-def STDiT_XL_2(**kwargs: Any) -> STDiT:  # noqa: N802 (Open-Sora's registry name)
-    return build_stdit("STDiT-XL/2", **kwargs)
+def STDiT_XL_2(from_pretrained: str | None = None, **kwargs: Any) -> STDiT:
+    return build_stdit("STDiT-XL/2", from_pretrained=from_pretrained, **kwargs)

@@ -212,3 +212,22 @@ def test_released_name_found_in_pretrained_models(cfg, stdit_weights, tmp_path, 
     monkeypatch.chdir(tmp_path)
     m = make(cfg)
     assert load_pretrained(m, "OpenSora-v1-16x256x256.pth").ok
+
+
+def test_build_stdit_from_pretrained(cfg, stdit_weights, tmp_path):
+    from models.stdit import build_stdit
+
+    save_weights(stdit_weights, tmp_path / "w.safetensors")
+    args = {
+        k: v for k, v in cfg["constructor_args"].items() if k not in ("depth", "hidden_size", "num_heads")
+    }
+    m = build_stdit(
+        "STDiT-XL/2",
+        from_pretrained=str(tmp_path / "w.safetensors"),
+        depth=2,
+        hidden_size=64,
+        num_heads=4,
+        **args,
+    )
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, stdit_weights[k]), k

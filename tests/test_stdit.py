@@ -249,6 +249,11 @@ def test_freeze_not_temporal(cfg):
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable and all(".attn_temp." in n for n in trainable)
     assert len(trainable) == 8
+    m = tiny(cfg, freeze="text")
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert len(frozen) == 12 and all(".cross_attn." in n for n in frozen)
+    with pytest.raises(ValueError):
+        tiny(cfg, freeze="everything")
 
 
 @torch.no_grad()
