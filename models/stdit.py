@@ -378,6 +378,7 @@ class STDiT(nn.Module):
         cfg_scale: float,
         mask: torch.Tensor | None = None,
         cfg_channels: int | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """Classifier-free guidance, like Open-Sora's `forward_with_cfg`.
 
@@ -389,7 +390,7 @@ class STDiT(nn.Module):
         A (B, L) mask is repeated, so the null caption shares the real caption's mask (as in 1.0).
         """
         half = x[: len(x) // 2]
-        out = self(torch.cat([half, half], dim=0), timestep, y, mask=mask)
+        out = self(torch.cat([half, half], dim=0), timestep, y, mask=mask, **kwargs)
         c = self.in_channels if cfg_channels is None else cfg_channels
         eps, rest = out[:, :c], out[:, c:]
         cond, uncond = eps.chunk(2, dim=0)
