@@ -121,7 +121,6 @@ def main() -> None:
 
     print(f"python {platform.python_version()}, torch {torch.__version__}", end="")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
         print(f", {torch.cuda.get_device_name(device)}", end="")
     print()
 
