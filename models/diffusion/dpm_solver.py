@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DPMSolverMultistepScheduler
 
 from .gaussian_diffusion import get_named_beta_schedule
 from .iddpm import TextEncoderLike, forward_with_cfg, prepare_cfg_inputs
@@ -47,8 +46,10 @@ class DPMSolver:
             timestep_spacing="linspace",
         )
 
-    def make_scheduler(self) -> DPMSolverMultistepScheduler:
-        """A fresh diffusers scheduler with the timesteps set (it keeps per-run state)."""
+    def make_scheduler(self) -> Any:
+        """A fresh diffusers ``DPMSolverMultistepScheduler`` with the timesteps set (it keeps per-run state)."""
+        from diffusers import DPMSolverMultistepScheduler  # imported lazily: IDDPM alone needs no diffusers
+
         scheduler = DPMSolverMultistepScheduler(**self.scheduler_config)
         scheduler.set_timesteps(self.num_sampling_steps)
         return scheduler
