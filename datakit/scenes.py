@@ -45,18 +45,24 @@ def analysis_size(width: int, height: int, analysis_width: int = 256) -> tuple[i
     return analysis_width, max(2, round(height * analysis_width / width))
 
 
-def small_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
-    """A decoded frame as a small BGR image. For 4:2:0 input the planes are shrunk first and only
-    the small image is colour-converted (the full-size YUV->RGB conversion dominates otherwise)."""
+_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+
+
+def small_bgr(frame: av.VideoFrame, size: tuple[int, int], interp: str = "linear") -> np.ndarray:
+    """A decoded frame as a small BGR image. For 4:2:0 input the Y, U and V planes are shrunk
+    first and only the small image is colour-converted (a full-size YUV->BGR conversion costs more
+    than the rest of the analysis). 'linear' is ~3x cheaper than 'area' at 720p -> 256 and finds
+    the same cuts on our samples (PySceneDetect's own downscale uses cubic)."""
+    flag = _INTERP[interp]
     if frame.format.name not in _YUV420 or (frame.width, frame.height) == size:
         bgr = frame.to_ndarray(format="bgr24")
-        return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA) if bgr.shape[1::-1] != size else bgr
+        return cv2.resize(bgr, size, interpolation=flag) if bgr.shape[1::-1] != size else bgr
     planes = []
     for i, plane in enumerate(frame.planes):
         w = frame.width if i == 0 else (frame.width + 1) // 2
         h = frame.height if i == 0 else (frame.height + 1) // 2
         arr = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
-        planes.append(cv2.resize(arr, size, interpolation=cv2.INTER_AREA))
+        planes.append(cv2.resize(arr, size, interpolation=flag))
     y, u, v = planes
     return cv2.cvtColor(cv2.merge((y, v, u)), cv2.COLOR_YCrCb2BGR)
 
@@ -76,6 +82,7 @@ def detect_scenes(
     threshold: float | None = None,
     min_scene_len: int = 15,
     analysis_width: int = 256,
+    interp: str = "linear",
     gradual: bool = False,
     gradual_step: int = 8,
     gradual_threshold: float = 20.0,
@@ -97,11 +104,11 @@ def detect_scenes(
         if skip_loop_filter:
             # Skipping the in-loop deblocking filter speeds up H.264/HEVC decoding; the frames
             # are slightly blockier, which does not matter at the analysis size.
-            stream.codec_context.options = {"skip_loop_filter": "all"}
+            stream.codec_context.options = {"skip_loop_filter": "all", "flags2": "+fast"}
         size = analysis_size(stream.codec_context.width, stream.codec_context.height, analysis_width)
         try:
             for frame in _decode(container, stream):
-                img = small_bgr(frame, size)
+                img = small_bgr(frame, size, interp)
                 cuts.extend(det.process_frame(n, img))
                 if slow is not None and n % gradual_step == 0:
                     slow_hits.extend(k * gradual_step for k in slow.process_frame(n // gradual_step, img))

@@ -20,6 +20,7 @@ class SceneStage(Stage):
     max_clip_s: float | None = 15.0  # split longer scenes into consecutive windows of this length
     trim_frames: int = 1  # frames dropped at each scene edge that is a cut (not at video start/end)
     analysis_width: int = 256  # frames are shrunk to this width before detection
+    analysis_interp: str = "linear"  # 'linear' (fast) or 'area' shrinking for the analysis frames
     gradual: bool = False  # extra sparse pass that finds cross-dissolves/fades (off: hard cuts only)
     gradual_step: int = 8  # frame stride of that pass
     gradual_threshold: float = 20.0  # ContentDetector threshold of that pass
@@ -51,6 +52,7 @@ class SceneStage(Stage):
             "max_clip_s": self.max_clip_s,
             "trim_frames": self.trim_frames,
             "analysis_width": self.analysis_width,
+            "analysis_interp": self.analysis_interp,
             "gradual": self.gradual,
         }
         if self.gradual:
@@ -71,6 +73,7 @@ class SceneStage(Stage):
                 threshold=self.threshold,
                 min_scene_len=self.min_scene_len,
                 analysis_width=self.analysis_width,
+                interp=self.analysis_interp,
                 gradual=self.gradual,
                 gradual_step=self.gradual_step,
                 gradual_threshold=self.gradual_threshold,
