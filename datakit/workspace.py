@@ -33,6 +33,7 @@ from manifests.schema import SCHEMA_VERSION, TABLES, VIEWS, WRITTEN_COLUMN, arro
 
 DEFAULT_WORKSPACE = "workspace"
 _INIT_PART = "part-0000000000000000000-init.parquet"
+_COMPACT_TAG = "-compact-"
 
 
 def default_workspace() -> Path:
@@ -109,16 +110,44 @@ class Workspace:
                 _atomic_write_parquet(d / _INIT_PART, arrow_schema(name).empty_table())
 
     # ----------------------------------------------------------------------------- views
-    def view_sql(self) -> dict[str, str]:
+    def data_parts(self, table: str) -> list[Path]:
+        """Part files holding rows, oldest first (names start with the write time)."""
+        return sorted(p for p in self.table_dir(table).glob("part-*.parquet") if p.name != _INIT_PART)
+
+    def _latest_sql(self, name: str, snapshot: bool) -> str:
+        """SELECT of the newest row per key of a table.
+
+        The catalog file (snapshot=False) globs every part and deduplicates. A reader's in-memory
+        connection (snapshot=True) lists the parts now and skips most of that work: a lone part
+        needs no dedupe, and after `compact` only the few newer parts are deduplicated and their
+        keys removed from the compacted part (every row in them is newer than any row in it).
+        """
+        key = TABLES[name].key
+        dedupe = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {WRITTEN_COLUMN} DESC) = 1"
+        if not snapshot:
+            glob = _sql_str(str(self.table_dir(name) / "*.parquet"))
+            return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM read_parquet({glob}, union_by_name = true) {dedupe}"
+        parts = self.data_parts(name) or [self.table_dir(name) / _INIT_PART]
+
+        def read(files: list[Path]) -> str:
+            return f"read_parquet([{', '.join(_sql_str(str(p)) for p in files)}], union_by_name = true)"
+
+        if len(parts) == 1:
+            return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {read(parts)}"
+        base, delta = parts[0], parts[1:]
+        if _COMPACT_TAG in base.name and not any(_COMPACT_TAG in p.name for p in delta):
+            return (
+                f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM (SELECT * FROM {read([base])} "
+                f"ANTI JOIN (SELECT {key} FROM {read(delta)}) USING ({key}) "
+                f"UNION ALL BY NAME SELECT * FROM {read(delta)} {dedupe})"
+            )
+        return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {read(parts)} {dedupe}"
+
+    def view_sql(self, snapshot: bool = False) -> dict[str, str]:
         """Name -> SELECT of every view, with absolute paths to this workspace's parts."""
         views: dict[str, str] = {}
-        for name, table in TABLES.items():
-            glob = _sql_str(str(self.table_dir(name) / "*.parquet"))
-            latest = (
-                f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM read_parquet({glob}, union_by_name = true) "
-                f"QUALIFY row_number() OVER (PARTITION BY {table.key} ORDER BY {WRITTEN_COLUMN} DESC) = 1"
-            )
-            views[f"_latest_{name}"] = latest
+        for name in TABLES:
+            views[f"_latest_{name}"] = self._latest_sql(name, snapshot)
             views[name] = f"SELECT * FROM _latest_{name}"
         for name, (_, sql) in VIEWS.items():
             views[name] = sql
@@ -126,7 +155,7 @@ class Workspace:
 
     def _create_views(self, con: duckdb.DuckDBPyConnection, temp: bool) -> None:
         kind = "TEMP VIEW" if temp else "VIEW"
-        for name, sql in self.view_sql().items():
+        for name, sql in self.view_sql(snapshot=temp).items():
             con.execute(f"CREATE OR REPLACE {kind} {name} AS {sql}")
 
     def _build_catalog(self) -> None:
@@ -146,20 +175,28 @@ class Workspace:
 
     def sql(self, query: str, params: list | None = None) -> list[dict]:
         """Run a query and return rows as dicts (for small results)."""
-        con = self.connect()
-        try:
+
+        def run(con: duckdb.DuckDBPyConnection) -> list[dict]:
             cur = con.execute(query, params or [])
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
-        finally:
-            con.close()
+
+        return self._with_retry(run)
 
     def arrow(self, query: str, params: list | None = None) -> pa.Table:
-        con = self.connect()
-        try:
-            return con.sql(query, params=params).to_arrow_table()
-        finally:
-            con.close()
+        return self._with_retry(lambda con: con.sql(query, params=params).to_arrow_table())
+
+    def _with_retry(self, fn):
+        """A compaction may delete parts a snapshot listed: list again and retry."""
+        for attempt in range(3):
+            con = self.connect()
+            try:
+                return fn(con)
+            except duckdb.IOException:
+                if attempt == 2:
+                    raise
+            finally:
+                con.close()
 
     # ----------------------------------------------------------------------------- writes
     def write(self, table: str, rows: Iterable[dict]) -> Path | None:
@@ -168,19 +205,19 @@ class Workspace:
         if not rows:
             return None
         schema = arrow_schema(table)
-        now = time.time_ns()
         columns = {f.name: [r.get(f.name) for r in rows] for f in schema if f.name != WRITTEN_COLUMN}
-        # Rows in one part get increasing stamps, so the last row for a key in a batch wins.
-        columns[WRITTEN_COLUMN] = [now + i for i in range(len(rows))]
-        data = pa.table(columns, schema=schema)
-        path = self.table_dir(table) / f"part-{now:019d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-        _atomic_write_parquet(path, data)
+        with self._table_lock(table, exclusive=False):  # never between a compaction's read and delete
+            now = time.time_ns()
+            # Rows in one part get increasing stamps, so the last row for a key in a batch wins.
+            columns[WRITTEN_COLUMN] = [now + i for i in range(len(rows))]
+            path = self.table_dir(table) / f"part-{now:019d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+            _atomic_write_parquet(path, pa.table(columns, schema=schema))
         return path
 
     def compact(self, table: str) -> int:
         """Rewrite a table's parts as one part of its latest rows. Returns the row count."""
-        with self.lock(f"stage-{table}"), self.lock("compact"):
-            parts = sorted(p for p in self.table_dir(table).glob("*.parquet") if p.name != _INIT_PART)
+        with self._table_lock(table, exclusive=True):
+            parts = self.data_parts(table)
             if len(parts) <= 1:
                 return sum(pq.read_metadata(p).num_rows for p in parts)
             con = duckdb.connect(":memory:")
@@ -194,28 +231,33 @@ class Workspace:
                 ).to_arrow_table()
             finally:
                 con.close()
-            newest = max(int(p.name.split("-")[1]) for p in parts)
-            out = self.table_dir(table) / f"part-{newest:019d}-compact-{uuid.uuid4().hex[:8]}.parquet"
-            _atomic_write_parquet(out, data.cast(arrow_schema(table)))
+            # Named after the newest part it replaces, so it sorts before every later part.
+            newest = parts[-1].name.split("-")[1]
+            out = self.table_dir(table) / f"part-{newest}{_COMPACT_TAG}{uuid.uuid4().hex[:8]}.parquet"
+            _atomic_write_parquet(out, data.select(arrow_schema(table).names).cast(arrow_schema(table)))
             for p in parts:
                 p.unlink()
             return data.num_rows
 
+    def _table_lock(self, table: str, *, exclusive: bool):
+        return self.lock(f"table-{table}", shared=not exclusive)
+
     # ----------------------------------------------------------------------------- locks
     @contextlib.contextmanager
-    def lock(self, name: str, *, wait: bool = True, on_wait=None) -> Iterator[None]:
-        """Exclusive inter-process lock on `locks/<name>.lock` (released if the process dies)."""
+    def lock(self, name: str, *, wait: bool = True, shared: bool = False, on_wait=None) -> Iterator[None]:
+        """Inter-process lock on `locks/<name>.lock` (released if the process dies)."""
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         with open(lock_dir / f"{name}.lock", "a+") as fh:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not wait:
                     raise WorkspaceError(f"another process holds the '{name}' lock on {self.root}") from None
                 if on_wait:
                     on_wait(name)
-                fcntl.flock(fh, fcntl.LOCK_EX)
+                fcntl.flock(fh, mode)
             try:
                 yield
             finally:

@@ -125,6 +125,7 @@ TABLES: dict[str, Table] = {
                 C("num_scenes", "INTEGER", "scenes found before the clip-length policy"),
                 C("num_clips", "INTEGER", "clips kept after the policy (rows in clip_spans)"),
                 C("analysed_frames", "BIGINT", "frames decoded and analysed"),
+                C("run_key", "VARCHAR", "hash of video_id and params; the clips of this run carry it"),
             ),
         ),
         Table(
@@ -143,6 +144,7 @@ TABLES: dict[str, Table] = {
                 C("fps", "DOUBLE", "frame rate of the source"),
                 C("width", "INTEGER", "source width"),
                 C("height", "INTEGER", "source height"),
+                C("run_key", "VARCHAR", "the scene run that made this span (spans of older runs are hidden in `clips`)"),
             ),
         ),
         Table(
@@ -159,6 +161,7 @@ TABLES: dict[str, Table] = {
                 C("fps", "DOUBLE", "frame rate of the extracted file"),
                 C("num_frames", "BIGINT", "frames written"),
                 C("bytes", "BIGINT", "file size"),
+                C("params", "VARCHAR", "JSON of the cut settings (fps, short_side, crf, preset)"),
             ),
         ),
     ]
@@ -195,6 +198,7 @@ VIEWS: dict[str, tuple[str, str]] = {
                k.status AS cut_status, k.error AS cut_error,
                coalesce(d.path, s.path) AS source_path
         FROM _latest_clip_spans c
+        JOIN (SELECT video_id, run_key FROM _latest_scene_runs) r USING (video_id, run_key)
         LEFT JOIN _latest_cuts k USING (clip_id)
         LEFT JOIN _latest_sources s USING (video_id)
         LEFT JOIN _latest_downloads d USING (video_id)

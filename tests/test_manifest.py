@@ -162,8 +162,45 @@ def test_contact_sheet_shows_one_strip_per_clip(tmp_path, demo_samples):
     vid = ws.sql("select video_id from sources")[0]["video_id"]
     spans = [(0, 40), (60, 100)]
     ws.write("clip_spans", [{"clip_id": clip_id(vid, a, b), "video_id": vid, "start_frame": a, "end_frame": b,
-                             "start_s": a / 24, "end_s": b / 24} for a, b in spans])  # fmt: skip
+                             "start_s": a / 24, "end_s": b / 24, "run_key": "r1"} for a, b in spans])  # fmt: skip
+    ws.write("scene_runs", [{"video_id": vid, "status": "ok", "run_key": "r1", "num_clips": len(spans)}])
     image = Image.open(contact_sheet(ws, tmp_path / "sheet.png"))
     assert image.height == 8 + len(spans) * (THUMB_H + 22)
     pixels = image.crop((4, 24, 4 + THUMB_H, 24 + THUMB_H)).getextrema()
     assert any(hi - lo > 30 for lo, hi in pixels), "the strip holds real frames, not a blank"
+
+
+def test_reader_snapshot_views_equal_the_catalog_views(tmp_path):
+    """The fast in-memory views (lone part, compacted part + newer parts) give the catalog's rows."""
+    ws = Workspace(tmp_path)
+
+    def both() -> tuple[list, list]:
+        fast = ws.sql("select * from probes order by video_id")
+        con = duckdb.connect(str(ws.catalog_path), read_only=True)
+        cur = con.execute("select * from probes order by video_id")
+        cols = [d[0] for d in cur.description]
+        slow = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+        con.close()
+        return fast, slow
+
+    ws.write("probes", [{"video_id": f"v{i}", "status": "ok", "width": i} for i in range(50)])
+    fast, slow = both()
+    assert fast == slow and len(fast) == 50
+    ws.write("probes", [{"video_id": f"v{i}", "status": "error", "error": "again"} for i in range(0, 50, 5)])
+    ws.compact("probes")
+    ws.write("probes", [{"video_id": "v1", "status": "error", "error": "newer"}, {"video_id": "v99", "status": "ok"}])
+    ws.write("probes", [{"video_id": "v1", "status": "ok", "width": 7}])
+    fast, slow = both()
+    assert fast == slow
+    rows = {r["video_id"]: r for r in fast}
+    assert len(rows) == 51 and rows["v1"]["width"] == 7 and rows["v5"]["error"] == "again"
+
+
+def test_runs_compact_many_small_parts(tmp_path, demo_samples):
+    ws = Workspace(tmp_path)
+    ingest(ws, [str(Path(demo_samples[0].path).parent)])
+    stage = ProbeStage()
+    stage.batch_size = 1
+    run_stage(ws, stage, progress=False, compact_above_parts=2)
+    assert len(ws.data_parts("probes")) == 1
+    assert ws.sql("select count(*) n from probes where status = 'ok'")[0]["n"] == len(demo_samples)

@@ -169,3 +169,22 @@ def test_stage_survives_broken_videos(tmp_path, demo_samples):
     assert all(s["end_frame"] <= trunc["analysed_frames"] for s in spans)
     assert runs["0000000000000001"]["status"] in ("ok", "error")
     assert plan(ws, SceneStage()) == []
+
+
+def test_redo_with_new_settings_replaces_the_clips(probed_workspace, demo_samples):
+    ws = probed_workspace
+    run_stage(ws, SceneStage(min_clip_s=1.0, max_clip_s=3.0), progress=False)
+    old = {r["clip_id"] for r in ws.sql("SELECT clip_id FROM clips")}
+    assert all(r["end_s"] - r["start_s"] <= 3.0 + 1e-9 for r in ws.sql("SELECT * FROM clips"))
+    # without --redo, other settings do not re-run finished videos
+    assert plan(ws, SceneStage(min_clip_s=1.0, max_clip_s=None)) == []
+    redo = SceneStage(min_clip_s=1.0, max_clip_s=None, redo=True)
+    assert len(plan(ws, redo)) == len(demo_samples)
+    run_stage(ws, redo, progress=False)
+    new = ws.sql("SELECT * FROM clips")
+    assert {r["clip_id"] for r in new} != old
+    assert any(r["end_s"] - r["start_s"] > 3.0 for r in new), "long scenes are no longer split"
+    # clips of the earlier run stay in clip_spans (history) but not in the clips view
+    assert ws.sql("SELECT count(*) n FROM clip_spans")[0]["n"] > len(new)
+    assert sum(r["num_clips"] for r in ws.sql("SELECT num_clips FROM scene_runs")) == len(new)
+    assert plan(ws, redo) == []  # same settings again: nothing to do

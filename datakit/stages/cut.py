@@ -8,6 +8,7 @@ a file under its final name is always complete.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class CutStage(Stage):
             SELECT c.clip_id, c.video_id, c.start_frame, c.end_frame, c.fps, c.width, c.height,
                    coalesce(d.path, s.path) AS path
             FROM _latest_clip_spans c
+            JOIN (SELECT video_id, run_key FROM _latest_scene_runs) r USING (video_id, run_key)
             ANTI JOIN (SELECT clip_id FROM _latest_cuts WHERE status IN ('ok', 'error')) k USING (clip_id)
             LEFT JOIN _latest_sources s USING (video_id)
             LEFT JOIN _latest_downloads d USING (video_id)
@@ -60,7 +62,8 @@ class CutStage(Stage):
             crf=self.crf,
             preset=self.preset,
         )
-        return {"cuts": [{"clip_id": item["clip_id"], **row}]}
+        params = json.dumps({"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset})
+        return {"cuts": [{"clip_id": item["clip_id"], **row, "params": params}]}
 
 
 def _rate(fps: float) -> Fraction:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class SceneStage(Stage):
     gradual_step: int = 8  # frame stride of that pass
     gradual_threshold: float = 20.0  # ContentDetector threshold of that pass
     skip_loop_filter: bool = True  # faster H.264/HEVC decoding for analysis (no effect on spans)
+    redo: bool = False  # also re-detect videos whose last run used other settings (their old clips vanish)
     batch_size: int = 16
 
     name = "scenes"
@@ -32,15 +34,21 @@ class SceneStage(Stage):
     extra_tables = ("clip_spans",)
 
     def pending_sql(self) -> str:
-        return """
+        done = "status IN ('ok', 'error')"
+        if self.redo:  # a run with other settings does not count as done
+            done += " AND params = " + "'" + self.params_json().replace("'", "''") + "'"
+        return f"""
             SELECT p.video_id, coalesce(d.path, s.path) AS path, p.fps, p.num_frames, p.width, p.height
             FROM _latest_probes p
             JOIN _latest_sources s USING (video_id)
             LEFT JOIN _latest_downloads d USING (video_id)
-            ANTI JOIN (SELECT video_id FROM _latest_scene_runs WHERE status IN ('ok', 'error')) r USING (video_id)
+            ANTI JOIN (SELECT video_id FROM _latest_scene_runs WHERE {done}) r USING (video_id)
             WHERE p.status = 'ok'
             ORDER BY p.video_id
         """
+
+    def params_json(self) -> str:
+        return json.dumps(self.params(), sort_keys=True)
 
     def params(self) -> dict:
         threshold = DEFAULT_THRESHOLDS.get(self.detector) if self.threshold is None else self.threshold
@@ -61,11 +69,10 @@ class SceneStage(Stage):
 
     def process(self, item: dict) -> dict[str, list[dict]]:
         video_id = item["video_id"]
-        base = {
-            "video_id": video_id,
-            "detector": self.detector,
-            "params": json.dumps(self.params(), sort_keys=True),
-        }
+        params = self.params_json()
+        # Clips belong to one run: the `clips` view shows those of the video's latest run only.
+        run_key = hashlib.blake2b(f"{video_id} {params}".encode(), digest_size=8).hexdigest()
+        base = {"video_id": video_id, "detector": self.detector, "params": params, "run_key": run_key}
         try:
             det = detect_scenes(
                 item["path"],
@@ -114,6 +121,7 @@ class SceneStage(Stage):
                 "fps": fps,
                 "width": item.get("width"),
                 "height": item.get("height"),
+                "run_key": run_key,
             }
             for i, s, e in clips
         ]
