@@ -16,13 +16,10 @@ def _register() -> None:
     from datakit.cli import app as datakit_app
 
     app.add_typer(datakit_app, name="datakit", help="Build, inspect and curate video manifests.")
-    try:
-        from models.sample_cli import sample
-    except ImportError:  # models not built yet
-        pass
-    else:
-        app.command("sample", help="Text to video with an STDiT checkpoint, a VAE and a T5 encoder.")(sample)
     from datakit.demo import demo
+    from models.sample_cli import sample
+
+    app.command("sample", help="Text to video with an STDiT checkpoint, a VAE and a T5 encoder.")(sample)
 
     app.command("demo", help="End-to-end demo on generated sample videos.")(demo)
 

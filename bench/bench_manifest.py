@@ -4,8 +4,8 @@
 
 Builds a synthetic workspace in a temp dir with `Workspace.write` (a few large parts per table):
 sources, probes, scene_runs for every video, clip_spans and cuts for every clip. Then times
-typical queries (best of 3) and the `_latest_*` dedupe alternatives (window function, arg_max,
-DISTINCT ON, no dedupe after compaction). Target: each < 1 s.
+typical queries (best of 3): as written (several parts: every view deduplicates by key), after
+`compact`, and compacted plus a newer part. Target: each < 1 s.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from datakit.pipeline import status  # noqa: E402
 from datakit.stage import plan  # noqa: E402
 from datakit.stages.cut import CutStage  # noqa: E402
 from datakit.stages.scenes import SceneStage  # noqa: E402
-from datakit.workspace import Workspace, _sql_str  # noqa: E402
-from manifests.schema import TABLES, WRITTEN_COLUMN  # noqa: E402
+from datakit.workspace import Workspace  # noqa: E402
+from manifests.schema import TABLES  # noqa: E402
 
 
 def build(ws: Workspace, n_videos: int, per_video: int, parts: int) -> None:
@@ -71,6 +72,7 @@ def build(ws: Workspace, n_videos: int, per_video: int, parts: int) -> None:
                     status="ok",
                     detector="adaptive",
                     params="{}",
+                    run_key=f"r{v}",
                     num_scenes=per_video,
                     num_clips=per_video,
                     analysed_frames=per_video * 240,
@@ -92,6 +94,7 @@ def build(ws: Workspace, n_videos: int, per_video: int, parts: int) -> None:
                         fps=fps,
                         width=w[i % 4],
                         height=h[i % 4],
+                        run_key=f"r{v}",
                     )
                 )
                 cuts.append(
@@ -135,14 +138,6 @@ def main() -> None:
         print(
             f"built {args.videos} videos, {args.videos * args.clips_per_video} clips in {time.perf_counter() - t0:.1f}s"
         )
-        con = ws.connect()
-
-        def q(sql: str):
-            return lambda: con.execute(sql).fetchall().__len__()
-
-        def one(sql: str):
-            return lambda: con.execute(sql).fetchone()[0]
-
         curated = """
             SELECT c.clip_id, c.source_path, c.start_frame, c.end_frame, c.path, v.width, v.height
             FROM clips c JOIN videos v USING (video_id)
@@ -153,52 +148,30 @@ def main() -> None:
             SELECT count(*) FROM clips c JOIN videos v USING (video_id)
             WHERE v.status = 'ok' AND v.width >= 256 AND c.end_s - c.start_s BETWEEN 2 AND 15
         """
-        print("queries (current views: row_number() dedupe):")
-        for table in TABLES:
-            timed(
-                f"status: {table} count by status (or count)",
-                q(f"SELECT status, count(*) FROM {table} GROUP BY ALL")
-                if "status" in TABLES[table].column_names
-                else one(f"SELECT count(*) FROM {table}"),
-            )
-        timed(
-            "status: all tables in one connection",
-            lambda: sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES),
-        )
-        timed("curated: clips 2-15 s, ok videos, width>=256, LIMIT 1000", q(curated))
-        timed("curated: count(*) of the same set", one(curated_count))
-        timed("plan scenes (50k videos, all done)", lambda: len(plan(ws, SceneStage())))
-        timed("plan cut (1M clips, all done)", lambda: len(plan(ws, CutStage(out_dir=tmp))))
-        timed("plan cut count only (1M done)", one(f"SELECT count(*) FROM ({CutStage().pending_sql()})"))
+        def measure(title: str) -> None:
+            con = ws.connect()  # a reader's snapshot of the parts as they are now
 
-        print("dedupe alternatives for _latest_clip_spans / _latest_cuts (count + curated query):")
-        alternatives = {
-            "row_number (current)": None,
-            "DISTINCT ON": "SELECT DISTINCT ON ({key}) * EXCLUDE ({w}) FROM {src} ORDER BY {key}, {w} DESC",
-            "arg_max struct": "SELECT unnest(arg_max(t, t.{w})) FROM {src} t GROUP BY t.{key}",
-            "no dedupe (1 compacted part)": "SELECT * EXCLUDE ({w}) FROM {src}",
-        }
-        for name, tpl in alternatives.items():
-            c2 = ws.connect()
-            if tpl:
-                for table in ("clip_spans", "cuts", "sources", "probes", "scene_runs", "downloads"):
-                    src = f"read_parquet({_sql_str(str(ws.table_dir(table) / '*.parquet'))}, union_by_name = true)"
-                    sql = tpl.format(key=TABLES[table].key, w=WRITTEN_COLUMN, src=src)
-                    if "arg_max" in tpl:
-                        sql = f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM ({sql})"
-                    c2.execute(f"CREATE OR REPLACE TEMP VIEW _latest_{table} AS {sql}")
-            print(f" {name}:")
-            timed(
-                "count(*) FROM clip_spans",
-                lambda c2=c2: c2.execute("SELECT count(*) FROM clip_spans").fetchone()[0],
-            )
-            timed("curated LIMIT 1000", lambda c2=c2: len(c2.execute(curated).fetchall()))
-            timed(
-                "plan cut count (1M done)",
-                lambda c2=c2: c2.execute(f"SELECT count(*) FROM ({CutStage().pending_sql()})").fetchone()[0],
-            )
-            c2.close()
-        con.close()
+            def q(sql: str):
+                return lambda: con.execute(sql).fetchall().__len__()
+
+            def one(sql: str):
+                return lambda: con.execute(sql).fetchone()[0]
+
+            parts = {t: len(ws.data_parts(t)) for t in ("clip_spans", "cuts")}
+            print(f"{title} (parts: {parts})")
+            timed("status: all stage/status counts (datakit status)", lambda: len(status(ws)))
+            timed("curated: clips 2-15 s, ok videos, width>=256, LIMIT 1000", q(curated))
+            timed("curated: count(*) of the same set", one(curated_count))
+            timed("plan scenes (50k videos, all done)", lambda: len(plan(ws, SceneStage())))
+            timed("plan cut (1M clips, all done)", lambda: len(plan(ws, CutStage(out_dir=tmp))))
+            con.close()
+
+        measure("as written by the stages (several parts per table: full dedupe)")
+        for table in TABLES:
+            ws.compact(table)
+        measure("after compaction (what a stage run does when parts pile up)")
+        ws.write("cuts", [dict(clip_id=f"{i:016x}-0-{30 + i % 420}", status="error", error="redo") for i in range(1000)])
+        measure("compacted + a newer part of 1000 rows (dedupe of the new part only)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_T5 = "DeepFloyd/t5-v1_1-xxl"
+from .defaults import DEFAULT_T5
 
 # ---------------------------------------------------------------------------------------------
 # Caption cleaning (the behaviour of DeepFloyd-IF / PixArt-α's ``clean_caption``, our own code)

@@ -6,7 +6,7 @@ import torch
 from diffusers.models import AutoencoderKL
 from torch import nn
 
-DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
+from .defaults import DEFAULT_VAE
 
 
 class VideoAutoencoderKL(nn.Module):
