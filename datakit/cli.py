@@ -164,9 +164,14 @@ def status(
     out.print(table)
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "manifests" / "recipes"
+
+
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="One read-only SELECT over the views (videos, clips, probes, ...).")],
+    sql: Annotated[
+        str, typer.Argument(help="One read-only SELECT over the views (videos, clips, ...), or @RECIPE (manifests/recipes).")
+    ],
     workspace: WorkspaceOpt = default_workspace(),
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet.")] = "table",
     output: Annotated[Path | None, typer.Option("--output", help="Write to a file instead of stdout.")] = None,
@@ -176,6 +181,13 @@ def query(
     from datakit.query import ReadOnlyError, run_query, write_result
 
     ws = _open(workspace, create=False)
+    if sql.startswith("@"):
+        recipe = RECIPES / f"{sql[1:]}.sql"
+        if not recipe.exists():
+            names = ", ".join(sorted("@" + p.stem for p in RECIPES.glob("*.sql")))
+            typer.echo(f"error: no recipe {sql} (recipes: {names})", err=True)
+            raise typer.Exit(2)
+        sql = recipe.read_text()
     try:
         result = run_query(ws, sql)
     except ReadOnlyError as exc:

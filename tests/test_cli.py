@@ -90,3 +90,10 @@ def test_unknown_stage_option_is_refused(probed):
 def test_every_command_has_help():
     for cmd in ("ingest", "download", "probe", "scenes", "cut", "status", "query", "run", "compact", "samples"):
         assert "Usage" in datakit(cmd, "--help").stdout.decode()
+
+
+def test_query_runs_a_recipe(probed):
+    out = datakit("query", "-w", str(probed), "@clips_2_15s", "-f", "json").stdout.decode()
+    assert out == ""  # probed but not scene-cut yet: the recipe selects no clips
+    proc = datakit("query", "-w", str(probed), "@nope", check=False)
+    assert proc.returncode == 2 and "@clips_2_15s" in proc.stderr.decode()
