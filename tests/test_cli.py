@@ -92,8 +92,19 @@ def test_every_command_has_help():
         assert "Usage" in datakit(cmd, "--help").stdout.decode()
 
 
-def test_query_runs_a_recipe(probed):
-    out = datakit("query", "-w", str(probed), "@clips_2_15s", "-f", "json").stdout.decode()
-    assert out == ""  # probed but not scene-cut yet: the recipe selects no clips
-    proc = datakit("query", "-w", str(probed), "@nope", check=False)
+def test_query_runs_a_recipe(tmp_path):
+    from datakit.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    ws.write("sources", [{"video_id": v, "source": v, "source_kind": "file", "status": "ok"} for v in "ab"])
+    ws.write("probes", [{"video_id": "a", "status": "ok", "width": 640, "height": 360},
+                        {"video_id": "b", "status": "ok", "width": 320, "height": 240}])  # fmt: skip
+    ws.write("scene_runs", [{"video_id": v, "status": "ok", "run_key": v} for v in "ab"])
+    spans = [("a", 0, 90), ("a", 100, 130), ("a", 200, 700), ("b", 0, 90)]  # 3 s, 1 s, 16.7 s at 30 fps; b too small
+    ws.write("clip_spans", [{"clip_id": f"{v}-{s}-{e}", "video_id": v, "start_frame": s, "end_frame": e, "fps": 30.0,
+                             "start_s": s / 30, "end_s": e / 30, "width": 640 if v == "a" else 320,
+                             "height": 360 if v == "a" else 240, "run_key": v} for v, s, e in spans])  # fmt: skip
+    lines = datakit("query", "-w", str(tmp_path), "@clips_2_15s", "-f", "json").stdout.decode().splitlines()
+    assert [json.loads(line)["clip_id"] for line in lines] == ["a-0-90"]
+    proc = datakit("query", "-w", str(tmp_path), "@nope", check=False)
     assert proc.returncode == 2 and "@clips_2_15s" in proc.stderr.decode()
