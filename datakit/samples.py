@@ -16,6 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from datakit.avio import av_open
+
 
 @dataclass
 class SampleSpec:
@@ -98,7 +100,7 @@ def write_video(path: Path, frames, *, fps: int, codec: str, width: int, height:
     """Encode RGB frames with PyAV (no shell, no ffmpeg binary). Returns frames written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with av.open(str(path), mode="w") as out:
+    with av_open(str(path), mode="w") as out:
         stream = out.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
@@ -185,7 +187,7 @@ def make_bad_inputs(out_dir: Path) -> dict[str, Path]:
 def _write_tone(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
     t = np.arange(int(seconds * rate)) / rate
     samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
-    with av.open(str(path), mode="w", format="mp4") as out:
+    with av_open(str(path), mode="w", format="mp4") as out:
         stream = out.add_stream("aac", rate=rate)
         stream.layout = "mono"
         frame_size = stream.codec_context.frame_size or 1024

@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
+from datakit.avio import av_open
+
 DEFAULT_THRESHOLDS = {"adaptive": 3.0, "content": 27.0}
 _YUV420 = {"yuv420p", "yuvj420p"}
 
@@ -96,7 +98,7 @@ def detect_scenes(
     cuts: list[int] = []
     n = 0
     error = None
-    with av.open(str(path)) as container:
+    with av_open(str(path)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]

@@ -26,6 +26,8 @@ import av
 import cv2
 import numpy as np
 
+from datakit.avio import av_open
+
 
 class VideoReadError(RuntimeError):
     pass
@@ -77,7 +79,7 @@ def cfr_timing(stream) -> CfrTiming:
 
 @functools.lru_cache(maxsize=64)
 def _pts_table_cached(path: str, _size: int, _mtime_ns: int) -> PtsTable:
-    with av.open(path) as container:
+    with av_open(path) as container:
         stream = container.streams.video[0]
         pts = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
     return PtsTable(tuple(pts))
@@ -129,7 +131,7 @@ def pick_indices(start: int, end: int, src_fps: float, dst_fps: float | None) ->
 # ------------------------------------------------------------------------------------ reading
 def open_video(path: str | os.PathLike, *, threads: bool = True):
     """Open a file for decoding its first video stream (threaded by default)."""
-    container = av.open(str(path))
+    container = av_open(str(path))
     if not container.streams.video:
         container.close()
         raise VideoReadError(f"no video stream in {path}")
@@ -202,7 +204,7 @@ def iter_video_frames(
     for mode in modes:
         yielded = 0
         try:
-            with av.open(str(path)) as probe:
+            with av_open(str(path)) as probe:
                 if not probe.streams.video:
                     raise VideoReadError(f"no video stream in {path}")
                 vs = probe.streams.video[0]

@@ -233,13 +233,15 @@ def save_mp4(frames: np.ndarray, path: str | Path, fps: float = 8) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 (libx264; mpeg4 when unavailable), yuv420p."""
     import av
 
+    from datakit.avio import av_open
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = _even(np.ascontiguousarray(frames))
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     from fractions import Fraction
 
-    with av.open(str(path), mode="w") as container:
+    with av_open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"

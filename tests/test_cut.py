@@ -134,3 +134,21 @@ def test_cut_resample_resize_and_errors(scened_workspace, tmp_path):
     gone = stage.safe_process({**item, "clip_id": "y-0-1", "path": str(tmp_path / "missing.mp4")})["cuts"][0]
     assert gone["status"] == "error"
     assert not list((tmp_path / "small").rglob("*.tmp*"))
+
+
+def test_early_stop_next_to_torchvision_does_not_hang(demo_samples):
+    """torchvision enables PyAV's log callback; closing a frame-threaded decoder early then
+    deadlocked. Every datakit open turns the callback off (datakit.avio)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torchvision.transforms.v2.functional\n"
+        "from datakit.video_io import read_frames\n"
+        f"paths = {[t.path for t in demo_samples]!r}\n"
+        "for p in paths * 3: read_frames(p, 3, 5)\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, timeout=120)
+    assert proc.stdout.strip() == b"ok", proc.stderr.decode()[-1000:]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 
+from datakit.avio import av_open
 from datakit.stage import Stage
 from datakit.video_io import even_size, iter_frames, pick_indices
 
@@ -91,7 +92,7 @@ def cut_clip(
     tmp = dst.with_name(f".{dst.stem}.{uuid.uuid4().hex[:8]}.tmp.mp4")
     written, size = 0, None
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as out:
+        with av_open(str(tmp), mode="w", format="mp4") as out:
             stream = None
             frames = iter_frames(src, start, end, size=short_side, fps_pick=(src_fps, fps) if pick else None)
             for arr in frames:

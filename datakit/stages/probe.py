@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import av
 
+from datakit.avio import av_open
 from datakit.stage import Stage
 
 PENDING_PATHS = """
@@ -55,7 +56,7 @@ def probe_file(video_id: str, path: str, *, count_frames: bool = True) -> dict:
     if size == 0:
         return fail("empty file (0 bytes)")
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av_open(path, metadata_errors="ignore")
     except av.error.FFmpegError as exc:
         return fail(f"not a readable video container: {exc.strerror or exc}")
     except Exception as exc:  # PyAV may raise plain errors on odd input
