@@ -184,7 +184,7 @@ def run_stage(
     limit: int | None = None,
     progress: bool = True,
     results: Iterable[Rows] | None = None,
-    compact_above_parts: int = 16,
+    compact_above_parts: int = 16,  # newer parts allowed beside a compacted one
 ) -> StageStats:
     """Plan pending items, process them, commit results in batches. Safe to kill and rerun."""
     stats = StageStats(stage.name)
@@ -210,8 +210,8 @@ def run_stage(
                 writer.add(rows)
                 bar.advance(task)
         writer.flush()
-        for table in stats.rows_written:  # many small parts make every later query slower
-            if len(ws.data_parts(table)) > compact_above_parts:
+        for table in stats.rows_written:
+            if ws.needs_compaction(table, compact_above_parts):
                 ws.compact(table)
         stats.seconds = time.monotonic() - t0
         (run_dir / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")

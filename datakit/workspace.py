@@ -239,6 +239,13 @@ class Workspace:
                 p.unlink()
             return data.num_rows
 
+    def needs_compaction(self, table: str, max_newer_parts: int = 16) -> bool:
+        """Readers are fast on one part, or a compacted part plus a few newer ones (see _latest_sql)."""
+        parts = self.data_parts(table)
+        if len(parts) <= 1:
+            return False
+        return _COMPACT_TAG not in parts[0].name or len(parts) - 1 > max_newer_parts
+
     def _table_lock(self, table: str, *, exclusive: bool):
         return self.lock(f"table-{table}", shared=not exclusive)
 
