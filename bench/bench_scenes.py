@@ -1,6 +1,6 @@
 """Scene-detection throughput: our path vs PySceneDetect's CLI vs decode-only (the floor).
 
-    .venv/bin/python bench/bench_scenes.py [--videos 3] [--seconds 20] [--detector adaptive]
+    .venv/bin/python bench/bench_scenes.py [--videos 4] [--seconds 20] [--detector adaptive]
 
 Generates 1280x720 30 fps H.264 videos with known cuts (cached under bench/out/), then measures
 (a) `datakit.scenes.detect_scenes` (what the scenes stage runs), (b) `scenedetect -i FILE
@@ -96,7 +96,7 @@ def run_decode_naive(path: str) -> tuple[int, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--videos", type=int, default=3)
+    ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--detector", default="adaptive", choices=["adaptive", "content"])
     ap.add_argument("--repeat", type=int, default=3, help="best of N interleaved runs (shared, noisy CPUs)")
@@ -157,6 +157,31 @@ def main() -> None:
     print(f"ratio ours/decode    = {ours / floor:.2f}   (target >= 0.7)")
     print(f"ratio ours/naive decode = {ours / naive:.2f}")
     print(f"cut mismatches (ours vs CLI vs truth): {mismatches}")
+    stage_throughput(truths, cli, floor)
+
+
+def stage_throughput(truths: list, cli_fps: float, floor_fps: float) -> None:
+    """(d) `datakit scenes -j N` end to end (workspace writes included) on the same videos."""
+    import tempfile
+
+    from datakit.ingest import ingest
+    from datakit.stage import run_stage
+    from datakit.stages.probe import ProbeStage
+    from datakit.stages.scenes import SceneStage
+    from datakit.workspace import Workspace
+
+    frames = sum(t.num_frames for t in truths)
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            ws = Workspace(Path(tmp) / "ws")
+            ingest(ws, [t.path for t in truths])
+            run_stage(ws, ProbeStage(), progress=False)
+            stats = run_stage(ws, SceneStage(), workers=workers, progress=False)
+            fps = frames / stats.seconds
+            print(
+                f"(d) datakit scenes -j {workers} (stage, {len(truths)} videos): {fps:7.0f} frames/s  "
+                f"= {fps / cli_fps:.2f} x CLI, {fps / floor_fps:.2f} x single-process decode floor"
+            )
 
 
 if __name__ == "__main__":
