@@ -12,8 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .text_encoder import DEFAULT_T5
-from .vae import DEFAULT_VAE
+from .defaults import DEFAULT_T5, DEFAULT_VAE
 
 
 def _slug(text: str, limit: int = 40) -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from diffusers.models import AutoencoderKL
 from torch import nn
+
+with warnings.catch_warnings():  # diffusers 0.29 warns about its own deprecated import path
+    warnings.filterwarnings("ignore", message=".*Transformer2DModelOutput.*", category=FutureWarning)
+    from diffusers.models import AutoencoderKL
 
 from .defaults import DEFAULT_VAE
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import typer
-from model_fixtures import TINY_MAX_LEN, save_tiny_stdit, save_tiny_t5, save_tiny_vae_x8
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,6 +21,7 @@ from models.pipeline import (
     save_mp4,
     to_uint8_frames,
 )
+from models.tiny import TINY_MAX_LEN, save_tiny_stdit, save_tiny_t5, save_tiny_vae_x8
 
 GOLDEN = Path(__file__).parent / "golden" / "opensora-v1.0"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_fixtures import TINY_T5_DIM, save_tiny_t5, save_tiny_vae
 
 from models.text_encoder import T5Encoder, clean_caption, text_preprocessing
+from models.tiny import TINY_T5_DIM, save_tiny_t5, save_tiny_vae
 from models.vae import VideoAutoencoderKL
 
 

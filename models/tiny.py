@@ -1,4 +1,8 @@
-"""Tiny random VAE / T5 / STDiT built and saved locally (no hub access) for the model tests."""
+"""Tiny random VAE / T5 / STDiT, built and saved locally (no hub access).
+
+For tests and the demo's smoke run of the model stack. Their weights are random, not trained:
+what they generate is noise. Real weights load through the same paths (see README).
+"""
 
 from __future__ import annotations
 
