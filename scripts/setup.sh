@@ -13,7 +13,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check uv
-# uv pip sync installs exactly the lock (and removes anything else), so torch cannot drift.
-"$venv/bin/python" -m uv pip sync -q --python "$venv/bin/python" requirements.lock
+# uv pip sync installs exactly the lock (and removes anything else), so torch cannot drift;
+# bytecode is compiled once here (imports stay fast even with PYTHONDONTWRITEBYTECODE set).
+"$venv/bin/python" -m uv pip sync -q --compile-bytecode --python "$venv/bin/python" requirements.lock
 "$venv/bin/python" -m uv pip install -q --python "$venv/bin/python" --no-deps -e .
 echo "$want" > "$stamp"
