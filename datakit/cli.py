@@ -26,6 +26,12 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-o", help="Stage option KEY=VALUE (repeatable; value parsed as JSON when possible)."),
 ]
+ExecutorOpt = Annotated[
+    str, typer.Option("--executor", help="local (processes/threads on this machine) or ray (Ray Data actors).")
+]
+RayAddressOpt = Annotated[
+    str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray).")
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Pipeline TOML; this stage's section gives options.")]
 
 
@@ -50,7 +56,14 @@ def _parse_sets(pairs: list[str] | None) -> dict:
 
 
 def _run_stage_command(
-    name: str, workspace: Path, workers: int | None, limit: int | None, config: Path | None, options: dict
+    name: str,
+    workspace: Path,
+    workers: int | None,
+    limit: int | None,
+    config: Path | None,
+    options: dict,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> None:
     """Options: command line over the config file's section over the embedded defaults."""
     from datakit.pipeline import build_stage, load_config
@@ -61,12 +74,16 @@ def _run_stage_command(
     opts.pop("enabled", None)
     workers = int(workers or opts.pop("workers", 1))
     opts.pop("workers", None)
+    executor = opts.pop("executor", None) if executor == "local" else executor  # the command line wins
+    executor = executor or "local"
     opts.update({k: v for k, v in options.items() if v is not None})
     try:
         stage = build_stage(name, ws, opts)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    stats = run_stage(ws, stage, workers=workers, limit=limit)
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"--executor must be local or ray, not {executor!r}")
+    stats = run_stage(ws, stage, workers=workers, limit=limit, executor=executor, ray_address=ray_address)
     out.print(stats.summary())
 
 
@@ -94,10 +111,12 @@ def download(
     max_retries: Annotated[int | None, typer.Option(help="Attempts per URL within this run (backoff, Retry-After).")] = None,
     max_bytes: Annotated[int | None, typer.Option(help="Largest file to accept, in bytes.")] = None,
     set_: SetOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Download URL sources (HTTP with retries and resume; yt-dlp for site URLs)."""
     opts = dict(timeout_s=timeout_s, max_retries=max_retries, max_bytes=max_bytes) | _parse_sets(set_)
-    _run_stage_command("download", workspace, workers, limit, config, opts)
+    _run_stage_command("download", workspace, workers, limit, config, opts, executor, ray_address)
 
 
 @app.command()
@@ -107,9 +126,11 @@ def probe(
     limit: LimitOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Read metadata with PyAV; unreadable files become error rows."""
-    _run_stage_command("probe", workspace, workers, limit, config, _parse_sets(set_))
+    _run_stage_command("probe", workspace, workers, limit, config, _parse_sets(set_), executor, ray_address)
 
 
 @app.command()
@@ -123,10 +144,12 @@ def scenes(
     min_clip_s: Annotated[float | None, typer.Option(help="Drop clips shorter than this.")] = None,
     max_clip_s: Annotated[float | None, typer.Option(help="Split scenes longer than this into windows.")] = None,
     set_: SetOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Detect scenes with PySceneDetect and write frame-exact clip spans."""
     opts = dict(detector=detector, threshold=threshold, min_clip_s=min_clip_s, max_clip_s=max_clip_s) | _parse_sets(set_)
-    _run_stage_command("scenes", workspace, workers, limit, config, opts)
+    _run_stage_command("scenes", workspace, workers, limit, config, opts, executor, ray_address)
 
 
 @app.command()
@@ -138,10 +161,12 @@ def cut(
     fps: Annotated[float | None, typer.Option(help="Target frame rate (default: the source's).")] = None,
     short_side: Annotated[int | None, typer.Option(help="Resize so the short side is this (default: keep).")] = None,
     set_: SetOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Extract frame-exact clip files (re-encoded H.264)."""
     opts = dict(fps=fps, short_side=short_side) | _parse_sets(set_)
-    _run_stage_command("cut", workspace, workers, limit, config, opts)
+    _run_stage_command("cut", workspace, workers, limit, config, opts, executor, ray_address)
 
 
 @app.command()

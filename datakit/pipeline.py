@@ -98,8 +98,9 @@ def run_pipeline(ws: Workspace, config: dict, *, only: list[str] | None = None, 
         if not opts.pop("enabled", True):
             continue
         workers = int(opts.pop("workers", 1))
+        executor = opts.pop("executor", "local")
         stage = build_stage(name, ws, opts)
-        stats = run_stage(ws, stage, workers=workers, progress=progress)
+        stats = run_stage(ws, stage, workers=workers, progress=progress, executor=executor)
         console.print(stats.summary())
         results.append(stats)
     return results

@@ -13,7 +13,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -183,8 +183,9 @@ def run_stage(
     workers: int = 1,
     limit: int | None = None,
     progress: bool = True,
-    results: Iterable[Rows] | None = None,
     compact_above_parts: int = 16,  # newer parts allowed beside a compacted one
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> StageStats:
     """Plan pending items, process them, commit results in batches. Safe to kill and rerun."""
     stats = StageStats(stage.name)
@@ -195,7 +196,14 @@ def run_stage(
         stats.plan_seconds = time.monotonic() - t0
         run_dir = _start_run_dir(ws, stage, workers)
         writer = _Writer(ws, stage, stats)
-        stream = results if results is not None else _results_local(stage, items, workers)
+        if executor == "ray":
+            from datakit.ray_executor import ray_results
+
+            stream = ray_results(stage, items, workers=workers if workers > 1 else None, address=ray_address)
+        elif executor == "local":
+            stream = _results_local(stage, items, workers)
+        else:
+            raise ValueError(f"unknown executor {executor!r} (local or ray)")
         with Progress(
             TextColumn(f"[bold]{stage.name}[/]"),
             BarColumn(),
