@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import tomllib
 from dataclasses import fields
 from pathlib import Path
-
-import tomllib
 
 from datakit.stage import Stage, StageStats, console, run_stage
 from datakit.workspace import Workspace
