@@ -1,7 +1,7 @@
 """Scene detection and the clip-length policy (pure functions; the stage is `datakit.stages.scenes`).
 
 Detection feeds PySceneDetect 0.6.6 detectors frame by frame through their `process_frame` API:
-we decode with PyAV (frame threads), shrink each frame to an analysis width (default 256, like
+we decode with PyAV (frame threads, in a thread of its own that runs ahead of the detector), shrink each frame to an analysis width (default 256, like
 PySceneDetect's own auto-downscale) straight from the YUV planes, so the full-size RGB conversion
 never happens, and never skip frames. Cut frame numbers are presentation-order indices from 0 (the
 probe's `num_frames` counting); a cut at frame c means a new scene starts at c.
@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import av
 import cv2
@@ -27,6 +30,7 @@ from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
 from datakit.avio import av_open
 
+T = TypeVar("T")
 DEFAULT_THRESHOLDS = {"adaptive": 3.0, "content": 27.0}
 _YUV420 = {"yuv420p", "yuvj420p"}
 
@@ -98,31 +102,76 @@ def detect_scenes(
     cuts: list[int] = []
     n = 0
     error = None
-    with av_open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if skip_loop_filter:
-            # Skipping the in-loop deblocking filter speeds up H.264/HEVC decoding; the frames
-            # are slightly blockier, which does not matter at the analysis size.
-            stream.codec_context.options = {"skip_loop_filter": "all", "flags2": "+fast"}
-        size = analysis_size(stream.codec_context.width, stream.codec_context.height, analysis_width)
-        try:
+
+    def analysis_frames() -> Iterator[np.ndarray]:
+        with av_open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if skip_loop_filter:
+                # Skipping the in-loop deblocking filter speeds up H.264/HEVC decoding; the frames
+                # are slightly blockier, which does not matter at the analysis size.
+                stream.codec_context.options = {"skip_loop_filter": "all", "flags2": "+fast"}
+            size = analysis_size(stream.codec_context.width, stream.codec_context.height, analysis_width)
             for frame in _decode(container, stream):
-                img = small_bgr(frame, size, interp)
-                cuts.extend(det.process_frame(n, img))
-                if slow is not None and n % gradual_step == 0:
-                    slow_hits.extend(k * gradual_step for k in slow.process_frame(n // gradual_step, img))
-                n += 1
-        except (av.FFmpegError, ValueError, MemoryError) as exc:
-            if n == 0:
-                raise
-            error = f"decoding stopped after {n} frames: {exc}"
-        cuts.extend(det.post_process(n))
+                yield small_bgr(frame, size, interp)
+
+    try:  # decoding and shrinking run in a thread, ahead of the detectors
+        for img in prefetched(analysis_frames):
+            cuts.extend(det.process_frame(n, img))
+            if slow is not None and n % gradual_step == 0:
+                slow_hits.extend(k * gradual_step for k in slow.process_frame(n // gradual_step, img))
+            n += 1
+    except (av.FFmpegError, ValueError, MemoryError) as exc:
+        if n == 0:
+            raise
+        error = f"decoding stopped after {n} frames: {exc}"
+    cuts.extend(det.post_process(n))
     cuts = sorted(c for c in set(cuts) if 0 < c < n)
     gaps = _gradual_gaps(slow_hits, cuts, gradual_step, n) if slow is not None else []
     return Detection(cuts, gaps, n, error)
+
+
+def prefetched(produce: Callable[[], Iterator[T]], depth: int = 32) -> Iterator[T]:
+    """Items of `produce()`, computed in a thread up to `depth` ahead of the consumer.
+
+    Exceptions of the producer are raised in the consumer; a consumer that stops early stops the
+    producer (which then leaves its own `with` blocks in its own thread)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce():
+                if not put((False, item)):
+                    return
+            put((True, None))
+        except BaseException as exc:  # handed to the consumer
+            put((True, exc))
+
+    worker = threading.Thread(target=run, name="datakit-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            finished, value = q.get()
+            if finished:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _decode(container, stream) -> Iterator[av.VideoFrame]:

@@ -188,3 +188,37 @@ def test_redo_with_new_settings_replaces_the_clips(probed_workspace, demo_sample
     assert ws.sql("SELECT count(*) n FROM clip_spans")[0]["n"] > len(new)
     assert sum(r["num_clips"] for r in ws.sql("SELECT num_clips FROM scene_runs")) == len(new)
     assert plan(ws, redo) == []  # same settings again: nothing to do
+
+
+def test_prefetched_passes_items_errors_and_stops_early():
+    import threading
+
+    from datakit.scenes import prefetched
+
+    assert list(prefetched(lambda: iter(range(100)), depth=4)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("corrupt at frame 1")
+
+    got = []
+    with pytest.raises(ValueError, match="corrupt"):
+        for x in prefetched(failing):
+            got.append(x)
+    assert got == [1]
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()  # the producer left its with-blocks
+
+    for x in prefetched(endless, depth=2):
+        if x == 5:
+            break
+    assert closed.wait(5), "stopping the consumer stops the producer"
