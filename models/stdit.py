@@ -22,6 +22,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from .guidance import combine_cfg
 from .layers import (
     Attention,
     CaptionEmbedder,
@@ -391,11 +392,7 @@ class STDiT(nn.Module):
         """
         half = x[: len(x) // 2]
         out = self(torch.cat([half, half], dim=0), timestep, y, mask=mask, **kwargs)
-        c = self.in_channels if cfg_channels is None else cfg_channels
-        eps, rest = out[:, :c], out[:, c:]
-        cond, uncond = eps.chunk(2, dim=0)
-        guided = uncond + cfg_scale * (cond - uncond)
-        return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
+        return combine_cfg(out, cfg_scale, eps_channels=self.in_channels, cfg_channels=cfg_channels)
 
 
 # ------------------------------------------------------------------------------------ presets
