@@ -27,7 +27,8 @@ SetOpt = Annotated[
     typer.Option("--set", "-o", help="Stage option KEY=VALUE (repeatable; value parsed as JSON when possible)."),
 ]
 ExecutorOpt = Annotated[
-    str, typer.Option("--executor", help="local (processes/threads on this machine) or ray (Ray Data actors).")
+    str | None,
+    typer.Option("--executor", help="local (processes/threads on this machine) or ray (Ray Data actors); default local."),
 ]
 RayAddressOpt = Annotated[
     str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray).")
@@ -62,20 +63,17 @@ def _run_stage_command(
     limit: int | None,
     config: Path | None,
     options: dict,
-    executor: str = "local",
+    executor: str | None = None,
     ray_address: str | None = None,
 ) -> None:
     """Options: command line over the config file's section over the embedded defaults."""
-    from datakit.pipeline import build_stage, load_config
+    from datakit.pipeline import build_stage, load_config, run_settings
     from datakit.stage import run_stage
 
     ws = _open(workspace)
-    opts = dict(load_config(config).get(name, {}))
-    opts.pop("enabled", None)
-    workers = int(workers or opts.pop("workers", 1))
-    opts.pop("workers", None)
-    executor = opts.pop("executor", None) if executor == "local" else executor  # the command line wins
-    executor = executor or "local"
+    opts, run = run_settings(load_config(config).get(name, {}))
+    workers = workers or run["workers"]
+    executor = executor or run["executor"]
     opts.update({k: v for k, v in options.items() if v is not None})
     try:
         stage = build_stage(name, ws, opts)
@@ -111,7 +109,7 @@ def download(
     max_retries: Annotated[int | None, typer.Option(help="Attempts per URL within this run (backoff, Retry-After).")] = None,
     max_bytes: Annotated[int | None, typer.Option(help="Largest file to accept, in bytes.")] = None,
     set_: SetOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Download URL sources (HTTP with retries and resume; yt-dlp for site URLs)."""
@@ -126,7 +124,7 @@ def probe(
     limit: LimitOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Read metadata with PyAV; unreadable files become error rows."""
@@ -144,7 +142,7 @@ def scenes(
     min_clip_s: Annotated[float | None, typer.Option(help="Drop clips shorter than this.")] = None,
     max_clip_s: Annotated[float | None, typer.Option(help="Split scenes longer than this into windows.")] = None,
     set_: SetOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Detect scenes with PySceneDetect and write frame-exact clip spans."""
@@ -161,7 +159,7 @@ def cut(
     fps: Annotated[float | None, typer.Option(help="Target frame rate (default: the source's).")] = None,
     short_side: Annotated[int | None, typer.Option(help="Resize so the short side is this (default: keep).")] = None,
     set_: SetOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Extract frame-exact clip files (re-encoded H.264)."""

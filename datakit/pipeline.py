@@ -70,6 +70,14 @@ def status(ws: Workspace) -> list[dict]:
         con.close()
 
 
+def run_settings(section: dict) -> tuple[dict, dict]:
+    """Split a config section into the stage's own options and how to run it."""
+    opts = dict(section)
+    run = {"enabled": opts.pop("enabled", True), "workers": int(opts.pop("workers", 1)),
+           "executor": opts.pop("executor", "local")}  # fmt: skip
+    return opts, run
+
+
 def load_config(path: Path | None) -> dict:
     path = Path(path) if path else DEFAULT_CONFIG
     with open(path, "rb") as fh:
@@ -93,13 +101,11 @@ def run_pipeline(ws: Workspace, config: dict, *, only: list[str] | None = None, 
     for name in STAGES:
         if only and name not in only:
             continue
-        opts = dict(config.get(name, {}))
-        if not opts.pop("enabled", True):
+        opts, run = run_settings(config.get(name, {}))
+        if not run["enabled"]:
             continue
-        workers = int(opts.pop("workers", 1))
-        executor = opts.pop("executor", "local")
         stage = build_stage(name, ws, opts)
-        stats = run_stage(ws, stage, workers=workers, progress=progress, executor=executor)
+        stats = run_stage(ws, stage, workers=run["workers"], progress=progress, executor=run["executor"])
         console.print(stats.summary())
         results.append(stats)
     return results

@@ -123,25 +123,21 @@ class Workspace:
         keys removed from the compacted part (every row in them is newer than any row in it).
         """
         key = TABLES[name].key
-        dedupe = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {WRITTEN_COLUMN} DESC) = 1"
+        dedupe = _newest_per_key(key)
         if not snapshot:
             glob = _sql_str(str(self.table_dir(name) / "*.parquet"))
             return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM read_parquet({glob}, union_by_name = true) {dedupe}"
         parts = self.data_parts(name) or [self.table_dir(name) / _INIT_PART]
-
-        def read(files: list[Path]) -> str:
-            return f"read_parquet([{', '.join(_sql_str(str(p)) for p in files)}], union_by_name = true)"
-
         if len(parts) == 1:
-            return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {read(parts)}"
+            return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {_read_parts(parts)}"
         base, delta = parts[0], parts[1:]
         if _COMPACT_TAG in base.name and not any(_COMPACT_TAG in p.name for p in delta):
             return (
-                f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM (SELECT * FROM {read([base])} "
-                f"ANTI JOIN (SELECT {key} FROM {read(delta)}) USING ({key}) "
-                f"UNION ALL BY NAME SELECT * FROM {read(delta)} {dedupe})"
+                f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM (SELECT * FROM {_read_parts([base])} "
+                f"ANTI JOIN (SELECT {key} FROM {_read_parts(delta)}) USING ({key}) "
+                f"UNION ALL BY NAME SELECT * FROM {_read_parts(delta)} {dedupe})"
             )
-        return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {read(parts)} {dedupe}"
+        return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {_read_parts(parts)} {dedupe}"
 
     def view_sql(self, snapshot: bool = False) -> dict[str, str]:
         """Name -> SELECT of every view, with absolute paths to this workspace's parts."""
@@ -222,12 +218,8 @@ class Workspace:
                 return sum(pq.read_metadata(p).num_rows for p in parts)
             con = duckdb.connect(":memory:")
             try:
-                files = "[" + ", ".join(_sql_str(str(p)) for p in parts) + "]"
-                key = TABLES[table].key
                 data = con.sql(
-                    f"SELECT * FROM read_parquet({files}, union_by_name = true) "
-                    f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {WRITTEN_COLUMN} DESC) = 1 "
-                    f"ORDER BY {WRITTEN_COLUMN}"
+                    f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(TABLES[table].key)} ORDER BY {WRITTEN_COLUMN}"
                 ).to_arrow_table()
             finally:
                 con.close()
@@ -269,6 +261,14 @@ class Workspace:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _newest_per_key(key: str) -> str:
+    return f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {WRITTEN_COLUMN} DESC) = 1"
+
+
+def _read_parts(files: list[Path]) -> str:
+    return f"read_parquet([{', '.join(_sql_str(str(p)) for p in files)}], union_by_name = true)"
 
 
 def _atomic_write_parquet(path: Path, data: pa.Table) -> None:

@@ -39,14 +39,10 @@ class CutStage(Stage):
     def pending_sql(self) -> str:
         # Ordered by video and start so consecutive clips of one video hit a warm page cache.
         return """
-            SELECT c.clip_id, c.video_id, c.start_frame, c.end_frame, c.fps, c.width, c.height,
-                   coalesce(d.path, s.path) AS path
-            FROM _latest_clip_spans c
-            JOIN (SELECT video_id, run_key FROM _latest_scene_runs) r USING (video_id, run_key)
-            ANTI JOIN (SELECT clip_id FROM _latest_cuts WHERE status IN ('ok', 'error')) k USING (clip_id)
-            LEFT JOIN _latest_sources s USING (video_id)
-            LEFT JOIN _latest_downloads d USING (video_id)
-            ORDER BY c.video_id, c.start_frame
+            SELECT clip_id, video_id, start_frame, end_frame, fps, width, height, source_path AS path
+            FROM clips
+            WHERE cut_status IS NULL OR cut_status NOT IN ('ok', 'error')
+            ORDER BY video_id, start_frame
         """
 
     def process(self, item: dict) -> dict[str, list[dict]]:
