@@ -136,3 +136,14 @@ def test_run_from_a_pipeline_config(tmp_path, demo_samples):
     assert min(first.shape[1:3]) == 64, "cut honoured short_side from the config"
     again = datakit("run", "-c", str(config), "-w", str(ws))
     assert "0/0 items" in (again.stdout + again.stderr).decode(), "a rerun has nothing to do"
+
+
+def test_run_settings_never_reach_the_stage(probed, tmp_path):
+    from datakit.pipeline import run_settings
+
+    opts, run = run_settings({"executor": "local", "workers": 2, "enabled": False, "count_frames": True})
+    assert opts == {"count_frames": True} and run == {"enabled": False, "workers": 2, "executor": "local"}
+    config = tmp_path / "p.toml"
+    config.write_text('[probe]\nexecutor = "local"\nworkers = 2\n')
+    out = datakit("probe", "-w", str(probed), "-c", str(config), "--executor", "local")
+    assert "0/0 items" in (out.stdout + out.stderr).decode()
