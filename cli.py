@@ -13,9 +13,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Open-Sora 1.
 
 
 def _register() -> None:
-    from datakit.cli import app as datakit_app
-
-    app.add_typer(datakit_app, name="datakit", help="Build, inspect and curate video manifests.")
     from datakit.demo import demo
     from models.sample_cli import sample
 
@@ -25,14 +22,18 @@ def _register() -> None:
 
 
 def main() -> None:
+    from datakit.cli import main_group
+
     _register()
-    app()
+    group = typer.main.get_command(app)
+    group.add_command(main_group(), "datakit")
+    group()
 
 
 def datakit_main() -> None:
-    from datakit.cli import app as datakit_app
+    from datakit.cli import main_group
 
-    datakit_app()
+    main_group()()
 
 
 if __name__ == "__main__":

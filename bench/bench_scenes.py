@@ -165,7 +165,7 @@ def stage_throughput(truths: list, cli_fps: float, floor_fps: float) -> None:
     import tempfile
 
     from datakit.ingest import ingest
-    from datakit.stage import run_stage
+    from datakit.executors import run_stage
     from datakit.stages.probe import ProbeStage
     from datakit.stages.scenes import SceneStage
     from datakit.workspace import Workspace

@@ -1,4 +1,4 @@
-"""`datakit` command line: ingest, download, probe, scenes, cut, status, query, run."""
+"""`datakit` command line: ingest, status, query, run, ...; stage commands are generated (datakit.cli_stages)."""
 
 from __future__ import annotations
 
@@ -20,69 +20,11 @@ WorkspaceOpt = Annotated[
     Path,
     typer.Option("--workspace", "-w", envvar="DATAKIT_WORKSPACE", help="Workspace directory (env DATAKIT_WORKSPACE)."),
 ]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", "-j", help="Parallel workers (processes; threads for download).")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Process at most this many pending items.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-o", help="Stage option KEY=VALUE (repeatable; value parsed as JSON when possible)."),
-]
-ExecutorOpt = Annotated[
-    str | None,
-    typer.Option("--executor", help="local (processes/threads on this machine) or ray (Ray Data actors); default local."),
-]
-RayAddressOpt = Annotated[
-    str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray).")
-]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Pipeline TOML; this stage's section gives options.")]
-
-
 def _open(workspace: Path, create: bool = True) -> Workspace:
     try:
         return Workspace(workspace, create=create)
     except WorkspaceError as exc:
         raise typer.BadParameter(str(exc)) from None
-
-
-def _parse_sets(pairs: list[str] | None) -> dict:
-    opts = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            opts[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key.strip()] = value
-    return opts
-
-
-def _run_stage_command(
-    name: str,
-    workspace: Path,
-    workers: int | None,
-    limit: int | None,
-    config: Path | None,
-    options: dict,
-    executor: str | None = None,
-    ray_address: str | None = None,
-) -> None:
-    """Options: command line over the config file's section over the embedded defaults."""
-    from datakit.pipeline import build_stage, load_config, run_settings
-    from datakit.stage import run_stage
-
-    ws = _open(workspace)
-    opts, run = run_settings(load_config(config).get(name, {}))
-    workers = workers or run["workers"]
-    executor = executor or run["executor"]
-    opts.update({k: v for k, v in options.items() if v is not None})
-    try:
-        stage = build_stage(name, ws, opts)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    if executor not in ("local", "ray"):
-        raise typer.BadParameter(f"--executor must be local or ray, not {executor!r}")
-    stats = run_stage(ws, stage, workers=workers, limit=limit, executor=executor, ray_address=ray_address)
-    out.print(stats.summary())
 
 
 @app.command()
@@ -97,74 +39,6 @@ def ingest(
     out.print(stats.summary())
     for msg in stats.error_messages[:20]:
         out.print(f"  [red]error[/] {msg}", highlight=False)
-
-
-@app.command()
-def download(
-    workspace: WorkspaceOpt = default_workspace(),
-    workers: WorkersOpt = None,
-    limit: LimitOpt = None,
-    config: ConfigOpt = None,
-    timeout_s: Annotated[float | None, typer.Option(help="Connect/read timeout; a stalled body fails after it.")] = None,
-    max_retries: Annotated[int | None, typer.Option(help="Attempts per URL within this run (backoff, Retry-After).")] = None,
-    max_bytes: Annotated[int | None, typer.Option(help="Largest file to accept, in bytes.")] = None,
-    set_: SetOpt = None,
-    executor: ExecutorOpt = None,
-    ray_address: RayAddressOpt = None,
-) -> None:
-    """Download URL sources (HTTP with retries and resume; yt-dlp for site URLs)."""
-    opts = dict(timeout_s=timeout_s, max_retries=max_retries, max_bytes=max_bytes) | _parse_sets(set_)
-    _run_stage_command("download", workspace, workers, limit, config, opts, executor, ray_address)
-
-
-@app.command()
-def probe(
-    workspace: WorkspaceOpt = default_workspace(),
-    workers: WorkersOpt = None,
-    limit: LimitOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    executor: ExecutorOpt = None,
-    ray_address: RayAddressOpt = None,
-) -> None:
-    """Read metadata with PyAV; unreadable files become error rows."""
-    _run_stage_command("probe", workspace, workers, limit, config, _parse_sets(set_), executor, ray_address)
-
-
-@app.command()
-def scenes(
-    workspace: WorkspaceOpt = default_workspace(),
-    workers: WorkersOpt = None,
-    limit: LimitOpt = None,
-    config: ConfigOpt = None,
-    detector: Annotated[str | None, typer.Option(help="adaptive (default) or content.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Detector threshold (adaptive 3.0, content 27).")] = None,
-    min_clip_s: Annotated[float | None, typer.Option(help="Drop clips shorter than this.")] = None,
-    max_clip_s: Annotated[float | None, typer.Option(help="Split scenes longer than this into windows.")] = None,
-    set_: SetOpt = None,
-    executor: ExecutorOpt = None,
-    ray_address: RayAddressOpt = None,
-) -> None:
-    """Detect scenes with PySceneDetect and write frame-exact clip spans."""
-    opts = dict(detector=detector, threshold=threshold, min_clip_s=min_clip_s, max_clip_s=max_clip_s) | _parse_sets(set_)
-    _run_stage_command("scenes", workspace, workers, limit, config, opts, executor, ray_address)
-
-
-@app.command()
-def cut(
-    workspace: WorkspaceOpt = default_workspace(),
-    workers: WorkersOpt = None,
-    limit: LimitOpt = None,
-    config: ConfigOpt = None,
-    fps: Annotated[float | None, typer.Option(help="Target frame rate (default: the source's).")] = None,
-    short_side: Annotated[int | None, typer.Option(help="Resize so the short side is this (default: keep).")] = None,
-    set_: SetOpt = None,
-    executor: ExecutorOpt = None,
-    ray_address: RayAddressOpt = None,
-) -> None:
-    """Extract frame-exact clip files (re-encoded H.264)."""
-    opts = dict(fps=fps, short_side=short_side) | _parse_sets(set_)
-    _run_stage_command("cut", workspace, workers, limit, config, opts, executor, ray_address)
 
 
 @app.command()
@@ -243,12 +117,25 @@ def run(
     only: Annotated[list[str] | None, typer.Option(help="Run only these stages (repeatable).")] = None,
     inputs: Annotated[list[str] | None, typer.Argument(help="Extra inputs to ingest before the stages.")] = None,
 ) -> None:
-    """Run ingest and every enabled stage in order, from a pipeline config."""
+    """Run ingest and every enabled stage in order, from a pipeline config (`datakit config` prints one)."""
     from datakit.pipeline import load_config, run_pipeline
+    from datakit.stage import OptionError
 
-    cfg = load_config(config)
-    cfg["ingest"]["inputs"] = list(cfg["ingest"].get("inputs", [])) + list(inputs or [])
-    run_pipeline(_open(workspace), cfg, only=only)
+    try:
+        cfg = load_config(config)
+        cfg["ingest"]["inputs"] = list(cfg["ingest"].get("inputs", [])) + list(inputs or [])
+        run_pipeline(_open(workspace), cfg, only=only)
+    except OptionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the default pipeline config: every stage's options, with their help, as TOML."""
+    from datakit.pipeline import render_default_config
+
+    typer.echo(render_default_config(), nl=False)
 
 
 @app.command()
@@ -297,5 +184,13 @@ def samples(
 
 
 
+def main_group():
+    """The `datakit` click group: the commands above plus one generated command per stage."""
+    from datakit.cli_stages import add_stage_commands
+
+    add_stage_commands(app)
+    return typer.main.get_command(app)
+
+
 if __name__ == "__main__":
-    app()
+    main_group()()

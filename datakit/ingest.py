@@ -1,9 +1,14 @@
 """Ingest: turn files, directories and URL lists into `sources` rows.
 
-Directories are walked recursively; a file is taken when its extension is a video extension or
-when its first bytes look like a video container. URL lists are .txt (one per line, '#'
-comments), .csv/.tsv (a `url` column, or the first column) and .parquet (a `url` column). Inputs
-that cannot be read become error rows; nothing is dropped silently.
+Directories are walked recursively; a file is taken when its extension is a video extension (GIF
+included) or when its first bytes look like a video container. Still images (JPEG, PNG, WebP...)
+are skipped by the walk and an error row when named explicitly: images are not supported yet. The
+walk never enters the folders a datakit workspace manages (media/, clips/, tables/...), so
+re-ingesting a folder that holds a workspace adds none of its downloads or clips. URL lists are
+.txt (one per line, '#' comments), .csv/.tsv (a `url` column, or the first column) and .parquet
+(a `url` column). A password in a URL is stored redacted (`user:***@host`); the real one goes to
+the workspace's secrets file (`datakit.credentials`). Inputs that cannot be read become error
+rows; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -15,15 +20,43 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from datakit.credentials import save_credentials, split_credentials
 from datakit.ids import file_video_id, is_url, path_error_id, url_video_id
+from datakit.tables import Column as C
+from datakit.tables import Table
 from datakit.workspace import Workspace
+
+TABLES = (
+    Table(
+        "sources",
+        "video_id",
+        "One row per ingested input (local file or URL). Written by `ingest`.",
+        (
+            C("video_id", "VARCHAR", "16 hex chars: blake2b of the file content, or of the canonical URL"),
+            C("source", "VARCHAR", "what the user gave: absolute file path or the URL as written"),
+            C("source_kind", "VARCHAR", "'file' or 'url'"),
+            C("path", "VARCHAR", "absolute local path (null for URLs until downloaded)"),
+            C("bytes", "BIGINT", "file size at ingest (null for URLs)"),
+            C("mtime_ns", "BIGINT", "file modification time at ingest; lets a re-ingest skip re-hashing"),
+            C("status", "VARCHAR", "'ok' or 'error' (unreadable path, broken symlink, directory...)"),
+            C("error", "VARCHAR", "readable reason when status is 'error'"),
+        ),
+    ),
+)
 
 VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts",
-    ".mts", ".3gp", ".ogv", ".vob", ".asf", ".y4m", ".m4a",
+    ".mts", ".3gp", ".ogv", ".vob", ".asf", ".y4m", ".m4a", ".gif",
 }  # fmt: skip
+# Still images: one-frame inputs are a later feature; for now the walk skips them.
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 URL_LIST_EXTENSIONS = {".txt", ".csv", ".tsv", ".parquet"}
 _SKIP_SNIFF = {".json", ".md", ".py", ".parquet", ".csv", ".tsv", ".txt", ".duckdb", ".part", ".tmp", ".lock"}
+# Folders a datakit workspace manages (never sources): skipped wherever a walk meets a workspace.
+WORKSPACE_DIRS = ("media", "clips", "tables", "runs", "locks", "data", "secrets")
+_IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)  # fmt: skip
 
 
 def sniff_video(path: Path) -> bool:
@@ -45,7 +78,29 @@ def sniff_video(path: Path) -> bool:
         or head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")  # ASF / WMV
         or head.startswith(b"YUV4MPEG2")
         or (len(head) >= 377 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47)  # MPEG-TS
+        or head.startswith((b"GIF87a", b"GIF89a"))  # animated GIF: a short video
     )
+
+
+def still_image_format(path: Path) -> str | None:
+    """'JPEG', 'PNG', 'WebP', 'TIFF' (by magic bytes) or the extension for other still images."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        head = b""
+    for magic, name in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    suffix = path.suffix.lower()
+    return suffix.lstrip(".").upper() if suffix in IMAGE_EXTENSIONS else None
+
+
+def is_workspace(path: str | os.PathLike) -> bool:
+    """A datakit workspace root: `workspace.json` beside a `tables/` folder."""
+    return (Path(path) / "workspace.json").is_file() and (Path(path) / "tables").is_dir()
 
 
 @dataclass
@@ -56,12 +111,16 @@ class IngestStats:
     duplicates: int = 0
     errors: int = 0
     error_messages: list[str] = field(default_factory=list)
+    skipped_dirs: list[str] = field(default_factory=list)  # workspace-managed folders the walk left out
 
     def summary(self) -> str:
-        return (
+        text = (
             f"ingest: {self.files} files, {self.urls} URLs, {self.unchanged} unchanged, "
             f"{self.duplicates} duplicate contents, {self.errors} errors"
         )
+        if self.skipped_dirs:
+            text += f"; skipped {len(self.skipped_dirs)} datakit workspace folders (media, clips, ...)"
+        return text
 
 
 def _read_url_list(path: Path) -> list[str]:
@@ -85,8 +144,11 @@ def _read_url_list(path: Path) -> list[str]:
     return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
 
 
-def _walk(root: Path, found: list[tuple[Path, str | None]]) -> None:
-    """Collect (path, error) under root; follows directory symlinks once (no loops)."""
+def _walk(root: Path, found: list[tuple[Path, str | None]], skipped: list[str]) -> None:
+    """Collect (path, error) under root; follows directory symlinks once (no loops).
+
+    The folders a datakit workspace manages are left out (appended to `skipped`).
+    """
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -94,6 +156,9 @@ def _walk(root: Path, found: list[tuple[Path, str | None]]) -> None:
             dirnames[:] = []
             continue
         seen_dirs.add(real)
+        if is_workspace(dirpath):
+            skipped.extend(str(Path(dirpath) / d) for d in dirnames if d in WORKSPACE_DIRS)
+            dirnames[:] = [d for d in dirnames if d not in WORKSPACE_DIRS]
         dirnames.sort()
         for d in dirnames:
             if Path(d).suffix.lower() in VIDEO_EXTENSIONS:
@@ -103,7 +168,9 @@ def _walk(root: Path, found: list[tuple[Path, str | None]]) -> None:
             suffix = p.suffix.lower()
             if suffix in VIDEO_EXTENSIONS:
                 found.append((p, None))
-            elif suffix not in _SKIP_SNIFF and not name.startswith(".") and sniff_video(p):
+            elif (
+                suffix not in _SKIP_SNIFF | IMAGE_EXTENSIONS and not name.startswith(".") and sniff_video(p)
+            ):
                 found.append((p, None))
 
 
@@ -120,6 +187,8 @@ def _classify(path: Path, given_error: str | None) -> str | None:
         return "not a regular file"
     if not os.access(path, os.R_OK):
         return "permission denied"
+    if not sniff_video(path) and (image := still_image_format(path)):
+        return f"still image ({image}): images are not supported yet"
     return None
 
 
@@ -134,7 +203,7 @@ def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
             continue
         p = Path(raw)
         if p.is_dir():
-            _walk(p, candidates)
+            _walk(p, candidates, stats.skipped_dirs)
         elif p.suffix.lower() in URL_LIST_EXTENSIONS and p.is_file():
             urls.extend(_read_url_list(p))
         else:
@@ -173,13 +242,19 @@ def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
                 dict(video_id=vid, source=apath, source_kind="file", path=apath, bytes=st.st_size, mtime_ns=st.st_mtime_ns, status="ok")
             )
         known_urls = {r["video_id"] for r in ws.sql("SELECT video_id FROM sources WHERE source_kind = 'url'")}
+        secrets: dict[str, str] = {}
         for url in urls:
+            # The id ignores credentials; the manifest gets the URL with its password as ***.
             vid = url_video_id(url)
+            shown, userinfo = split_credentials(url)
+            if userinfo:
+                secrets[vid] = userinfo  # the latest password given for a URL wins
             if vid in known_urls or vid in ids_this_run:
                 stats.unchanged += 1
                 continue
             ids_this_run.add(vid)
             stats.urls += 1
-            rows.append(dict(video_id=vid, source=url, source_kind="url", status="ok"))
+            rows.append(dict(video_id=vid, source=shown, source_kind="url", status="ok"))
+        save_credentials(ws.root, secrets)  # before the rows, so a download never misses them
         ws.write("sources", rows)
     return stats

@@ -1,87 +1,107 @@
-"""The stage registry, per-stage status, and `run`: the stages in order from a TOML config."""
+"""Building stages from options, per-stage status, and `run`: the stages in order from a TOML config."""
 
 from __future__ import annotations
 
-import importlib
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
-from datakit.stage import Stage, StageStats, console, run_stage
+from datakit.executors import StageStats, run_stage
+from datakit.registry import stage_class, stages
+from datakit.stage import OptionError, Resources, Stage
 from datakit.workspace import Workspace
-from manifests.schema import TABLES
-
-# name -> "module:Class"; imported lazily so that `datakit status` stays fast.
-STAGES: dict[str, str] = {
-    "download": "datakit.stages.download:DownloadStage",
-    "probe": "datakit.stages.probe:ProbeStage",
-    "scenes": "datakit.stages.scenes:SceneStage",
-    "cut": "datakit.stages.cut:CutStage",
-}
 
 DEFAULT_CONFIG = Path(__file__).with_name("defaults.toml")
+RUN_KEYS = ("enabled", "workers", "executor", "cpus", "gpus")  # how to run a stage, not its options
 
 
-def stage_class(name: str) -> type[Stage]:
-    try:
-        module, cls = STAGES[name].split(":")
-    except KeyError:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
-    return getattr(importlib.import_module(module), cls)
-
-
-def build_stage(name: str, ws: Workspace, options: dict | None = None) -> Stage:
-    """Construct a stage from config options, filling workspace paths it needs."""
+def build_stage(name: str, options: dict | None = None) -> Stage:
+    """A validated stage from config options; raises OptionError naming the bad option."""
     cls = stage_class(name)
     opts = dict(options or {})
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in cls.options()}
     unknown = set(opts) - known
     if unknown:
-        raise ValueError(f"unknown option(s) for stage {name}: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    if "media_dir" in known and not opts.get("media_dir"):
-        opts["media_dir"] = str(ws.media_dir)
-    if "out_dir" in known and not opts.get("out_dir"):
-        opts["out_dir"] = str(ws.clips_dir)
-    return cls(**opts)
+        import difflib
+
+        hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u for u in sorted(unknown)]
+        raise OptionError(f"unknown option(s) for stage {name}: {', '.join(hints)}; known: {', '.join(sorted(known))}")
+    try:
+        stage = cls(**opts)
+    except TypeError as exc:
+        raise OptionError(f"{name}: {exc}") from None
+    stage.validate()
+    return stage
+
+
+def run_settings(name: str, section: dict) -> tuple[dict, dict]:
+    """Split a config section into the stage's own options and how to run it."""
+    cls = stage_class(name)
+    opts = dict(section)
+    run = {
+        "enabled": opts.pop("enabled", cls.run_by_default),
+        "workers": opts.pop("workers", cls.default_workers),
+        "executor": opts.pop("executor", "local"),
+        "cpus": opts.pop("cpus", None),
+        "gpus": opts.pop("gpus", None),
+    }
+    if not isinstance(run["workers"], int) or isinstance(run["workers"], bool) or run["workers"] < 1:
+        raise OptionError(f"{name}: workers must be a positive integer, got {run['workers']!r}")
+    if run["executor"] not in ("local", "ray"):
+        raise OptionError(f"{name}: executor must be 'local' or 'ray', not {run['executor']!r}")
+    if not isinstance(run["enabled"], bool):
+        raise OptionError(f"{name}: enabled must be true or false, got {run['enabled']!r}")
+    for key in ("cpus", "gpus"):
+        value = run[key]
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+            raise OptionError(f"{name}: {key} must be a number >= 0, got {value!r}")
+    return opts, run
+
+
+def apply_resources(stage: Stage, run: dict) -> Stage:
+    """Config `cpus`/`gpus` override the stage's declared resources (e.g. fractional GPUs)."""
+    if run.get("cpus") is not None or run.get("gpus") is not None:
+        base = type(stage).resources
+        stage.resources = Resources(
+            cpus=float(run["cpus"] if run.get("cpus") is not None else base.cpus),
+            gpus=float(run["gpus"] if run.get("gpus") is not None else base.gpus),
+        )
+    return stage
 
 
 def status(ws: Workspace) -> list[dict]:
     """Per stage: rows by status in its marker table, plus items pending (what a run would do)."""
-    con = ws.connect()
-    try:
-        out = []
+
+    def query(con) -> list[dict]:
         ingest_counts = dict(con.execute("SELECT status, count(*) FROM sources GROUP BY ALL").fetchall())
-        out.append({"stage": "ingest", "table": "sources", "ok": ingest_counts.get("ok", 0), "error": ingest_counts.get("error", 0), "retry": 0, "pending": 0})
-        for name in STAGES:
-            try:
-                stage = build_stage(name, ws)
-            except ImportError:
-                continue  # stage not installed in this build
+        out = [{"stage": "ingest", "table": "sources", "ok": ingest_counts.get("ok", 0),
+                "error": ingest_counts.get("error", 0), "retry": 0, "pending": 0}]  # fmt: skip
+        for name, cls in stages().items():
+            stage = cls()
             table = stage.marker_table
             counts = dict(con.execute(f"SELECT status, count(*) FROM {table} GROUP BY ALL").fetchall())
             pending = con.execute(f"SELECT count(*) FROM ({stage.pending_sql()})").fetchone()[0]
             row = {"stage": name, "table": table, "ok": counts.get("ok", 0), "error": counts.get("error", 0),
                    "retry": counts.get("retry", 0), "pending": pending}  # fmt: skip
             out.append(row)
-        clips = con.execute("SELECT count(*) FROM clip_spans").fetchone()[0] if "clip_spans" in TABLES else 0
-        out.append({"stage": "clips", "table": "clip_spans", "ok": clips, "error": 0, "retry": 0, "pending": 0})
+        clips = con.execute("SELECT count(*) FROM clips").fetchone()[0]
+        out.append({"stage": "clips", "table": "clips", "ok": clips, "error": 0, "retry": 0, "pending": 0})
         return out
-    finally:
-        con.close()
 
-
-def run_settings(section: dict) -> tuple[dict, dict]:
-    """Split a config section into the stage's own options and how to run it."""
-    opts = dict(section)
-    run = {"enabled": opts.pop("enabled", True), "workers": int(opts.pop("workers", 1)),
-           "executor": opts.pop("executor", "local")}  # fmt: skip
-    return opts, run
+    return ws.read(query)
 
 
 def load_config(path: Path | None) -> dict:
     path = Path(path) if path else DEFAULT_CONFIG
-    with open(path, "rb") as fh:
-        config = tomllib.load(fh)
+    try:
+        with open(path, "rb") as fh:
+            config = tomllib.load(fh)
+    except FileNotFoundError:
+        raise OptionError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = set(config) - {"ingest", *stages()}
+    if unknown:
+        raise OptionError(f"config {path}: unknown section(s) {sorted(unknown)}; sections: ingest, {', '.join(stages())}")
     base = path.parent
     ingest = config.get("ingest", {})
     # Relative inputs in a config file are relative to the file.
@@ -90,22 +110,64 @@ def load_config(path: Path | None) -> dict:
     return config
 
 
+def plan_pipeline(config: dict, only: list[str] | None = None) -> list[tuple[Stage, dict]]:
+    """Every enabled stage with its run settings, built and validated before anything runs."""
+    planned = []
+    for name in stages():
+        if only and name not in only:
+            continue
+        opts, run = run_settings(name, config.get(name, {}))
+        if not run["enabled"]:
+            continue
+        planned.append((apply_resources(build_stage(name, opts), run), run))
+    return planned
+
+
 def run_pipeline(ws: Workspace, config: dict, *, only: list[str] | None = None, progress: bool = True) -> list[StageStats]:
     """Ingest the configured inputs, then run every enabled stage in registry order."""
+    from rich.console import Console
+
     from datakit.ingest import ingest
 
+    console = Console(stderr=True)
+    planned = plan_pipeline(config, only)  # every option is checked before the first stage runs
     results = []
     inputs = config.get("ingest", {}).get("inputs", [])
     if inputs and (not only or "ingest" in only):
         console.print(ingest(ws, inputs).summary())
-    for name in STAGES:
-        if only and name not in only:
-            continue
-        opts, run = run_settings(config.get(name, {}))
-        if not run["enabled"]:
-            continue
-        stage = build_stage(name, ws, opts)
+    for stage, run in planned:
         stats = run_stage(ws, stage, workers=run["workers"], progress=progress, executor=run["executor"])
         console.print(stats.summary())
         results.append(stats)
     return results
+
+
+def render_default_config() -> str:
+    """The default pipeline config as TOML: run settings set, every option shown (commented) with its help."""
+    import dataclasses
+    import json
+
+    lines = [
+        "# datakit pipeline config (generated by `datakit config`; every stage's options with their defaults).",
+        "# Uncomment and edit a key to change it; `datakit run --config FILE` reads it, and",
+        "# `datakit <stage> --config FILE` reads that stage's section. Relative inputs are relative to this file.",
+        "",
+        "[ingest]",
+        "inputs = []  # files, directories, URL lists (.txt/.csv/.parquet) or URLs",
+    ]
+    for name, cls in stages().items():
+        lines += ["", f"[{name}]", f"# {(cls.__doc__ or '').strip().splitlines()[0]}"]
+        lines.append(f"enabled = {'true' if cls.run_by_default else 'false'}")
+        lines.append(f"workers = {cls.default_workers}")
+        lines.append('# executor = "local"  # or "ray"')
+        for f in cls.options():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if default is None:
+                lines.append(f"# {f.name} =  # {f.metadata.get('help', '')} (default: unset)")
+            else:
+                lines.append(f"# {f.name} = {json.dumps(default)}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_default_config(), end="")

@@ -1,234 +1,271 @@
-"""The stage contract and the local executor.
+"""The stage contract.
 
-A stage is a small class: it declares the table that marks an item done, the resources one
-worker needs, and the SQL that selects pending items from the manifest. `setup` loads anything
-heavy once per worker; `process` turns one item into rows for one or more tables, and never drops
-an item: bad input becomes an error row. Executors (local here, Ray in `datakit.ray_executor`)
-only decide where `process` runs; planning and writing the results are the same for all.
+A stage is a small dataclass in one module under `datakit/stages/`. It declares
+
+- `name`, its tables (`TABLES` in the module: columns and types) and which one is the
+  `marker_table` (one row per finished item; `extra_tables` are written before it),
+- `resources` one worker needs (cpus, gpus) and whether `datakit run` enables it by default,
+- its options as dataclass fields made with `option(...)`: the CLI command, the `datakit run`
+  config section, validation and the run folder's config all come from them,
+- `items_sql()`: every item the stage applies to, as SQL over the workspace views; the runner
+  turns it into the pending items (not done yet, due for a retry, or stale),
+
+and implements
+
+- `setup(ctx)`: load models once per worker (`ctx` has rank, device, workspace paths),
+- `prepare(item)` (optional): CPU work (decode frames, tokenise) run in threads ahead of the model,
+- `process(item) -> {table: [rows]}` or `process_batch(items) -> [rows per item]` (one model call
+  for `batch_size` items), and `teardown()`.
+
+Bad input never raises out of a stage: the runner turns an exception into an `error` row for
+that item, or a `retry` row when the failure is transient (timeouts, CUDA out of memory, a lost
+worker, `TransientError`); a retried item becomes an `error` after `max_attempts` attempts.
+This module imports nothing heavy and no executor: executors live in `datakit.executors`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
+import dataclasses
 import traceback
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from datakit.workspace import Workspace
-from manifests.schema import TABLES
-
-console = Console(stderr=True)
+from datakit.tables import Table
 
 Rows = dict[str, list[dict]]
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage needs (used by executors to size pools)."""
+    """What one worker of a stage needs (executors size pools and place workers by it)."""
 
     cpus: float = 1.0
     gpus: float = 0.0
 
 
+@dataclass(frozen=True)
+class WorkerContext:
+    """Handed to `Stage.setup`: who this worker is, where it runs, where the stage writes."""
+
+    rank: int
+    world_size: int
+    device: str  # "cpu" or "cuda:N" (N counts the GPUs this worker sees)
+    workspace: Path
+    media_dir: Path  # downloaded media
+    clips_dir: Path  # extracted clip files
+    stage_dir: Path  # <workspace>/data/<stage>: files a stage writes besides rows
+
+    @classmethod
+    def for_workspace(cls, root: Path, stage_name: str, *, rank: int = 0, world_size: int = 1,
+                      device: str = "cpu") -> WorkerContext:  # fmt: skip
+        root = Path(root).absolute()
+        return cls(rank, world_size, device, root, root / "media", root / "clips", root / "data" / stage_name)
+
+
+class TransientError(RuntimeError):
+    """A failure worth retrying later (the input is fine, the moment was not)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OptionError(ValueError):
+    """A stage option is invalid: raised before anything is planned or written."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,
+           min: float | None = None, max: float | None = None, cli: bool = True) -> Any:  # noqa: A002  # fmt: skip
+    """A stage option: a dataclass field whose metadata drives help text and validation."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "cli": cli}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth a retry: timeouts, dropped connections, CUDA out of memory, lost workers."""
+    if isinstance(exc, TransientError | TimeoutError | ConnectionError):
+        return True
+    name = type(exc).__name__
+    if name in ("OutOfMemoryError", "BrokenProcessPool", "RayActorError", "WorkerCrashedError"):
+        return True
+    return "CUDA out of memory" in str(exc)
+
+
+def describe(exc: BaseException) -> str:
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+@dataclass(kw_only=True)
 class Stage:
     name: ClassVar[str]
-    marker_table: ClassVar[str]  # one row per item here marks it done (status ok/error) or to retry
-    extra_tables: ClassVar[tuple[str, ...]] = ()  # written before the marker, so a kill never hides rows
-    resources: Resources = Resources()
-    batch_size: int = 32  # items per committed part file
+    marker_table: ClassVar[str]
+    extra_tables: ClassVar[tuple[str, ...]] = ()
+    resources: ClassVar[Resources] = Resources()
     io_bound: ClassVar[bool] = False  # True: the local executor runs workers as threads (downloads)
+    run_by_default: ClassVar[bool] = True  # enabled in `datakit run` unless its config says otherwise
+    default_workers: ClassVar[int] = 1
+    order: ClassVar[int] = 100  # position in `datakit run` (download 10, probe 20, scenes 30, cut 40, ...)
+    order_by: ClassVar[str] = ""  # ORDER BY of pending items (default: the marker key)
+    cli_path: ClassVar[tuple[str, ...]] = ()  # e.g. ("score", "aesthetic"); default (name,)
 
-    def pending_sql(self) -> str:
-        """SELECT over the workspace views returning one row per item still to do."""
+    commit_every: int = option(32, "Items per committed part file (a kill loses at most this many).", min=1)
+    batch_size: int = option(1, "Items per process_batch call (one model call).", min=1)
+    max_attempts: int = option(3, "Attempts over all runs before a transient failure becomes an error.", min=1)
+    prepare_threads: int = option(2, "Threads running prepare() ahead of the model step.", min=1)
+    prefetch: int = option(4, "Prepared batches queued ahead of the model step (bounded).", min=1)
+
+    # ------------------------------------------------------------------ to implement
+    def items_sql(self) -> str:
+        """SELECT over the workspace views: one row per item this stage applies to (with the key)."""
         raise NotImplementedError
 
-    def setup(self) -> None:
+    def stale_sql(self, marker: str) -> str | None:
+        """Optional SQL condition on the marker row `marker` meaning: done, but under other settings."""
+        return None
+
+    def setup(self, ctx: WorkerContext) -> None:
         """Load models or other heavy state once per worker."""
 
+    def teardown(self) -> None:
+        """Release what setup loaded."""
+
+    def prepare(self, item: dict) -> dict:
+        """CPU work ahead of `process_batch` (decode, resize); runs in threads. Default: nothing."""
+        return item
+
     def process(self, item: dict) -> Rows:
-        raise NotImplementedError
+        raise NotImplementedError(f"stage {self.name} implements neither process nor process_batch")
+
+    def process_batch(self, items: list[dict]) -> list[Rows]:
+        """One call for many items (model stages override this); returns rows per item, in order."""
+        return [self.process(item) for item in items]
+
+    def check(self) -> None:
+        """Stage-specific option checks beyond types, choices and ranges (raise OptionError)."""
+
+    # ------------------------------------------------------------------ provided
+    @classmethod
+    def tables(cls) -> tuple[Table, ...]:
+        import sys
+
+        return tuple(getattr(sys.modules[cls.__module__], "TABLES", ()))
+
+    @classmethod
+    def table(cls, name: str) -> Table:
+        for t in cls.tables():
+            if t.name == name:
+                return t
+        raise KeyError(f"stage {cls.name} declares no table {name!r}")
+
+    @property
+    def key(self) -> str:
+        return self.table(self.marker_table).key
+
+    @property
+    def has_prepare(self) -> bool:
+        return type(self).prepare is not Stage.prepare
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        """The stage's own options first, then the contract's (commit_every, batch_size, ...)."""
+        common = {f.name for f in dataclasses.fields(Stage)}
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        return [f for f in fields if f.name not in common] + [f for f in fields if f.name in common]
 
     def config(self) -> dict:
-        """Settings recorded in the run folder."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        """Options as recorded in the run folder."""
+        return {f.name: getattr(self, f.name) for f in self.options()}
+
+    def validate(self) -> None:
+        """Check every option's type, choices and range, then `check()`; raise OptionError."""
+        hints = typing.get_type_hints(type(self))
+        for f in self.options():
+            value = getattr(self, f.name)
+            expected = hints.get(f.name, Any)
+            if not _type_ok(value, expected):
+                raise OptionError(
+                    f"{self.name}: option {f.name} must be {_type_name(expected)}, got {value!r}"
+                )
+            meta = f.metadata
+            if meta.get("choices") and value is not None and value not in meta["choices"]:
+                choices = ", ".join(map(repr, meta["choices"]))
+                raise OptionError(f"{self.name}: unknown {f.name} {value!r} (choose from {choices})")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if meta.get("min") is not None and value < meta["min"]:
+                    raise OptionError(f"{self.name}: option {f.name} must be >= {meta['min']}, got {value}")
+                if meta.get("max") is not None and value > meta["max"]:
+                    raise OptionError(f"{self.name}: option {f.name} must be <= {meta['max']}, got {value}")
+        self.check()
+
+    def pending_sql(self, *, retry_errors: bool = False) -> str:
+        """Items not done yet: no marker row, a due 'retry', a stale run, or (on demand) an 'error'."""
+        key, marker = self.key, self.marker_table
+        due = [
+            f"m.{key} IS NULL",
+            "m.status NOT IN ('ok', 'error', 'retry')",
+            "(m.status = 'retry' AND (m.retry_at IS NULL OR m.retry_at <= epoch(now())))",
+        ]
+        if retry_errors:
+            due.append("m.status = 'error'")
+        stale = self.stale_sql("m")
+        if stale:
+            due.append(f"(m.status IN ('ok', 'error') AND ({stale}))")
+        order = self.order_by or f"i.{key}"
+        return f"""
+            SELECT i.*, coalesce(m.attempts, 0) AS attempts
+            FROM ({self.items_sql()}) i
+            LEFT JOIN (SELECT * FROM _latest_{marker}) m ON i.{key} = m.{key}
+            WHERE {' OR '.join(due)}
+            ORDER BY {order}
+        """
+
+    def failure_rows(self, item: dict, exc: BaseException) -> Rows:
+        """The marker row for an item whose processing raised (retry when transient)."""
+        status = "retry" if is_transient(exc) else "error"
+        row = {self.key: item[self.key], "status": status, "error": f"{self.name} failed: {describe(exc)}"}
+        if isinstance(exc, TransientError) and exc.retry_after_s is not None:
+            import time
+
+            row["retry_at"] = time.time() + exc.retry_after_s
+        return {self.marker_table: [row]}
 
     def error_rows(self, item: dict, message: str) -> Rows:
-        key = TABLES[self.marker_table].key
-        return {self.marker_table: [{key: item[key], "status": "error", "error": message}]}
-
-    def safe_process(self, item: dict) -> Rows:
-        try:
-            return self.process(item)
-        except Exception as exc:  # a bug or an unforeseen bad input must not stop the batch
-            detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            return self.error_rows(item, f"{self.name} failed: {detail}")
+        return {self.marker_table: [{self.key: item[self.key], "status": "error", "error": message}]}
 
 
-@dataclass
-class StageStats:
-    stage: str
-    planned: int = 0
-    processed: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
-    rows_written: dict[str, int] = field(default_factory=dict)
-    plan_seconds: float = 0.0
-    seconds: float = 0.0
-
-    def add(self, rows: Rows, marker_table: str) -> None:
-        self.processed += 1
-        for r in rows.get(marker_table, []):
-            s = r.get("status") or "ok"
-            self.statuses[s] = self.statuses.get(s, 0) + 1
-
-    def summary(self) -> str:
-        parts = ", ".join(f"{v} {k}" for k, v in sorted(self.statuses.items())) or "nothing to do"
-        return f"{self.stage}: {self.processed}/{self.planned} items ({parts}) in {self.seconds:.1f}s"
-
-
-class _Writer:
-    """Buffers result rows and commits them as part files: extra tables first, marker last."""
-
-    def __init__(self, ws: Workspace, stage: Stage, stats: StageStats, flush_seconds: float = 10.0):
-        self.ws, self.stage, self.stats = ws, stage, stats
-        self.buffer: dict[str, list[dict]] = {}
-        self.items = 0
-        self.flush_seconds = flush_seconds
-        self.last_flush = time.monotonic()
-
-    def add(self, rows: Rows) -> None:
-        for table, table_rows in rows.items():
-            self.buffer.setdefault(table, []).extend(table_rows)
-        self.items += 1
-        self.stats.add(rows, self.stage.marker_table)
-        if self.items >= self.stage.batch_size or time.monotonic() - self.last_flush > self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        order = [t for t in self.buffer if t != self.stage.marker_table] + [self.stage.marker_table]
-        for table in order:
-            rows = self.buffer.get(table)
-            if rows:
-                self.ws.write(table, rows)
-                self.stats.rows_written[table] = self.stats.rows_written.get(table, 0) + len(rows)
-        self.buffer, self.items, self.last_flush = {}, 0, time.monotonic()
+def _type_ok(value: Any, expected: Any) -> bool:
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(expected) or (Any,)
+        return isinstance(value, list | tuple) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, expected)
 
 
-def plan(ws: Workspace, stage: Stage, limit: int | None = None) -> list[dict]:
-    sql = stage.pending_sql()
-    if limit is not None:
-        sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
-    return ws.sql(sql)
-
-
-_worker_stage: Stage | None = None
-
-
-def _init_worker(stage: Stage) -> None:
-    global _worker_stage
-    _worker_stage = stage
-    stage.setup()
-
-
-def _run_in_worker(item: dict) -> Rows:
-    assert _worker_stage is not None
-    return _worker_stage.safe_process(item)
-
-
-def _results_local(stage: Stage, items: list[dict], workers: int) -> Iterator[Rows]:
-    if workers <= 1:
-        stage.setup()
-        for item in items:
-            yield stage.safe_process(item)
-        return
-    if stage.io_bound:
-        stage.setup()
-        with ThreadPoolExecutor(workers) as pool:
-            yield from _bounded(pool, stage.safe_process, items, workers)
-        return
-    # forkserver: safe with threads (torch, PyAV) in the parent; at most 2*workers items in flight.
-    ctx = get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(stage,)) as pool:
-        yield from _bounded(pool, _run_in_worker, items, workers)
-
-
-def _bounded(pool, fn, items: list[dict], workers: int) -> Iterator[Rows]:
-    """Submit at most 2*workers items at a time; yield results as they complete."""
-    pending_items = iter(items)
-    in_flight: set = set()
-    while True:
-        while len(in_flight) < 2 * workers:
-            item = next(pending_items, None)
-            if item is None:
-                break
-            in_flight.add(pool.submit(fn, item))
-        if not in_flight:
-            return
-        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-        for fut in done:
-            yield fut.result()
-
-
-def run_stage(
-    ws: Workspace,
-    stage: Stage,
-    *,
-    workers: int = 1,
-    limit: int | None = None,
-    progress: bool = True,
-    compact_above_parts: int = 16,  # newer parts allowed beside a compacted one
-    executor: str = "local",
-    ray_address: str | None = None,
-) -> StageStats:
-    """Plan pending items, process them, commit results in batches. Safe to kill and rerun."""
-    stats = StageStats(stage.name)
-    with ws.lock(f"stage-{stage.name}", on_wait=lambda n: console.print(f"[yellow]waiting: another {stage.name} run holds this workspace[/]")):
-        t0 = time.monotonic()
-        items = plan(ws, stage, limit)
-        stats.planned = len(items)
-        stats.plan_seconds = time.monotonic() - t0
-        run_dir = _start_run_dir(ws, stage, workers)
-        writer = _Writer(ws, stage, stats)
-        if executor == "ray":
-            from datakit.ray_executor import ray_results
-
-            stream = ray_results(stage, items, workers=workers if workers > 1 else None, address=ray_address)
-        elif executor == "local":
-            stream = _results_local(stage, items, workers)
-        else:
-            raise ValueError(f"unknown executor {executor!r} (local or ray)")
-        with Progress(
-            TextColumn(f"[bold]{stage.name}[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not progress or not items,
-            transient=False,
-        ) as bar:
-            task = bar.add_task(stage.name, total=len(items))
-            for rows in stream:
-                writer.add(rows)
-                bar.advance(task)
-        writer.flush()
-        for table in stats.rows_written:
-            if ws.needs_compaction(table, compact_above_parts):
-                ws.compact(table)
-        stats.seconds = time.monotonic() - t0
-        (run_dir / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
-    return stats
-
-
-def _start_run_dir(ws: Workspace, stage: Stage, workers: int) -> Any:
-    run_dir = ws.root / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage.name}-{os.getpid()}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"stage": stage.name, "workers": workers, "resources": asdict(stage.resources), "config": stage.config()}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    return run_dir
+def _type_name(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(expected))
+    if expected is type(None):
+        return "null"
+    if origin in (list, tuple):
+        return f"a list of {_type_name((typing.get_args(expected) or (Any,))[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        expected, getattr(expected, "__name__", str(expected))
+    )

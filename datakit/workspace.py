@@ -29,7 +29,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.schema import SCHEMA_VERSION, TABLES, VIEWS, WRITTEN_COLUMN, arrow_schema
+from manifests import schema
+from manifests.schema import SCHEMA_VERSION, VIEWS, WRITTEN_COLUMN, arrow_schema
 
 DEFAULT_WORKSPACE = "workspace"
 _INIT_PART = "part-0000000000000000000-init.parquet"
@@ -103,7 +104,7 @@ class Workspace:
                 self._write_meta()
 
     def _ensure_tables(self) -> None:
-        for name in TABLES:
+        for name in schema.tables():
             d = self.table_dir(name)
             d.mkdir(parents=True, exist_ok=True)
             if not (d / _INIT_PART).exists():  # an empty part keeps the glob non-empty
@@ -122,7 +123,7 @@ class Workspace:
         needs no dedupe, and after `compact` only the few newer parts are deduplicated and their
         keys removed from the compacted part (every row in them is newer than any row in it).
         """
-        key = TABLES[name].key
+        key = schema.tables()[name].key
         dedupe = _newest_per_key(key)
         if not snapshot:
             glob = _sql_str(str(self.table_dir(name) / "*.parquet"))
@@ -142,7 +143,7 @@ class Workspace:
     def view_sql(self, snapshot: bool = False) -> dict[str, str]:
         """Name -> SELECT of every view, with absolute paths to this workspace's parts."""
         views: dict[str, str] = {}
-        for name in TABLES:
+        for name in schema.tables():
             views[f"_latest_{name}"] = self._latest_sql(name, snapshot)
             views[name] = f"SELECT * FROM _latest_{name}"
         for name, (_, sql) in VIEWS.items():
@@ -182,6 +183,10 @@ class Workspace:
     def arrow(self, query: str, params: list | None = None) -> pa.Table:
         return self._with_retry(lambda con: con.sql(query, params=params).to_arrow_table())
 
+    def read(self, fn):
+        """Run `fn(connection)` on a fresh snapshot of the views (retried if a compaction intervenes)."""
+        return self._with_retry(fn)
+
     def _with_retry(self, fn):
         """A compaction may delete parts a snapshot listed: list again and retry."""
         for attempt in range(3):
@@ -219,7 +224,7 @@ class Workspace:
             con = duckdb.connect(":memory:")
             try:
                 data = con.sql(
-                    f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(TABLES[table].key)} ORDER BY {WRITTEN_COLUMN}"
+                    f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(schema.tables()[table].key)} ORDER BY {WRITTEN_COLUMN}"
                 ).to_arrow_table()
             finally:
                 con.close()

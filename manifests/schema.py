@@ -9,163 +9,38 @@ keeps the two in sync. Bump SCHEMA_VERSION whenever a table or view changes.
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+from datakit.tables import WRITTEN_COLUMN, Column, Table
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "TABLES", "VIEWS", "WRITTEN_COLUMN", "Column", "Table", "arrow_schema"]
+
+# 2: tables declared by their stages; every marker table has attempts and retry_at; probes gained
+#    rotation, coded size, media type and the stream used.
+SCHEMA_VERSION = 2
 
 # Row status values, shared by every stage table.
 STATUSES = {
     "ok": "the stage finished for this row",
-    "error": "permanent failure (bad input); `error` says why; a rerun does not retry it",
-    "retry": "transient failure (network, rate limit); a rerun retries it",
+    "error": "permanent failure (bad input); `error` says why; a rerun does not retry it (`--retry-errors` does)",
+    "retry": "transient failure (network, timeout, out of memory, lost worker); a rerun retries it",
     "pending": "(views only) no stage has produced a row yet",
 }
 
 
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str  # DuckDB type name
-    doc: str
+def tables() -> dict[str, Table]:
+    """Every table, gathered from the stage registry (each stage declares its own)."""
+    from datakit.registry import tables as registry_tables
+
+    return registry_tables()
 
 
-@dataclass(frozen=True)
-class Table:
-    name: str
-    key: str
-    doc: str
-    columns: tuple[Column, ...]
+def __getattr__(name: str):  # `TABLES` is gathered lazily: stage modules import this package too
+    if name == "TABLES":
+        return tables()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    @property
-    def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-
-_ARROW = {
-    "VARCHAR": pa.string(),
-    "BIGINT": pa.int64(),
-    "INTEGER": pa.int32(),
-    "DOUBLE": pa.float64(),
-    "BOOLEAN": pa.bool_(),
-}
-
-# Hidden column appended to every part file: nanosecond write time, used to pick the latest row.
-WRITTEN_COLUMN = "_written_ns"
-
-C = Column
-TABLES: dict[str, Table] = {
-    t.name: t
-    for t in [
-        Table(
-            "sources",
-            "video_id",
-            "One row per ingested input (local file or URL). Written by `ingest`.",
-            (
-                C("video_id", "VARCHAR", "16 hex chars: blake2b of the file content, or of the canonical URL"),
-                C("source", "VARCHAR", "what the user gave: absolute file path or the URL as written"),
-                C("source_kind", "VARCHAR", "'file' or 'url'"),
-                C("path", "VARCHAR", "absolute local path (null for URLs until downloaded)"),
-                C("bytes", "BIGINT", "file size at ingest (null for URLs)"),
-                C("mtime_ns", "BIGINT", "file modification time at ingest; lets a re-ingest skip re-hashing"),
-                C("status", "VARCHAR", "'ok' or 'error' (unreadable path, broken symlink, directory...)"),
-                C("error", "VARCHAR", "readable reason when status is 'error'"),
-            ),
-        ),
-        Table(
-            "downloads",
-            "video_id",
-            "One row per URL source after `download` tried it.",
-            (
-                C("video_id", "VARCHAR", "id of the URL source"),
-                C("url", "VARCHAR", "the URL that was fetched"),
-                C("status", "VARCHAR", "'ok', 'retry' (transient, tried again by the next run) or 'error'"),
-                C("error", "VARCHAR", "readable reason of the last failure"),
-                C("attempts", "INTEGER", "attempts made so far, over all runs"),
-                C("method", "VARCHAR", "'http' or 'yt-dlp'"),
-                C("path", "VARCHAR", "absolute path of the downloaded file (sanitised name under media/)"),
-                C("bytes", "BIGINT", "size of the downloaded file"),
-                C("http_status", "INTEGER", "last HTTP status code seen, if any"),
-                C("retry_after_s", "DOUBLE", "server-requested wait (Retry-After) of the last failure, if any"),
-                C("retry_at", "DOUBLE", "unix time before which a rerun skips this row (a long Retry-After)"),
-            ),
-        ),
-        Table(
-            "probes",
-            "video_id",
-            "Container and stream metadata from PyAV. Written by `probe`.",
-            (
-                C("video_id", "VARCHAR", "id of the video"),
-                C("status", "VARCHAR", "'ok' or 'error'"),
-                C("error", "VARCHAR", "why the file is not a usable video"),
-                C("width", "INTEGER", "frame width in pixels"),
-                C("height", "INTEGER", "frame height in pixels"),
-                C("fps", "DOUBLE", "average frame rate"),
-                C("num_frames", "BIGINT", "video frames in the file (counted packets, not the header's guess)"),
-                C("duration_s", "DOUBLE", "num_frames / fps"),
-                C("codec", "VARCHAR", "video codec name (h264, mpeg4, vp9...)"),
-                C("pix_fmt", "VARCHAR", "pixel format of the video stream"),
-                C("container", "VARCHAR", "container format name"),
-                C("bit_rate", "BIGINT", "container bit rate, bits/s"),
-                C("has_audio", "BOOLEAN", "whether an audio stream exists"),
-                C("bytes", "BIGINT", "file size"),
-            ),
-        ),
-        Table(
-            "scene_runs",
-            "video_id",
-            "One row per video after scene detection; marks the video done (its spans are in clip_spans).",
-            (
-                C("video_id", "VARCHAR", "id of the video"),
-                C("status", "VARCHAR", "'ok' or 'error'"),
-                C("error", "VARCHAR", "why detection failed"),
-                C("detector", "VARCHAR", "'adaptive' or 'content'"),
-                C("params", "VARCHAR", "JSON of the detector and clip-length settings used"),
-                C("num_scenes", "INTEGER", "scenes found before the clip-length policy"),
-                C("num_clips", "INTEGER", "clips kept after the policy (rows in clip_spans)"),
-                C("analysed_frames", "BIGINT", "frames decoded and analysed"),
-                C("run_key", "VARCHAR", "hash of video_id and params; the clips of this run carry it"),
-            ),
-        ),
-        Table(
-            "clip_spans",
-            "clip_id",
-            "Frame-exact clip spans from scene detection and the clip-length policy.",
-            (
-                C("clip_id", "VARCHAR", "'<video_id>-<start_frame>-<end_frame>'"),
-                C("video_id", "VARCHAR", "id of the source video"),
-                C("scene_index", "INTEGER", "index of the scene this clip came from"),
-                C("start_frame", "BIGINT", "first frame (inclusive)"),
-                C("end_frame", "BIGINT", "end frame (exclusive)"),
-                C("start_s", "DOUBLE", "start_frame / fps"),
-                C("end_s", "DOUBLE", "end_frame / fps"),
-                C("num_frames", "BIGINT", "end_frame - start_frame"),
-                C("fps", "DOUBLE", "frame rate of the source"),
-                C("width", "INTEGER", "source width"),
-                C("height", "INTEGER", "source height"),
-                C("run_key", "VARCHAR", "the scene run that made this span (spans of older runs are hidden in `clips`)"),
-            ),
-        ),
-        Table(
-            "cuts",
-            "clip_id",
-            "Extracted clip files. Written by `cut`.",
-            (
-                C("clip_id", "VARCHAR", "id of the clip"),
-                C("status", "VARCHAR", "'ok' or 'error'"),
-                C("error", "VARCHAR", "why extraction failed"),
-                C("path", "VARCHAR", "absolute path of the extracted clip file"),
-                C("width", "INTEGER", "width of the extracted file"),
-                C("height", "INTEGER", "height of the extracted file"),
-                C("fps", "DOUBLE", "frame rate of the extracted file"),
-                C("num_frames", "BIGINT", "frames written"),
-                C("bytes", "BIGINT", "file size"),
-                C("params", "VARCHAR", "JSON of the cut settings (fps, short_side, crf, preset)"),
-            ),
-        ),
-    ]
-}
 
 # Views over the latest row per key of each table (the `_latest_<table>` views, made by the workspace).
 VIEWS: dict[str, tuple[str, str]] = {
@@ -209,16 +84,15 @@ VIEWS: dict[str, tuple[str, str]] = {
 
 
 def arrow_schema(table: str) -> pa.Schema:
-    t = TABLES[table]
-    fields = [pa.field(c.name, _ARROW[c.type]) for c in t.columns]
-    return pa.schema([*fields, pa.field(WRITTEN_COLUMN, pa.int64())])
+    return tables()[table].arrow_schema()
 
 
 def render_markdown() -> str:
     out = [
         f"# Manifest schema, version {SCHEMA_VERSION}",
         "",
-        "Generated from `manifests/schema.py` by `python -m manifests.schema > manifests/SCHEMA.md`.",
+        "Generated by `python -m manifests.schema > manifests/SCHEMA.md` from the tables that each stage",
+        "module declares (`TABLES` in `datakit/stages/*.py` and `datakit/ingest.py`).",
         "Each table is a folder of Parquet part files under `<workspace>/tables/<name>/`; the DuckDB",
         "catalog `<workspace>/manifest.duckdb` has one view per table (its latest row per key) and",
         "the joined views `videos` and `clips`.",
@@ -228,7 +102,7 @@ def render_markdown() -> str:
         *[f"- `{k}`: {v}" for k, v in STATUSES.items()],
         "",
     ]
-    for t in TABLES.values():
+    for t in tables().values():
         out += [f"## Table `{t.name}` (key `{t.key}`)", "", t.doc, "", "| column | type | meaning |", "|---|---|---|"]
         out += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in t.columns]
         out.append("")

@@ -10,6 +10,10 @@ Accepted sources (`load_pretrained(model, source)`):
 * a bare released file name (`PixArt-XL-2-512x512.pth`, `OpenSora-v1-16x256x256.pth`, ...):
   looked up in the working directory and `./pretrained_models/`, then on the Hugging Face Hub.
 
+Our checkpoints also carry the model config: `save_weights` writes the STDiT constructor
+arguments to `config.json` beside the weights (and into the safetensors header), and
+`build_from_checkpoint(dir)` / `STDiT.from_pretrained(dir)` rebuild the model from it.
+
 Conversion: `module.` / `_orig_mod.` prefixes are stripped, a 4-D (Conv2d) patch-embed weight
 gets a singleton temporal axis, and `pos_embed` / `pos_embed_temporal` are never taken from the
 checkpoint: the model recomputes its own sin-cos tables (they depend only on the config).
@@ -18,12 +22,18 @@ Tensors are cast to the model's dtype. Too few matching keys raise `CheckpointMi
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .stdit import STDiT
 
 # released checkpoints → Hugging Face repo holding them
 KNOWN_CHECKPOINTS: dict[str, str] = {
@@ -40,6 +50,8 @@ RECOMPUTED_KEYS = ("pos_embed", "pos_embed_temporal")
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS_EMA_FIRST = ("ema", "state_dict", "model", "module")
 _WRAPPERS_MODEL_FIRST = ("state_dict", "model", "module", "ema")
+CONFIG_FILE = "config.json"  # beside our weights: {"model_class": "STDiT", "constructor_args": {...}}
+_CONFIG_METADATA_KEY = "model_config"  # the same document in a safetensors header
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -277,12 +289,89 @@ def save_weights(
     model_or_sd: nn.Module | dict[str, torch.Tensor],
     path: str | os.PathLike[str],
     metadata: dict[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a state dict as safetensors (our format; a training checkpoint directory holds
-    `model.safetensors` and `ema.safetensors`)."""
+    `model.safetensors` and `ema.safetensors`).
+
+    config: the model's constructor arguments; defaults to `model.config` when an STDiT is given.
+        Written to `config.json` in the file's directory (replacing one already there) and into
+        the file's header, so `build_from_checkpoint` rebuilds the model from the checkpoint alone.
+    """
     from safetensors.torch import save_file
 
+    from .stdit import STDiT
+
+    if config is None and isinstance(model_or_sd, STDiT):
+        config = model_or_sd.config
     sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata={"format": "pt", **(metadata or {})})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": "pt", **(metadata or {})}
+    if config is not None:
+        document = json.dumps({"model_class": "STDiT", "constructor_args": dict(config)}, indent=2)
+        header[_CONFIG_METADATA_KEY] = document
+        (path.parent / CONFIG_FILE).write_text(document + "\n")
+    save_file(sd, str(path), metadata=header)
+
+
+# --------------------------------------------------------------------------------------------
+# Rebuilding a model from our checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_config(text: str, where: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON: {err}") from err
+    if (
+        not isinstance(document, dict)
+        or document.get("model_class") != "STDiT"
+        or not isinstance(document.get("constructor_args"), dict)
+    ):
+        raise ValueError(
+            f"{where} is not a model config written by save_weights "
+            '(expected {"model_class": "STDiT", "constructor_args": {...}})'
+        )
+    return document["constructor_args"]
+
+
+def read_model_config(source: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The STDiT constructor arguments stored with a checkpoint of ours: `config.json` in a
+    checkpoint directory, or the header of a `.safetensors` file. None when there are none
+    (released PixArt-α / Open-Sora files, Open-Sora training directories)."""
+    path = resolve_checkpoint(source)
+    if path.is_dir():
+        file = path / CONFIG_FILE
+        return _parse_config(file.read_text(), str(file)) if file.is_file() else None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(_CONFIG_METADATA_KEY)
+        return None if text is None else _parse_config(text, f"the header of {path}")
+    return None
+
+
+def build_from_checkpoint(source: str | os.PathLike[str], *, use_ema: bool = True, **overrides: Any) -> STDiT:
+    """Build the STDiT a checkpoint of ours describes and load its weights; every tensor must match.
+
+    `overrides` replace stored constructor arguments (e.g. `input_size` to sample at another size;
+    the position tables are recomputed for it). Built on the meta device: no throwaway init.
+    """
+    from .stdit import STDiT
+
+    path = resolve_checkpoint(source)
+    args = read_model_config(path)
+    if args is None:
+        raise FileNotFoundError(
+            f"{path} carries no model config ({CONFIG_FILE} in a checkpoint directory or a "
+            "safetensors header, written by save_weights). For released PixArt-α / Open-Sora "
+            "weights build the model yourself (build_stdit('STDiT-XL/2', ...)) and call load_pretrained."
+        )
+    with torch.device("meta"):
+        model = STDiT(**{**args, **overrides})
+    load_pretrained(model, path, use_ema=use_ema, strict_min_fraction=1.0)
+    return model

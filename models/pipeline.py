@@ -43,6 +43,9 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
     return _DTYPES[name]
 
 
+DEFAULT_STDIT = "STDiT-XL/2"
+
+
 def load_stdit_config(model: str) -> tuple[str | None, dict[str, Any]]:
     """``model`` is a preset name (e.g. "STDiT-XL/2") or a JSON file of STDiT constructor args.
 
@@ -103,10 +106,10 @@ class TextToVideoPipeline:
         ckpt: str | None,
         vae: str = DEFAULT_VAE,
         text_encoder: str = DEFAULT_T5,
-        model: str = "STDiT-XL/2",
-        num_frames: int = 16,
-        height: int = 256,
-        width: int = 256,
+        model: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
         sampler: str = "iddpm",
         steps: int | None = None,
         cfg_scale: float = 7.0,
@@ -121,18 +124,25 @@ class TextToVideoPipeline:
     ) -> TextToVideoPipeline:
         """Build every part from hub ids / local paths and load the STDiT checkpoint.
 
-        ``model``: an STDiT preset name or a JSON file of constructor args; ``input_size`` is set
-        from (num_frames, height, width), and the caption width / token count follow the JSON
-        (defaults: T5's d_model, 120).  ``space_scale`` defaults to height/512 for presets (0.5 at
-        256px, as the 1.0 checkpoints were trained from PixArt-512) and ``time_scale`` to 1.0.
+        ``model``: an STDiT preset name or a JSON file of constructor args. ``None``: the config a
+        checkpoint of ours carries (``config.json``, see ``models.checkpoint.save_weights``), else
+        the STDiT-XL/2 preset (released Open-Sora files). ``input_size`` is set from (num_frames,
+        height, width), which default to the checkpoint config's size, else 16x256x256; the
+        caption width / token count follow the config (defaults: T5's d_model, 120).
+        ``space_scale`` defaults to height/512 for presets (0.5 at 256px, as the 1.0 checkpoints
+        were trained from PixArt-512) and ``time_scale`` to 1.0.
         ``ckpt=None`` keeps random weights (for smoke tests).
         """
-        from .checkpoint import load_pretrained
+        from .checkpoint import build_from_checkpoint, load_pretrained, read_model_config
         from .stdit import STDIT_PRESETS, STDiT
 
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        preset, args = load_stdit_config(model)
+        stored = read_model_config(ckpt) if model is None and ckpt is not None else None
+        if stored is not None:
+            preset, args = None, dict(stored)
+        else:
+            preset, args = load_stdit_config(model or DEFAULT_STDIT)
         if preset is not None and preset not in STDIT_PRESETS:
             raise ValueError(
                 f"unknown model {model!r}: not a preset ({sorted(STDIT_PRESETS)}) nor a JSON file"
@@ -156,6 +166,11 @@ class TextToVideoPipeline:
         ).to(dev)
 
         args = {k: v for k, v in args.items() if k != "dtype"}
+        if stored is not None:  # the trained size, in pixels
+            size = [n * p for n, p in zip(stored["input_size"], video_vae.patch_size, strict=True)]
+        else:
+            size = [16, 256, 256]
+        num_frames, height, width = (g or d for g, d in zip((num_frames, height, width), size, strict=True))
         args["input_size"] = tuple(video_vae.get_latent_size((num_frames, height, width)))
         args.setdefault("caption_channels", t5.output_dim)
         args.setdefault("model_max_length", max_len)
@@ -174,9 +189,12 @@ class TextToVideoPipeline:
                 f"STDiT caption_channels={args['caption_channels']} but T5 d_model={t5.output_dim}"
             )
 
-        stdit = STDiT(**args)
-        if ckpt is not None:
-            load_pretrained(stdit, ckpt)
+        if stored is not None:  # our checkpoint: every tensor must match its own config
+            stdit = build_from_checkpoint(ckpt, **args)
+        else:
+            stdit = STDiT(**args)
+            if ckpt is not None:
+                load_pretrained(stdit, ckpt)
         stdit = stdit.to(dev, dt).eval()
 
         kwargs: dict[str, Any] = dict(cfg_scale=cfg_scale, cfg_channels=cfg_channels)

@@ -29,7 +29,10 @@ def sample(
     ] = None,
     ckpt: Annotated[
         str | None,
-        typer.Option(help="STDiT checkpoint: .pth/.pt/.safetensors file or a training checkpoint directory."),
+        typer.Option(
+            help="STDiT checkpoint: .pth/.pt/.safetensors file or a checkpoint directory. "
+            "Ours carry their model config (config.json), so --model is not needed."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("samples"),
     vae: Annotated[
@@ -39,11 +42,24 @@ def sample(
         str, typer.Option(help="T5: hub id or local directory (tokenizer + encoder).")
     ] = DEFAULT_T5,
     model: Annotated[
-        str, typer.Option(help="STDiT preset name (STDiT-XL/2) or a JSON file of constructor args.")
-    ] = "STDiT-XL/2",
-    num_frames: Annotated[int, typer.Option(help="Frames per video.")] = 16,
-    height: Annotated[int, typer.Option(help="Video height in pixels (multiple of 8 x patch).")] = 256,
-    width: Annotated[int, typer.Option(help="Video width in pixels.")] = 256,
+        str | None,
+        typer.Option(
+            help="STDiT preset name (STDiT-XL/2) or a JSON file of constructor args. "
+            "Default: the checkpoint's config.json, else STDiT-XL/2."
+        ),
+    ] = None,
+    num_frames: Annotated[
+        int | None, typer.Option(help="Frames per video (default: the checkpoint config's, else 16).")
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option(
+            help="Video height in pixels, a multiple of 8 x patch (default: checkpoint's, else 256)."
+        ),
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Video width in pixels (default: the checkpoint config's, else 256).")
+    ] = None,
     sampler: Annotated[
         str, typer.Option(help="iddpm (ancestral, 1.0 default) or dpm-solver (fast ODE).")
     ] = "iddpm",
@@ -128,9 +144,11 @@ def sample(
             typer.echo(
                 f"{files['mp4']}  ({frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, {elapsed:.1f}s)"
             )
+    num_frames, height, width = pipe.video_size
     settings = dict(
         ckpt=ckpt,
         model=model,
+        stdit_config=pipe.stdit.config,
         vae=vae,
         text_encoder=text_encoder,
         sampler=sampler,

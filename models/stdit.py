@@ -15,6 +15,7 @@ Per block (adaLN-single, PixArt-α style):
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -60,6 +61,15 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
     return _DTYPES[name]
+
+
+def _jsonable(value: Any) -> Any:
+    """Constructor argument -> JSON value (tuples -> lists, dtypes -> names such as "float32")."""
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 class STDiTBlock(nn.Module):
@@ -151,6 +161,7 @@ class STDiT(nn.Module):
         enable_sequence_parallelism: bool = False,
         grad_checkpointing: bool = False,
     ):
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # before any other local
         super().__init__()
         if enable_sequence_parallelism:
             raise NotImplementedError("sequence parallelism is not implemented")
@@ -170,6 +181,9 @@ class STDiT(nn.Module):
         self.no_temporal_pos_emb = no_temporal_pos_emb  # stored only, as in the original
         self.dtype_hint = parse_dtype(dtype)
         self.gradient_checkpointing = grad_checkpointing
+        # every constructor argument, JSON-ready: `save_weights` writes it beside the weights so a
+        # checkpoint rebuilds its model (`STDiT.from_pretrained`)
+        self.config: dict[str, Any] = {k: _jsonable(v) for k, v in args.items()}
 
         self.grid = tuple(s // p for s, p in zip(self.input_size, self.patch_size, strict=True))
         self.num_temporal = self.grid[0]
@@ -193,6 +207,20 @@ class STDiT(nn.Module):
         self.initialize_weights()
         if freeze is not None:
             self.freeze(freeze)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | os.PathLike[str], *, use_ema: bool = True, **overrides: Any
+    ) -> STDiT:
+        """Rebuild the model a checkpoint of ours describes (its `config.json`) and load its weights.
+
+        `overrides` replace stored constructor arguments, e.g. `input_size` to sample at another
+        size. Released PixArt-α / Open-Sora `.pth` files carry no config: build the model yourself
+        (`build_stdit`) and use `models.checkpoint.load_pretrained`.
+        """
+        from .checkpoint import build_from_checkpoint
+
+        return build_from_checkpoint(source, use_ema=use_ema, **overrides)
 
     # ---------------------------------------------------------------- buffers and init
     def _spatial_pos_embed(self, device: torch.device | str | None = None) -> torch.Tensor:

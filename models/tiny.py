@@ -91,12 +91,12 @@ def tiny_stdit_config(caption_channels: int = TINY_T5_DIM, model_max_length: int
 
 
 def save_tiny_stdit(ckpt: Path, config_json: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Random tiny STDiT: its constructor args as JSON and its weights as safetensors.
+    """Random tiny STDiT: its constructor args as JSON and its weights as safetensors (written by
+    `save_weights`, so `ckpt` also carries its config; `config.json` lands beside it).
 
     The zero-initialised output layers get small random values so the samples depend on the caption.
     """
-    from safetensors.torch import save_file
-
+    from models.checkpoint import save_weights
     from models.stdit import STDiT
 
     cfg = tiny_stdit_config()
@@ -107,5 +107,5 @@ def save_tiny_stdit(ckpt: Path, config_json: Path, seed: int = 0) -> tuple[Path,
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    save_weights(model, ckpt)
     return ckpt, config_json

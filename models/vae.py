@@ -10,6 +10,7 @@ from torch import nn
 with warnings.catch_warnings():  # diffusers 0.29 warns about its own deprecated import path
     warnings.filterwarnings("ignore", message=".*Transformer2DModelOutput.*", category=FutureWarning)
     from diffusers.models import AutoencoderKL
+    from diffusers.utils.torch_utils import randn_tensor
 
 from .defaults import DEFAULT_VAE
 
@@ -70,21 +71,34 @@ class VideoAutoencoderKL(nn.Module):
         bt, c, h, w = x.shape
         return x.reshape(b, bt // b, c, h, w).permute(0, 2, 1, 3, 4)
 
+    def _frame_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of q(z | frame), unscaled, (B*T, 4, H/8, W/8) each, micro-batch by micro-batch."""
+        if x.ndim != 5:
+            raise ValueError(f"expected (B, C, T, H, W), got {tuple(x.shape)}")
+        frames = self._to_frames(x.to(self.device, self.dtype))
+        dists = [self.module.encode(frames[sl]).latent_dist for sl in self._chunks(frames.shape[0])]
+        return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+    @torch.no_grad()
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, T, H, W) in [-1, 1] -> mean and std of the latent distribution, each
+        (B, 4, T, H/8, W/8) and scaled like the latents."""
+        mean, std = self._frame_posterior(x)
+        b = x.shape[0]
+        return self._to_video(mean, b) * self.scaling_factor, self._to_video(std, b) * self.scaling_factor
+
     @torch.no_grad()
     def encode(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> (B, 4, T, H/8, W/8) latents (posterior sample, or its mode)."""
-        if x.ndim != 5:
-            raise ValueError(f"expected (B, C, T, H, W), got {tuple(x.shape)}")
-        b = x.shape[0]
-        frames = self._to_frames(x.to(self.device, self.dtype))
-        out = []
-        for sl in self._chunks(frames.shape[0]):
-            dist = self.module.encode(frames[sl]).latent_dist
-            z = dist.sample(generator) if sample_posterior else dist.mode()
-            out.append(z * self.scaling_factor)
-        return self._to_video(torch.cat(out), b)
+        """(B, 3, T, H, W) in [-1, 1] -> (B, 4, T, H/8, W/8) latents (posterior sample, or its mode).
+
+        The noise is drawn once for all frames, so `micro_batch_size` does not change the sample.
+        """
+        z, std = self._frame_posterior(x)  # z: the mode (= mean)
+        if sample_posterior:  # diffusers' randn_tensor accepts a CPU generator for a CUDA VAE
+            z = z + std * randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return self._to_video(z * self.scaling_factor, x.shape[0])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -231,3 +231,85 @@ def test_build_stdit_from_pretrained(cfg, stdit_weights, tmp_path):
     )
     for k, v in m.state_dict().items():
         assert torch.equal(v, stdit_weights[k]), k
+
+
+# ---------------------------------------------------------------------------- our config travels with the weights
+
+
+def test_config_records_every_constructor_argument(cfg):
+    import inspect
+
+    m = STDiT(**{**cfg["constructor_args"], "dtype": torch.bfloat16, "class_dropout_prob": 0.3})
+    assert set(m.config) == set(inspect.signature(STDiT).parameters)
+    assert m.config["dtype"] == "bfloat16" and m.config["class_dropout_prob"] == 0.3
+    assert m.config["input_size"] == list(cfg["constructor_args"]["input_size"])
+    rebuilt = STDiT(**json.loads(json.dumps(m.config)))
+    assert rebuilt.config == m.config
+
+
+def test_checkpoint_directory_rebuilds_its_model(cfg, stdit_weights, expected, tmp_path):
+    from models.checkpoint import build_from_checkpoint
+
+    src = make(cfg, space_scale=0.25, time_scale=2.0)
+    load_pretrained(src, dict(stdit_weights))  # position tables stay those of this config
+    ckpt = tmp_path / "step_000100"
+    save_weights(src, ckpt / "ema.safetensors")
+    save_weights({k: torch.zeros_like(v) for k, v in src.state_dict().items()}, ckpt / "model.safetensors")
+    stored = json.loads((ckpt / "config.json").read_text())
+    assert stored == {"model_class": "STDiT", "constructor_args": src.config}
+
+    m = STDiT.from_pretrained(ckpt).eval()  # no constructor arguments repeated
+    assert m.config == src.config and m.space_scale == 0.25 and m.time_scale == 2.0
+    for k, v in src.state_dict().items():  # EMA weights, and the position tables of this config
+        assert torch.equal(m.state_dict()[k], v), k
+    x, t, y, mask = (expected[f"input.{n}"] for n in ("x", "timestep", "y", "mask"))
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, t, y, mask=mask), src(x, t, y, mask=mask), atol=0, rtol=0)
+    raw = build_from_checkpoint(ckpt, use_ema=False)
+    assert torch.count_nonzero(raw.final_layer.linear.weight) == 0
+
+    # a single file of ours carries the config in its header; overrides change the size
+    bigger = build_from_checkpoint(ckpt / "ema.safetensors", input_size=(8, 16, 16))
+    assert bigger.input_size == (8, 16, 16) and bigger.pos_embed.shape[1] == 64
+    assert torch.equal(bigger.t_block[1].weight, stdit_weights["t_block.1.weight"])
+
+
+def test_state_dict_saved_with_explicit_config(cfg, stdit_weights, tmp_path):
+    from models.checkpoint import read_model_config
+
+    args = make(cfg).config
+    save_weights(stdit_weights, tmp_path / "ckpt" / "ema.safetensors", config=args)
+    assert read_model_config(tmp_path / "ckpt") == args
+    m = STDiT.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(m.t_block[1].weight, stdit_weights["t_block.1.weight"])
+
+
+def test_released_checkpoints_carry_no_config(cfg, stdit_weights, tmp_path):
+    from models.checkpoint import build_from_checkpoint, read_model_config
+
+    torch.save(dict(stdit_weights), tmp_path / "OpenSora-v1-16x256x256.pth")
+    (tmp_path / "opensora_run").mkdir()
+    torch.save(dict(stdit_weights), tmp_path / "opensora_run" / "ema.pt")
+    save_file(dict(stdit_weights), str(tmp_path / "plain.safetensors"))
+    for source in ("OpenSora-v1-16x256x256.pth", "opensora_run", "plain.safetensors"):
+        assert read_model_config(tmp_path / source) is None
+        with pytest.raises(FileNotFoundError, match="carries no model config.*load_pretrained"):
+            build_from_checkpoint(tmp_path / source)
+    m = make(cfg)  # still loaded as before, with the model built by the caller
+    assert load_pretrained(m, tmp_path / "OpenSora-v1-16x256x256.pth").ok
+
+
+def test_bad_or_incomplete_checkpoint_of_ours_raises(cfg, stdit_weights, tmp_path):
+    src = make(cfg, stdit_weights)
+    save_weights(src, tmp_path / "broken" / "ema.safetensors")
+    (tmp_path / "broken" / "config.json").write_text('{"model_class": "STDiT", "constructor_args": ')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        STDiT.from_pretrained(tmp_path / "broken")
+    (tmp_path / "broken" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(ValueError, match="not a model config written by save_weights"):
+        STDiT.from_pretrained(tmp_path / "broken")
+
+    partial = {k: v for k, v in src.state_dict().items() if "blocks.1." not in k}
+    save_weights(partial, tmp_path / "partial" / "ema.safetensors", config=src.config)
+    with pytest.raises(CheckpointMismatchError, match="does not fit STDiT"):
+        STDiT.from_pretrained(tmp_path / "partial")

@@ -141,8 +141,9 @@ def test_run_from_a_pipeline_config(tmp_path, demo_samples):
 def test_run_settings_never_reach_the_stage(probed, tmp_path):
     from datakit.pipeline import run_settings
 
-    opts, run = run_settings({"executor": "local", "workers": 2, "enabled": False, "count_frames": True})
-    assert opts == {"count_frames": True} and run == {"enabled": False, "workers": 2, "executor": "local"}
+    opts, run = run_settings("probe", {"executor": "local", "workers": 2, "enabled": False, "count_frames": True})
+    assert opts == {"count_frames": True}
+    assert run == {"enabled": False, "workers": 2, "executor": "local", "cpus": None, "gpus": None}
     config = tmp_path / "p.toml"
     config.write_text('[probe]\nexecutor = "local"\nworkers = 2\n')
     out = datakit("probe", "-w", str(probed), "-c", str(config), "--executor", "local")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datakit.ingest import ingest
-from datakit.stage import plan, run_stage
+from datakit.executors import plan, run_stage
 from datakit.stages.cut import CutStage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage

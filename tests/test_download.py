@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from datakit.stage import plan, run_stage
+from datakit.executors import plan, run_stage
 from datakit.stages import download as dl
 from datakit.stages.download import DownloadStage, needs_ytdlp
 from datakit.workspace import Workspace

@@ -45,17 +45,6 @@ def sample_sched() -> IDDPM:
     return IDDPM(num_sampling_steps=5, cfg_scale=7.0, cfg_channels=3)
 
 
-def stdit_available() -> bool:
-    try:
-        from models.stdit import STDiT  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_stdit = pytest.mark.skipif(not stdit_available(), reason="models.stdit not available yet")
-
-
 def load_tiny_stdit():
     """The golden tiny STDiT (eval mode) built from stdit_tiny.json with the stored weights."""
     import json
@@ -208,7 +197,6 @@ def test_other_loss_types_run(gold):
     torch.testing.assert_close(resc["vb"], gold["loss_fixed.vb"], rtol=1e-5, atol=2e-2)
 
 
-@needs_stdit
 def test_loss_stdit(gold):
     model = load_tiny_stdit()
     sched = IDDPM(timestep_respacing="")
@@ -294,7 +282,6 @@ class StoredText:
         return self.gold["sample.y_null"][:n]
 
 
-@needs_stdit
 def test_sample_end_to_end_with_stdit(gold, sample_sched):
     model = load_tiny_stdit()
     noises = [gold[f"sample.step{i}.noise"] for i in range(5)]

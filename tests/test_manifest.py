@@ -13,7 +13,7 @@ import pytest
 
 from datakit.ids import canonical_url, clip_id, url_video_id
 from datakit.ingest import ingest
-from datakit.stage import run_stage
+from datakit.executors import run_stage
 from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace, WorkspaceError
 from manifests.schema import SCHEMA_VERSION, TABLES, render_markdown

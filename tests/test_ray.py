@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import ray
 
+from datakit.executors import run_stage
 from datakit.ingest import ingest
-from datakit.stage import run_stage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.workspace import Workspace
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""Crash safety and concurrency: SIGKILL at any point, reruns, two commands at once."""
+"""Crash safety and concurrency: SIGKILL during a run, reruns, two commands at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from datakit.ingest import ingest
 from datakit.samples import SampleSpec, make_sample
-from datakit.stage import run_stage
+from datakit.executors import run_stage
 from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace
 from tests.conftest import PYTHON, ROOT, cli_env
@@ -33,30 +34,51 @@ def _manifest(ws_root: Path) -> dict[str, list[dict]]:
     return {t: ws.sql(f"select * from {t} order by 1") for t in ("sources", "probes", "videos")}
 
 
-def _probe_cmd(ws: Path, *extra: str) -> list[str]:
-    return [PYTHON, str(ROOT / "cli.py"), "datakit", "probe", "-w", str(ws), "--set", "batch_size=1", *extra]
+def _probe_cmd(ws: Path, *options: str) -> list[str]:
+    return [PYTHON, str(ROOT / "cli.py"), "datakit", "probe", "-w", str(ws), *options]
 
 
 def _parts(ws: Path, table: str) -> int:
     return len([p for p in (ws / "tables" / table).glob("part-*.parquet") if "init" not in p.name])
 
 
+def _run_dirs(ws: Path) -> set[Path]:
+    return set((ws / "runs").glob("*"))
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the command exited (rc {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("kill_after_parts", [0, 3, 17])
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, many_videos, kill_after_parts):
+@pytest.mark.parametrize(
+    ("commit_every", "kill_after_parts"),
+    [(1000, 0), (1, 3), (1, 17)],
+    ids=["before-first-commit", "after-3-parts", "after-17-parts"],
+)
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, many_videos, commit_every, kill_after_parts):
     reference = tmp_path / "reference"
     ingest(Workspace(reference), [str(many_videos)])
     run_stage(Workspace(reference), ProbeStage(), progress=False)
 
     ws = tmp_path / "killed"
     ingest(Workspace(ws), [str(many_videos)])
-    proc = subprocess.Popen(_probe_cmd(ws), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _parts(ws, "probes") < kill_after_parts and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
+    before = _run_dirs(ws)
+    cmd = _probe_cmd(ws, "--set", f"commit_every={commit_every}")
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the run folder appears once the stage holds its lock and has planned: work has started
+    _wait_for(lambda: _run_dirs(ws) - before, "the probe run started", proc)
+    _wait_for(lambda: _parts(ws, "probes") >= kill_after_parts, f"{kill_after_parts} committed parts", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _parts(ws, "probes") < N_VIDEOS, "the run finished before the kill: the test proves nothing"
+    committed = _parts(ws, "probes")
+    if kill_after_parts == 0:
+        assert committed == 0, "the first commit landed before the kill: the test proves nothing"
+    assert committed < N_VIDEOS, "the run finished before the kill: the test proves nothing"
     # no half-written part is visible to readers: every visible part is a complete Parquet file
     Workspace(ws).sql("select count(*) from probes")
     subprocess.run(_probe_cmd(ws), env=cli_env(), check=True, capture_output=True)
@@ -69,12 +91,35 @@ def test_two_commands_at_once_do_not_corrupt(tmp_path, many_videos):
     ingest_cmd = [PYTHON, str(ROOT / "cli.py"), "datakit", "ingest", "-w", str(ws), str(many_videos)]
     procs = [subprocess.Popen(ingest_cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     assert all(p.wait() == 0 for p in procs), [p.stderr.read() for p in procs]
-    procs = [subprocess.Popen(_probe_cmd(ws), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    outs = [p.communicate() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+
+    # The first probe run is paused (SIGSTOP) while it holds the workspace, so the second one
+    # certainly arrives during its run; it must wait for the first, then find nothing pending.
+    logs = [(tmp_path / f"probe{i}.out", tmp_path / f"probe{i}.err") for i in range(2)]
+
+    def start(i: int) -> subprocess.Popen:
+        out, err = logs[i]
+        with out.open("w") as stdout, err.open("w") as stderr:
+            return subprocess.Popen(_probe_cmd(ws), env=cli_env(), stdout=stdout, stderr=stderr)
+
+    before = _run_dirs(ws)
+    first = start(0)
+    _wait_for(lambda: _run_dirs(ws) - before, "the first probe run started", first)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = start(1)
+        waiting = "waiting: another probe run holds this workspace"
+        _wait_for(lambda: waiting in logs[1][1].read_text(), "the second run to wait on the lock", second)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait() == 0 and second.wait() == 0, [err.read_text() for _, err in logs]
+    assert waiting not in logs[0][1].read_text()
+
     m = _manifest(ws)
     assert len(m["sources"]) == N_VIDEOS and len(m["probes"]) == N_VIDEOS
     assert all(r["status"] == "ok" for r in m["videos"])
-    # the probe work was done once: the second run waited on the lock and found nothing pending
-    summaries = b"".join(o for o, _ in outs).decode()
-    assert f"{N_VIDEOS}/{N_VIDEOS} items" in summaries and "0/0 items" in summaries, summaries
+    # the probe work was done once: the second run found nothing pending once it got the lock
+    assert f"{N_VIDEOS}/{N_VIDEOS} items" in logs[0][0].read_text()
+    assert "0/0 items" in logs[1][0].read_text()
+    stats = [json.loads(f.read_text()) for f in (ws / "runs").glob("*/stats.json")]
+    waits = sorted(s["lock_wait_seconds"] for s in stats if s["stage"] == "probe")
+    assert len(waits) == 2 and waits[0] < waits[1] and waits[1] > 0

@@ -10,7 +10,7 @@ import pytest
 
 from datakit.ingest import ingest
 from datakit.scenes import apply_clip_policy, clip_frames_limits, detect_scenes, scenes_from_cuts
-from datakit.stage import plan, run_stage
+from datakit.executors import plan, run_stage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.workspace import Workspace
@@ -167,7 +167,10 @@ def test_stage_survives_broken_videos(tmp_path, demo_samples):
     assert trunc["status"] == "ok" and 0 < trunc["analysed_frames"] < 240
     spans = ws.sql("SELECT * FROM clip_spans WHERE video_id = '0000000000000000'")
     assert all(s["end_frame"] <= trunc["analysed_frames"] for s in spans)
-    assert runs["0000000000000001"]["status"] in ("ok", "error")
+    # garbage over the first key frame: the decoder rejects it, nothing is kept for that video
+    garbled = runs["0000000000000001"]
+    assert garbled["status"] == "error" and "Invalid data" in garbled["error"], garbled
+    assert ws.sql("SELECT * FROM clip_spans WHERE video_id = '0000000000000001'") == []
     assert plan(ws, SceneStage()) == []
 
 

@@ -1,9 +1,9 @@
 """Cut: extract clip spans as frame-exact H.264 files (PyAV re-encode; no ffmpeg binary, no shell).
 
-Each clip is read with `datakit.video_io` (seek to the keyframe before the start, decode forward,
-frames identified by pts), optionally resampled by frame picking and resized, then encoded with
-libx264/yuv420p to `<out_dir>/<video_id>/<clip_id>.mp4` through a temporary name and a rename, so
-a file under its final name is always complete.
+Each clip is read with the frame-exact reader (seek to the keyframe before the start, decode
+forward, frames identified by pts), optionally resampled by frame picking and resized, then
+encoded with libx264/yuv420p to `<clips>/<video_id>/<clip_id>.mp4` through a temporary name and a
+rename, so a file under its final name is always complete.
 """
 
 from __future__ import annotations
@@ -15,42 +15,59 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
+from datakit.stage import Stage, WorkerContext, option
+from datakit.tables import Column as C
+from datakit.tables import Table
 
-from datakit.avio import av_open
-from datakit.stage import Stage
-from datakit.video_io import even_size, iter_frames, pick_indices
+TABLES = (
+    Table.marker(
+        "cuts",
+        C("clip_id", "VARCHAR", "id of the clip"),
+        "Extracted clip files. Written by `cut`.",
+        (
+            C("path", "VARCHAR", "absolute path of the extracted clip file"),
+            C("width", "INTEGER", "width of the extracted file"),
+            C("height", "INTEGER", "height of the extracted file"),
+            C("fps", "DOUBLE", "frame rate of the extracted file"),
+            C("num_frames", "BIGINT", "frames written"),
+            C("bytes", "BIGINT", "file size"),
+            C("params", "VARCHAR", "JSON of the cut settings (fps, short_side, crf, preset)"),
+        ),
+    ),
+)
+
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CutStage(Stage):
     """One item per clip span; writes one clip file and one `cuts` row."""
 
-    out_dir: str | None = None  # clip root (the pipeline fills in <workspace>/clips)
-    fps: float | None = None  # target frame rate by frame picking (never upsamples); None keeps the source's
-    short_side: int | None = None  # resize so the short side is this (even dims); None keeps the size
-    crf: int = 18  # libx264 quality (lower is better)
-    preset: str = "veryfast"  # libx264 speed preset
-    batch_size: int = 32
-
     name = "cut"
     marker_table = "cuts"
+    order = 40
+    run_by_default = False  # clip files are optional: training reads spans from the sources
+    order_by = "i.video_id, i.start_frame"  # consecutive clips of one video hit a warm page cache
 
-    def pending_sql(self) -> str:
-        # Ordered by video and start so consecutive clips of one video hit a warm page cache.
+    fps: float | None = option(None, "Target frame rate by frame picking (never upsamples); default: the source's.", min=0.1)
+    short_side: int | None = option(None, "Resize so the short side is this (even sizes); default: keep.", min=2)
+    crf: int = option(18, "libx264 quality (lower is better).", min=0, max=51)
+    preset: str = option("veryfast", "libx264 speed preset.", choices=PRESETS)
+    commit_every: int = option(32, "Items per committed part file.", min=1)
+
+    def setup(self, ctx: WorkerContext) -> None:
+        self._out_dir = ctx.clips_dir
+
+    def items_sql(self) -> str:
         return """
             SELECT clip_id, video_id, start_frame, end_frame, fps, width, height, source_path AS path
             FROM clips
-            WHERE cut_status IS NULL OR cut_status NOT IN ('ok', 'error')
-            ORDER BY video_id, start_frame
         """
 
     def process(self, item: dict) -> dict[str, list[dict]]:
-        if not self.out_dir:
-            raise ValueError("CutStage.out_dir is not set")
         row = cut_clip(
             item["path"],
-            Path(self.out_dir) / item["video_id"] / f"{item['clip_id']}.mp4",
+            Path(self._out_dir) / item["video_id"] / f"{item['clip_id']}.mp4",
             int(item["start_frame"]),
             int(item["end_frame"]),
             src_fps=float(item["fps"]),
@@ -61,6 +78,9 @@ class CutStage(Stage):
         )
         params = json.dumps({"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset})
         return {"cuts": [{"clip_id": item["clip_id"], **row, "params": params}]}
+
+
+STAGE = CutStage
 
 
 def _rate(fps: float) -> Fraction:
@@ -80,6 +100,11 @@ def cut_clip(
     preset: str = "veryfast",
 ) -> dict:
     """Encode source frames [start, end) to `dst` (atomically). Returns a `cuts` row (without id)."""
+    import av  # imported here: listing stages (`datakit status`) must stay cheap
+
+    from datakit.avio import av_open
+    from datakit.video_io import even_size, iter_frames, pick_indices
+
     dst = Path(dst)
     pick = fps is not None and fps < src_fps
     expected = len(pick_indices(start, end, src_fps, fps)) if pick else end - start

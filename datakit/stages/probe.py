@@ -5,10 +5,35 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import av
+from datakit.stage import Stage, option
+from datakit.tables import Column as C
+from datakit.tables import Table
 
-from datakit.avio import av_open
-from datakit.stage import Stage
+TABLES = (
+    Table.marker(
+        "probes",
+        C("video_id", "VARCHAR", "id of the video"),
+        "Container and stream metadata from PyAV. Written by `probe`.",
+        (
+            C("width", "INTEGER", "displayed frame width in pixels (rotation applied)"),
+            C("height", "INTEGER", "displayed frame height in pixels (rotation applied)"),
+            C("fps", "DOUBLE", "average frame rate"),
+            C("num_frames", "BIGINT", "video frames in the file (counted packets, not the header's guess)"),
+            C("duration_s", "DOUBLE", "num_frames / fps"),
+            C("codec", "VARCHAR", "video codec name (h264, mpeg4, vp9...)"),
+            C("pix_fmt", "VARCHAR", "pixel format of the video stream"),
+            C("container", "VARCHAR", "container format name"),
+            C("bit_rate", "BIGINT", "container bit rate, bits/s"),
+            C("has_audio", "BOOLEAN", "whether an audio stream exists"),
+            C("bytes", "BIGINT", "file size"),
+            C("rotation", "INTEGER", "degrees clockwise that turn the coded frames upright (0, 90, 180, 270)"),
+            C("coded_width", "INTEGER", "width of the coded frames (before rotation)"),
+            C("coded_height", "INTEGER", "height of the coded frames (before rotation)"),
+            C("media_type", "VARCHAR", "'video' or 'image'"),
+            C("video_stream", "INTEGER", "index of the video stream used (the largest, when there are several)"),
+        ),
+    ),
+)
 
 PENDING_PATHS = """
     SELECT s.video_id, coalesce(d.path, s.path) AS path
@@ -17,28 +42,32 @@ PENDING_PATHS = """
 """
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProbeStage(Stage):
     """Reads width, height, fps, codec and the true frame count (by counting packets)."""
 
-    count_frames: bool = True  # False: trust the container header's frame count (faster, less exact)
-    batch_size: int = 64
-
     name = "probe"
     marker_table = "probes"
+    order = 20
 
-    def pending_sql(self) -> str:
-        return f"""
-            SELECT v.video_id, v.path FROM ({PENDING_PATHS}) v
-            ANTI JOIN (SELECT video_id FROM _latest_probes WHERE status IN ('ok', 'error')) p USING (video_id)
-            ORDER BY v.video_id
-        """
+    count_frames: bool = option(True, "Count packets for the true frame count (false: trust the header; faster).")
+    commit_every: int = option(64, "Items per committed part file.", min=1)
+
+    def items_sql(self) -> str:
+        return PENDING_PATHS
 
     def process(self, item: dict) -> dict[str, list[dict]]:
         return {"probes": [probe_file(item["video_id"], item["path"], count_frames=self.count_frames)]}
 
 
+STAGE = ProbeStage
+
+
 def probe_file(video_id: str, path: str, *, count_frames: bool = True) -> dict:
+    import av  # imported here: listing stages (`datakit status`) must stay cheap
+
+    from datakit.avio import av_open
+
     row: dict = {"video_id": video_id}
 
     def fail(message: str) -> dict:

@@ -6,51 +6,92 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from datakit.scenes import DEFAULT_THRESHOLDS, apply_clip_policy, detect_scenes, scenes_from_cuts
-from datakit.stage import Stage
+from datakit.stage import Stage, option
+from datakit.tables import Column as C
+from datakit.tables import Table
+
+TABLES = (
+    Table.marker(
+        "scene_runs",
+        C("video_id", "VARCHAR", "id of the video"),
+        "One row per video after scene detection; marks the video done (its spans are in clip_spans).",
+        (
+            C("detector", "VARCHAR", "'adaptive' or 'content'"),
+            C("params", "VARCHAR", "JSON of the detector and clip-length settings used"),
+            C("num_scenes", "INTEGER", "scenes found before the clip-length policy"),
+            C("num_clips", "INTEGER", "clips kept after the policy (rows in clip_spans)"),
+            C("analysed_frames", "BIGINT", "frames decoded and analysed"),
+            C("run_key", "VARCHAR", "hash of video_id and params; the clips of this run carry it"),
+        ),
+    ),
+    Table(
+        "clip_spans",
+        "clip_id",
+        "Frame-exact clip spans from scene detection and the clip-length policy.",
+        (
+            C("clip_id", "VARCHAR", "'<video_id>-<start_frame>-<end_frame>'"),
+            C("video_id", "VARCHAR", "id of the source video"),
+            C("scene_index", "INTEGER", "index of the scene this clip came from"),
+            C("start_frame", "BIGINT", "first frame (inclusive)"),
+            C("end_frame", "BIGINT", "end frame (exclusive)"),
+            C("start_s", "DOUBLE", "start_frame / fps"),
+            C("end_s", "DOUBLE", "end_frame / fps"),
+            C("num_frames", "BIGINT", "end_frame - start_frame"),
+            C("fps", "DOUBLE", "frame rate of the source"),
+            C("width", "INTEGER", "source width"),
+            C("height", "INTEGER", "source height"),
+            C("run_key", "VARCHAR", "the scene run that made this span (spans of older runs are hidden in `clips`)"),
+        ),
+    ),
+)
+
+DETECTORS = ("adaptive", "content")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SceneStage(Stage):
     """PySceneDetect per video (streamed at analysis size), then the clip-length policy."""
-
-    detector: str = "adaptive"  # 'adaptive' or 'content'
-    threshold: float | None = None  # None: 3.0 for adaptive, 27 for content
-    min_scene_len: int = 15  # frames; the detector never reports two cuts closer than this
-    min_clip_s: float = 2.0  # drop scenes (and tail windows) shorter than this
-    max_clip_s: float | None = 15.0  # split longer scenes into consecutive windows of this length
-    trim_frames: int = 1  # frames dropped at each scene edge that is a cut (not at video start/end)
-    analysis_width: int = 256  # frames are shrunk to this width before detection
-    analysis_interp: str = "linear"  # 'linear' (fast) or 'area' shrinking for the analysis frames
-    gradual: bool = False  # extra sparse pass that finds cross-dissolves/fades (off: hard cuts only)
-    gradual_step: int = 8  # frame stride of that pass
-    gradual_threshold: float = 20.0  # ContentDetector threshold of that pass
-    skip_loop_filter: bool = True  # faster H.264/HEVC decoding for analysis (no effect on spans)
-    redo: bool = False  # also re-detect videos whose last run used other settings (their old clips vanish)
-    batch_size: int = 16
 
     name = "scenes"
     marker_table = "scene_runs"
     extra_tables = ("clip_spans",)
+    order = 30
 
-    def pending_sql(self) -> str:
-        done = "status IN ('ok', 'error')"
-        if self.redo:  # a run with other settings does not count as done
-            done += " AND params = " + "'" + self.params_json().replace("'", "''") + "'"
-        return f"""
+    detector: str = option("adaptive", "Scene detector.", choices=DETECTORS)
+    threshold: float | None = option(None, "Detector threshold (default: adaptive 3.0, content 27).", min=0)
+    min_scene_len: int = option(15, "Frames; the detector never reports two cuts closer than this.", min=1)
+    min_clip_s: float = option(2.0, "Drop scenes (and tail windows) shorter than this (seconds).", min=0)
+    max_clip_s: float | None = option(15.0, "Split longer scenes into consecutive windows of this length.", min=0.1)
+    trim_frames: int = option(1, "Frames dropped at each scene edge that is a cut.", min=0)
+    analysis_width: int = option(256, "Frames are shrunk to this width before detection.", min=16)
+    analysis_interp: str = option("linear", "Shrinking filter for analysis frames.", choices=("linear", "area"))
+    gradual: bool = option(False, "Extra sparse pass that finds cross-dissolves and fades.")
+    gradual_step: int = option(8, "Frame stride of the gradual pass.", min=1)
+    gradual_threshold: float = option(20.0, "ContentDetector threshold of the gradual pass.", min=0)
+    skip_loop_filter: bool = option(True, "Faster H.264/HEVC decoding for analysis (no effect on spans).")
+    redo: bool = option(False, "Re-detect videos whose last run used other settings (their old clips vanish).")
+    commit_every: int = option(16, "Items per committed part file.", min=1)
+
+    def items_sql(self) -> str:
+        return """
             SELECT p.video_id, coalesce(d.path, s.path) AS path, p.fps, p.num_frames, p.width, p.height
             FROM _latest_probes p
             JOIN _latest_sources s USING (video_id)
             LEFT JOIN _latest_downloads d USING (video_id)
-            ANTI JOIN (SELECT video_id FROM _latest_scene_runs WHERE {done}) r USING (video_id)
             WHERE p.status = 'ok'
-            ORDER BY p.video_id
         """
+
+    def stale_sql(self, marker: str) -> str | None:
+        if not self.redo:  # a run with other settings does not count as done
+            return None
+        return f"{marker}.params IS DISTINCT FROM " + "'" + self.params_json().replace("'", "''") + "'"
 
     def params_json(self) -> str:
         return json.dumps(self.params(), sort_keys=True)
 
     def params(self) -> dict:
+        from datakit.scenes import DEFAULT_THRESHOLDS
+
         threshold = DEFAULT_THRESHOLDS.get(self.detector) if self.threshold is None else self.threshold
         p = {
             "detector": self.detector,
@@ -68,6 +109,8 @@ class SceneStage(Stage):
         return p
 
     def process(self, item: dict) -> dict[str, list[dict]]:
+        from datakit.scenes import apply_clip_policy, detect_scenes, scenes_from_cuts
+
         video_id = item["video_id"]
         params = self.params_json()
         # Clips belong to one run: the `clips` view shows those of the video's latest run only.
@@ -134,3 +177,6 @@ class SceneStage(Stage):
             "analysed_frames": n,
         }
         return {"clip_spans": spans, "scene_runs": [run]}
+
+
+STAGE = SceneStage
