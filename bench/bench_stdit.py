@@ -1,5 +1,8 @@
 """CPU micro-benchmark of an STDiT training step, with and without gradient checkpointing.
 
+A step is what training runs: `IDDPM(timestep_respacing="").training_losses` (noising, STDiT
+forward, MSE on eps + the learned-variance VB term), backward, AdamW.
+
 Each configuration runs in a fresh subprocess so its peak RSS (`ru_maxrss`) is its own; we
 report the growth of the peak during the training steps (≈ activation memory) and the total.
 
@@ -39,22 +42,23 @@ def worker(ckpt: bool, steps: int, batch: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
+    from models.diffusion import IDDPM
     from models.stdit import STDiT
 
     torch.manual_seed(0)
     model = STDiT(**CONFIG, grad_checkpointing=ckpt).train()
+    diffusion = IDDPM(timestep_respacing="")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     T, H, W = CONFIG["input_size"]
     L = CONFIG["model_max_length"]
     x = torch.randn(batch, 4, T, H, W)
-    t = torch.randint(0, 1000, (batch,)).float()
+    t = torch.randint(0, diffusion.num_timesteps, (batch,))
     y = torch.randn(batch, 1, L, CONFIG["caption_channels"])
     mask = (torch.arange(L)[None] < torch.randint(L // 2, L + 1, (batch, 1))).long()
     noise = torch.randn_like(x)
 
     def step() -> float:
-        out = model(x, t, y, mask=mask)
-        loss = (out[:, :4] - noise).square().mean()
+        loss = diffusion.training_losses(model, x, t, dict(y=y, mask=mask), noise)["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -107,7 +111,7 @@ def main() -> None:
         f"STDiT depth {CONFIG['depth']}, hidden {CONFIG['hidden_size']}, {CONFIG['num_heads']} heads "
         f"({results[0]['params_M']:.1f}M params); latent {T}x{H}x{W}, batch {args.batch}, "
         f"caption {CONFIG['model_max_length']}x{CONFIG['caption_channels']}; "
-        f"fp32 CPU, {results[0]['threads']} threads, AdamW; best of {args.steps} steps"
+        f"fp32 CPU, {results[0]['threads']} threads, IDDPM loss, AdamW; best of {args.steps} steps"
     )
     print(f"{'grad ckpt':>10} {'fwd+bwd+opt s/step':>19} {'peak RSS MiB':>13} {'step peak growth MiB':>21}")
     for r in results:

@@ -1,6 +1,8 @@
 """Deterministic ids: a rerun never duplicates a video or a clip.
 
 video id: 16 hex chars of blake2b over the file's bytes (local files) or over the canonical URL.
+Credentials in a URL (`user:password@`) are not part of its identity: the same file fetched with
+another account, or after a password change, is the same video.
 clip id: '<video_id>-<start_frame>-<end_frame>' (end exclusive), readable and unique per span.
 """
 
@@ -28,8 +30,9 @@ def file_video_id(path: str | os.PathLike) -> str:
 def canonical_url(url: str) -> str:
     """Normalise a URL so trivial spelling differences map to one video.
 
-    Lower-case scheme and host, drop default ports, fragments and tracking parameters; YouTube
-    watch/short/youtu.be forms become https://www.youtube.com/watch?v=<id>.
+    Lower-case scheme and host, drop user-info (credentials), default ports, fragments and
+    tracking parameters; YouTube watch/short/youtu.be forms become
+    https://www.youtube.com/watch?v=<id>.
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()

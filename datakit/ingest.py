@@ -51,7 +51,9 @@ VIDEO_EXTENSIONS = {
 # Still images: one-frame inputs are a later feature; for now the walk skips them.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 URL_LIST_EXTENSIONS = {".txt", ".csv", ".tsv", ".parquet"}
-_SKIP_SNIFF = {".json", ".md", ".py", ".parquet", ".csv", ".tsv", ".txt", ".duckdb", ".part", ".tmp", ".lock"}
+_SKIP_SNIFF = IMAGE_EXTENSIONS | {
+    ".json", ".md", ".py", ".parquet", ".csv", ".tsv", ".txt", ".duckdb", ".part", ".tmp", ".lock",
+}  # fmt: skip
 # Folders a datakit workspace manages (never sources): skipped wherever a walk meets a workspace.
 WORKSPACE_DIRS = ("media", "clips", "tables", "runs", "locks", "data", "secrets")
 _IMAGE_MAGIC = (
@@ -168,9 +170,7 @@ def _walk(root: Path, found: list[tuple[Path, str | None]], skipped: list[str]) 
             suffix = p.suffix.lower()
             if suffix in VIDEO_EXTENSIONS:
                 found.append((p, None))
-            elif (
-                suffix not in _SKIP_SNIFF | IMAGE_EXTENSIONS and not name.startswith(".") and sniff_video(p)
-            ):
+            elif suffix not in _SKIP_SNIFF and not name.startswith(".") and sniff_video(p):
                 found.append((p, None))
 
 

@@ -6,25 +6,37 @@ Layout of a workspace directory:
     manifest.duckdb         DuckDB catalog: views over the Parquet parts (no data inside)
     tables/<table>/*.parquet immutable part files; the newest row per key wins
     media/                  downloaded videos;  clips/  extracted clip files
-    locks/                  one lock file per stage (fcntl), so two runs of a stage never overlap
+    locks/                  fcntl locks: one per stage run, per table, and one for readers
     runs/                   one folder per stage run: config and stats
+    quarantine/<table>/     unreadable parts moved aside by `datakit repair`
 
 Parts are written to a temporary name and renamed, so a reader never sees half a file and a
 SIGKILL loses at most the batch in flight. Rows are deduplicated by key in the views, so a rerun
 that rewrites a row never duplicates it.
+
+Compaction merges a table's parts into one part named after the newest part it replaces, so the
+parts that are current ("live") are the newest compacted part and every part after it. Replaced
+parts stay on disk until no reader holds a snapshot: a reader holds a shared lock on
+`locks/readers.lock` while its connection lives, and compaction deletes replaced parts only if it
+gets that lock exclusively at once (else a later compaction does). A reader's file list therefore
+stays valid for as long as it reads, and readers never wait for compaction.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import IO, TypeVar
 
+import click
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,8 +45,18 @@ from manifests import schema
 from manifests.schema import SCHEMA_VERSION, VIEWS, WRITTEN_COLUMN, arrow_schema
 
 DEFAULT_WORKSPACE = "workspace"
-_INIT_PART = "part-0000000000000000000-init.parquet"
-_COMPACT_TAG = "-compact-"
+INIT_PART = "part-0000000000000000000-init.parquet"
+COMPACT_TAG = "-compact-"
+_READERS_LOCK = "readers"
+# User SQL (`datakit query`) gets a connection that can install or load no extension; the views'
+# part files become the only files it may open, and the settings are locked (see _lock_down).
+_SANDBOX_CONFIG = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+
+T = TypeVar("T")
 
 
 def default_workspace() -> Path:
@@ -45,20 +67,41 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class WorkspaceError(RuntimeError):
-    pass
+class WorkspaceError(click.ClickException):
+    """A problem with the workspace a user can act on; every `datakit` command prints it as
+    `Error: <message>` (exit status 1) instead of a traceback."""
+
+
+class DamagedPartsError(WorkspaceError):
+    def __init__(self, root: Path, problems: Mapping[Path, str]):
+        self.problems = dict(problems)
+        listed = "; ".join(f"{path} ({why})" for path, why in self.problems.items())
+        super().__init__(
+            f"unreadable part file(s): {listed}. Run `datakit repair -w {root}` to move them to "
+            f"{root / 'quarantine'} and keep every intact row."
+        )
+
+
+class RowError(ValueError):
+    """A row that does not fit its table's declared columns (never written, nothing dropped)."""
 
 
 class Workspace:
     def __init__(self, root: str | os.PathLike | None = None, *, create: bool = True):
         self.root = Path(root if root is not None else default_workspace()).absolute()
-        if not (self.root / "workspace.json").exists():
+        if not self.meta_path.exists():
+            if (self.root / "tables").is_dir():
+                raise WorkspaceError(f"{self.meta_path} is missing; {self.repair_hint} to rewrite it")
             if not create:
                 raise WorkspaceError(f"no datakit workspace at {self.root} (run `datakit ingest` first)")
             self._init()
-        self._check_version()
+        self._check()
 
     # ----------------------------------------------------------------------------- layout
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "workspace.json"
+
     @property
     def catalog_path(self) -> Path:
         return self.root / "manifest.duckdb"
@@ -71,68 +114,115 @@ class Workspace:
     def clips_dir(self) -> Path:
         return self.root / "clips"
 
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def repair_hint(self) -> str:
+        return f"run `datakit repair -w {self.root}`"
+
     def table_dir(self, table: str) -> Path:
         return self.root / "tables" / table
 
     def _init(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         with self.lock("catalog"):
-            if (self.root / "workspace.json").exists():  # another process won the race
+            if self.meta_path.exists():  # another process won the race
                 return
             for sub in ("media", "clips", "locks", "runs"):
                 (self.root / sub).mkdir(exist_ok=True)
-            self._ensure_tables()
-            self._build_catalog()
-            self._write_meta()
+            self.ensure_tables()
+            self.build_catalog()
+            self.write_meta()
 
-    def _write_meta(self) -> None:
+    def write_meta(self) -> None:
         meta = {"schema_version": SCHEMA_VERSION, "root": str(self.root)}
-        _atomic_write_text(self.root / "workspace.json", json.dumps(meta, indent=2) + "\n")
+        atomic_write_bytes(self.meta_path, (json.dumps(meta, indent=2) + "\n").encode())
 
-    def _check_version(self) -> None:
-        meta = json.loads((self.root / "workspace.json").read_text())
-        version = meta.get("schema_version", 0)
+    def read_meta(self) -> dict:
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WorkspaceError(
+                f"{self.meta_path} is unreadable ({exc}); {self.repair_hint} to rewrite it"
+            ) from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("schema_version"), int):
+            raise WorkspaceError(f"{self.meta_path} has no schema_version; {self.repair_hint} to rewrite it")
+        return meta
+
+    def _check(self) -> None:
+        """Refuse a newer schema or lost tables; rebuild what is derived (catalog, empty init parts)."""
+        meta = self.read_meta()
+        version = meta["schema_version"]
         if version > SCHEMA_VERSION:
             raise WorkspaceError(
                 f"workspace {self.root} has schema version {version}, newer than this datakit "
                 f"({SCHEMA_VERSION}); upgrade datakit"
             )
-        if version < SCHEMA_VERSION or meta.get("root") != str(self.root) or not self.catalog_path.exists():
-            with self.lock("catalog"):  # new tables/views, or the workspace was moved
-                self._ensure_tables()
-                self._build_catalog()
-                self._write_meta()
+        upgrade = version < SCHEMA_VERSION  # new tables appear as new folders
+        missing = [str(self.table_dir(t)) for t in schema.tables() if not self.table_dir(t).is_dir()]
+        if missing and not upgrade:
+            raise WorkspaceError(
+                f"table folder(s) missing: {', '.join(missing)} (deleted? their rows are lost); "
+                f"{self.repair_hint} to recreate them empty"
+            )
+        no_init_part = any(not (self.table_dir(t) / INIT_PART).exists() for t in schema.tables())
+        if (
+            upgrade
+            or no_init_part
+            or meta.get("root") != str(self.root)
+            or not is_duckdb_file(self.catalog_path)
+        ):
+            with self.lock("catalog"):  # new tables or views, a moved workspace, or a damaged catalog
+                self.ensure_tables()
+                self.build_catalog()
+                self.write_meta()
 
-    def _ensure_tables(self) -> None:
+    def ensure_tables(self) -> list[str]:
+        """Create missing table folders and init parts; returns the tables whose folder was missing."""
+        created = []
         for name in schema.tables():
             d = self.table_dir(name)
-            d.mkdir(parents=True, exist_ok=True)
-            if not (d / _INIT_PART).exists():  # an empty part keeps the glob non-empty
-                _atomic_write_parquet(d / _INIT_PART, arrow_schema(name).empty_table())
+            if not d.is_dir():
+                d.mkdir(parents=True)
+                created.append(name)
+            if not (d / INIT_PART).exists():  # an empty part keeps the catalog's glob non-empty
+                atomic_write_parquet(d / INIT_PART, arrow_schema(name).empty_table())
+        return created
+
+    # ----------------------------------------------------------------------------- parts
+    def data_parts(self, table: str) -> list[Path]:
+        """Part files holding rows, oldest first (names start with the write time), replaced ones included."""
+        return sorted(p for p in self.table_dir(table).glob("part-*.parquet") if p.name != INIT_PART)
+
+    def live_parts(self, table: str) -> list[Path]:
+        """The parts that hold the table: the newest compacted part and every part after it."""
+        parts = self.data_parts(table)
+        compacted = [i for i, p in enumerate(parts) if COMPACT_TAG in p.name]
+        return parts[compacted[-1] :] if compacted else parts
+
+    def _snapshot_parts(self, table: str) -> list[Path]:
+        return self.live_parts(table) or [self.table_dir(table) / INIT_PART]
 
     # ----------------------------------------------------------------------------- views
-    def data_parts(self, table: str) -> list[Path]:
-        """Part files holding rows, oldest first (names start with the write time)."""
-        return sorted(p for p in self.table_dir(table).glob("part-*.parquet") if p.name != _INIT_PART)
-
-    def _latest_sql(self, name: str, snapshot: bool) -> str:
+    def _latest_sql(self, name: str, parts: list[Path] | None) -> str:
         """SELECT of the newest row per key of a table.
 
-        The catalog file (snapshot=False) globs every part and deduplicates. A reader's in-memory
-        connection (snapshot=True) lists the parts now and skips most of that work: a lone part
-        needs no dedupe, and after `compact` only the few newer parts are deduplicated and their
-        keys removed from the compacted part (every row in them is newer than any row in it).
+        The catalog file (parts=None) globs every part and deduplicates. A reader's snapshot lists
+        the live parts and skips most of that work: a lone part needs no dedupe, and after
+        `compact` only the few newer parts are deduplicated and their keys removed from the
+        compacted part (every row in them is newer than any row in it).
         """
         key = schema.tables()[name].key
         dedupe = _newest_per_key(key)
-        if not snapshot:
+        if parts is None:
             glob = _sql_str(str(self.table_dir(name) / "*.parquet"))
             return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM read_parquet({glob}, union_by_name = true) {dedupe}"
-        parts = self.data_parts(name) or [self.table_dir(name) / _INIT_PART]
         if len(parts) == 1:
             return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {_read_parts(parts)}"
         base, delta = parts[0], parts[1:]
-        if _COMPACT_TAG in base.name and not any(_COMPACT_TAG in p.name for p in delta):
+        if COMPACT_TAG in base.name:
             return (
                 f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM (SELECT * FROM {_read_parts([base])} "
                 f"ANTI JOIN (SELECT {key} FROM {_read_parts(delta)}) USING ({key}) "
@@ -140,37 +230,54 @@ class Workspace:
             )
         return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {_read_parts(parts)} {dedupe}"
 
-    def view_sql(self, snapshot: bool = False) -> dict[str, str]:
-        """Name -> SELECT of every view, with absolute paths to this workspace's parts."""
+    def view_sql(self, parts: dict[str, list[Path]] | None = None) -> dict[str, str]:
+        """Name -> SELECT of every view: over the given parts per table, or over each table's glob."""
         views: dict[str, str] = {}
         for name in schema.tables():
-            views[f"_latest_{name}"] = self._latest_sql(name, snapshot)
+            views[f"_latest_{name}"] = self._latest_sql(name, None if parts is None else parts[name])
             views[name] = f"SELECT * FROM _latest_{name}"
         for name, (_, sql) in VIEWS.items():
             views[name] = sql
         return views
 
-    def _create_views(self, con: duckdb.DuckDBPyConnection, temp: bool) -> None:
-        kind = "TEMP VIEW" if temp else "VIEW"
-        for name, sql in self.view_sql(snapshot=temp).items():
-            con.execute(f"CREATE OR REPLACE {kind} {name} AS {sql}")
-
-    def _build_catalog(self) -> None:
+    def build_catalog(self) -> None:
         tmp = self.catalog_path.with_name(f".manifest-{uuid.uuid4().hex}.duckdb")
         con = duckdb.connect(str(tmp))
         try:
-            self._create_views(con, temp=False)
+            for name, sql in self.view_sql().items():
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+        except duckdb.Error as exc:
+            self._raise_if_damaged([p for t in schema.tables() for p in self.data_parts(t)], exc)
+            raise
         finally:
             con.close()
         os.replace(tmp, self.catalog_path)
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with every view: never blocks on other processes."""
-        con = duckdb.connect(":memory:")
-        self._create_views(con, temp=True)
+    # ----------------------------------------------------------------------------- reads
+    def connect(self, *, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with every view over a snapshot of the live parts.
+
+        Never waits for writers or compaction. The snapshot's files stay on disk until the
+        connection is garbage-collected; prefer `read(fn)`, which releases them at once.
+        sandbox=True: for untrusted SQL (see `_lock_down`).
+        """
+        con, release, _ = self._snapshot(sandbox)
+        weakref.finalize(con, release)
         return con
 
-    def sql(self, query: str, params: list | None = None) -> list[dict]:
+    def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *, sandbox: bool = False) -> T:
+        """Run `fn(connection)` on a snapshot of the views; damaged parts raise DamagedPartsError."""
+        con, release, files = self._snapshot(sandbox)
+        try:
+            return fn(con)
+        except duckdb.Error as exc:
+            self._raise_if_damaged([f for f in files if str(f) in str(exc)], exc)
+            raise
+        finally:
+            con.close()
+            release()
+
+    def sql(self, query: str, params: list | None = None, *, sandbox: bool = False) -> list[dict]:
         """Run a query and return rows as dicts (for small results)."""
 
         def run(con: duckdb.DuckDBPyConnection) -> list[dict]:
@@ -178,70 +285,124 @@ class Workspace:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
-        return self._with_retry(run)
+        return self.read(run, sandbox=sandbox)
 
-    def arrow(self, query: str, params: list | None = None) -> pa.Table:
-        return self._with_retry(lambda con: con.sql(query, params=params).to_arrow_table())
+    def arrow(self, query: str, params: list | None = None, *, sandbox: bool = False) -> pa.Table:
+        return self.read(lambda con: con.sql(query, params=params).to_arrow_table(), sandbox=sandbox)
 
-    def read(self, fn):
-        """Run `fn(connection)` on a fresh snapshot of the views (retried if a compaction intervenes)."""
-        return self._with_retry(fn)
-
-    def _with_retry(self, fn):
-        """A compaction may delete parts a snapshot listed: list again and retry."""
-        for attempt in range(3):
-            con = self.connect()
+    def _snapshot(self, sandbox: bool) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None], list[Path]]:
+        """A connection over the live parts as listed now, a release function, and the files it reads."""
+        reader = self._reader_lock()
+        release = reader.close if reader else lambda: None
+        try:
+            parts = {name: self._snapshot_parts(name) for name in schema.tables()}
+            files = [p for ps in parts.values() for p in ps]
+            damaged = {p: why for p in files if (why := part_problem(p))}
+            if damaged:
+                raise DamagedPartsError(self.root, damaged)
+            con = duckdb.connect(":memory:", config=_SANDBOX_CONFIG if sandbox else {})
             try:
-                return fn(con)
-            except duckdb.IOException:
-                if attempt == 2:
-                    raise
-            finally:
+                if sandbox:
+                    _lock_down(con, files)
+                for name, sql in self.view_sql(parts).items():
+                    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
+            except duckdb.Error as exc:
                 con.close()
+                self._raise_if_damaged(files, exc)
+                raise
+        except BaseException:
+            release()
+            raise
+        return con, release, files
+
+    def _reader_lock(self) -> IO | None:
+        """Shared lock that keeps compaction from deleting parts a snapshot may read."""
+        path = self.root / "locks" / f"{_READERS_LOCK}.lock"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fh = open(path, "a+")
+        except OSError:  # a read-only workspace: nothing can compact it from here either
+            return None
+        fcntl.flock(fh, fcntl.LOCK_SH)  # waits only while a compaction unlinks replaced parts
+        return fh
+
+    def _raise_if_damaged(self, files: Iterable[Path], cause: BaseException) -> None:
+        damaged = {p: why for p in files if (why := part_problem(p, deep=True))}
+        if damaged:
+            raise DamagedPartsError(self.root, damaged) from cause
 
     # ----------------------------------------------------------------------------- writes
-    def write(self, table: str, rows: Iterable[dict]) -> Path | None:
-        """Append rows to a table as one new part file (atomic). Later rows win per key."""
+    def write(self, table: str, rows: Iterable[Mapping]) -> Path | None:
+        """Append rows to a table as one new part file (atomic). Later rows win per key.
+
+        Every row is checked against the table's columns first: an unknown column or a value of
+        the wrong type raises RowError and nothing is written.
+        """
         rows = list(rows)
         if not rows:
             return None
-        schema = arrow_schema(table)
-        columns = {f.name: [r.get(f.name) for r in rows] for f in schema if f.name != WRITTEN_COLUMN}
+        schema_ = arrow_schema(table)
+        columns = _checked_columns(table, schema_, rows)
         with self._table_lock(table, exclusive=False):  # never between a compaction's read and delete
             now = time.time_ns()
             # Rows in one part get increasing stamps, so the last row for a key in a batch wins.
-            columns[WRITTEN_COLUMN] = [now + i for i in range(len(rows))]
+            columns[WRITTEN_COLUMN] = pa.array(range(now, now + len(rows)), pa.int64())
             path = self.table_dir(table) / f"part-{now:019d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-            _atomic_write_parquet(path, pa.table(columns, schema=schema))
+            atomic_write_parquet(path, pa.table(columns, schema=schema_))
         return path
 
     def compact(self, table: str) -> int:
-        """Rewrite a table's parts as one part of its latest rows. Returns the row count."""
+        """Rewrite a table's live parts as one part of its latest rows. Returns the row count."""
         with self._table_lock(table, exclusive=True):
-            parts = self.data_parts(table)
+            parts = self.live_parts(table)
+            damaged = {p: why for p in parts if (why := part_problem(p))}
+            if damaged:
+                raise DamagedPartsError(self.root, damaged)
             if len(parts) <= 1:
+                self._delete_replaced(table)
                 return sum(pq.read_metadata(p).num_rows for p in parts)
             con = duckdb.connect(":memory:")
             try:
                 data = con.sql(
-                    f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(schema.tables()[table].key)} ORDER BY {WRITTEN_COLUMN}"
+                    f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(schema.tables()[table].key)} "
+                    f"ORDER BY {WRITTEN_COLUMN}"
                 ).to_arrow_table()
+            except duckdb.Error as exc:
+                self._raise_if_damaged(parts, exc)
+                raise
             finally:
                 con.close()
-            # Named after the newest part it replaces, so it sorts before every later part.
+            # Named after the newest part it replaces, so it sorts after every part it replaces and
+            # before every later one (names sort by write time; digits sort before "compact").
             newest = parts[-1].name.split("-")[1]
-            out = self.table_dir(table) / f"part-{newest}{_COMPACT_TAG}{uuid.uuid4().hex[:8]}.parquet"
-            _atomic_write_parquet(out, data.select(arrow_schema(table).names).cast(arrow_schema(table)))
-            for p in parts:
-                p.unlink()
+            out = self.table_dir(table) / f"part-{newest}{COMPACT_TAG}{uuid.uuid4().hex[:8]}.parquet"
+            atomic_write_parquet(out, data.select(arrow_schema(table).names).cast(arrow_schema(table)))
+            self._delete_replaced(table)
             return data.num_rows
+
+    def _delete_replaced(self, table: str) -> int:
+        """Delete parts merged into a compacted part, unless a reader may still read them."""
+        live = set(self.live_parts(table))
+        replaced = [p for p in self.data_parts(table) if p not in live]
+        if not replaced:
+            return 0
+        with open(self.root / "locks" / f"{_READERS_LOCK}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # a snapshot is open: the next compaction deletes them
+            for p in replaced:
+                p.unlink(missing_ok=True)
+        return len(replaced)
 
     def needs_compaction(self, table: str, max_newer_parts: int = 16) -> bool:
         """Readers are fast on one part, or a compacted part plus a few newer ones (see _latest_sql)."""
-        parts = self.data_parts(table)
-        if len(parts) <= 1:
+        live = self.live_parts(table)
+        if len(live) < len(self.data_parts(table)):
+            return True  # replaced parts wait for deletion
+        if len(live) <= 1:
             return False
-        return _COMPACT_TAG not in parts[0].name or len(parts) - 1 > max_newer_parts
+        return COMPACT_TAG not in live[0].name or len(live) - 1 > max_newer_parts
 
     def _table_lock(self, table: str, *, exclusive: bool):
         return self.lock(f"table-{table}", shared=not exclusive)
@@ -268,6 +429,122 @@ class Workspace:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# --------------------------------------------------------------------------------- helpers
+def _lock_down(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
+    """Make `files` the only files or URLs the connection may open, then lock its settings.
+
+    With the extension settings of _SANDBOX_CONFIG, a query can then not install or load
+    extensions, attach databases, or read or write any other file; it could still overwrite one
+    of `files` (DuckDB does not tell reading from writing here), which the statement check of
+    `datakit.query` prevents.
+    """
+    con.execute(f"SET allowed_paths = [{', '.join(_sql_str(str(f)) for f in files)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _checked_columns(table: str, schema_: pa.Schema, rows: list[Mapping]) -> dict[str, pa.Array]:
+    """Columns of `rows` as Arrow arrays of the table's types; RowError names the first misfit."""
+    names = [f.name for f in schema_ if f.name != WRITTEN_COLUMN]
+    known = set(names)
+    key = schema.tables()[table].key
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise RowError(
+                f"table {table!r}: row {i} is a {type(row).__name__}, not a mapping of column -> value"
+            )
+        unknown = [c for c in row if c not in known]
+        if unknown:
+            hints = []
+            for c in unknown:
+                close = difflib.get_close_matches(str(c), names, n=1)
+                hints.append(f"{c!r} (did you mean {close[0]!r}?)" if close else repr(c))
+            raise RowError(
+                f"table {table!r} has no column {', '.join(hints)} (row {i}); its columns: {', '.join(names)}"
+            )
+        if row.get(key) is None:
+            raise RowError(f"table {table!r}: row {i} has no value for the key column {key!r}")
+    return {
+        f.name: _column_array(table, f, [r.get(f.name) for r in rows])
+        for f in schema_
+        if f.name != WRITTEN_COLUMN
+    }
+
+
+def _column_array(table: str, field: pa.Field, values: list) -> pa.Array:
+    """`values` as an Arrow array of the field's type; RowError for a value that does not fit it."""
+    integer, listed = pa.types.is_integer(field.type), pa.types.is_list(field.type)
+    try:
+        array = pa.array(values, type=field.type)
+        if not (integer or listed):
+            return array
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        array = None
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        # Arrow would silently truncate 2.5 to 2, or split "ab" into ["a", "b"].
+        if (integer and isinstance(v, float) and not v.is_integer()) or (
+            listed and isinstance(v, str | bytes)
+        ):
+            why = "it would not be stored unchanged"
+        elif array is None:
+            try:
+                pa.array([v], type=field.type)
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                why = str(exc)
+        else:
+            continue
+        raise RowError(
+            f"table {table!r}, column {field.name!r} ({field.type}): row {i} has {v!r} of type {type(v).__name__} ({why})"
+        )
+    if array is None:
+        raise RowError(
+            f"table {table!r}, column {field.name!r}: the values do not make one {field.type} column"
+        )
+    return array
+
+
+def part_problem(path: Path, *, deep: bool = False) -> str | None:
+    """Why a part file cannot be read, or None.
+
+    The quick check reads the size and the Parquet magic bytes at both ends (an empty, truncated
+    or overwritten file fails it); deep=True also decodes every row.
+    """
+    try:
+        size = path.stat().st_size
+        if size < 12:
+            return "empty file (0 bytes)" if size == 0 else f"truncated ({size} bytes)"
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(-8, os.SEEK_END)
+            tail = fh.read(8)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    if head != b"PAR1" or tail[4:] != b"PAR1":
+        return "not a complete Parquet file (truncated or overwritten)"
+    if int.from_bytes(tail[:4], "little") > size - 12:
+        return "corrupt Parquet footer"
+    if deep:
+        try:
+            pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            return f"corrupt: {exc}"
+    return None
+
+
+def is_duckdb_file(path: Path) -> bool:
+    """Whether `path` starts like a DuckDB database file (its magic bytes "DUCK" at offset 8)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
+
+
 def _newest_per_key(key: str) -> str:
     return f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {WRITTEN_COLUMN} DESC) = 1"
 
@@ -276,16 +553,20 @@ def _read_parts(files: list[Path]) -> str:
     return f"read_parquet([{', '.join(_sql_str(str(p)) for p in files)}], union_by_name = true)"
 
 
-def _atomic_write_parquet(path: Path, data: pa.Table) -> None:
+def atomic_write_parquet(path: Path, data: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(data, tmp, compression="zstd")
     _fsync_and_rename(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half of it."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    _fsync_and_rename(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        _fsync_and_rename(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_and_rename(tmp: Path, path: Path) -> None:

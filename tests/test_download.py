@@ -1,11 +1,22 @@
-"""Download stage against a local HTTP server on 127.0.0.1 (no other network is touched)."""
+"""Download stage against local servers on 127.0.0.1 (no other network is touched).
+
+Time never passes for real: the stage's clock and jitter source are fakes that record every wait,
+so backoff and Retry-After are checked exactly. Only the stalled-body test waits, for a socket
+timeout of 0.5 s.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import email.utils
+import gzip
 import json
+import os
+import socket
+import stat
 import threading
 import time
+import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,20 +24,19 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from datakit.credentials import CREDENTIALS_PATH
 from datakit.executors import plan, run_stage
+from datakit.ids import url_video_id
+from datakit.ingest import ingest
+from datakit.stage import OptionError, WorkerContext
 from datakit.stages import download as dl
 from datakit.stages.download import DownloadStage, needs_ytdlp
 from datakit.workspace import Workspace
 
 pytestmark = pytest.mark.timeout(60)
 
-
-def video_id_for(url: str) -> str:
-    try:
-        from datakit.ids import url_video_id
-    except ImportError:  # ids not there yet: same scheme, without canonicalisation
-        return hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
-    return url_video_id(url)
+HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>log in to watch</body></html>"
+AUTH = "Basic " + base64.b64encode(b"user:s3cret pass").decode()  # what /private.mp4 accepts
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +45,31 @@ def video(tmp_path_factory) -> bytes:
 
     truth = make_sample(SampleSpec("dl", 160, 120, 12, scene_frames=[12, 12]), tmp_path_factory.mktemp("v"))
     return Path(truth.path).read_bytes()
+
+
+class FakeClock:
+    """Time that moves only when the stage sleeps; every requested wait is recorded."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class FixedJitter:
+    """A random source whose uniform(a, b) is always a + (b - a) * fraction."""
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.fraction
 
 
 class Server(ThreadingHTTPServer):
@@ -47,6 +82,7 @@ class Server(ThreadingHTTPServer):
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of every ranged request
         self.sent: Counter[str] = Counter()  # body bytes sent per path
         self.lock = threading.Lock()
+        self.release = threading.Event()  # ends the stalled response at teardown
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -78,8 +114,27 @@ class Handler(BaseHTTPRequestHandler):
             self.send_video(video, ranges=False)
         elif path == "/noext":
             self.send_video(video, ranges=False, ctype="application/octet-stream")
+        elif path == "/gzip.mp4":  # compresses whatever Accept-Encoding says, and ignores Range
+            self.send_body(gzip.compress(video), "video/mp4", headers={"Content-Encoding": "gzip"})
+        elif path == "/deflate.mp4":
+            self.send_body(zlib.compress(video), "video/mp4", headers={"Content-Encoding": "deflate"})
+        elif path == "/compress.mp4":  # an encoding nobody decodes any more
+            self.send_body(video, "video/mp4", headers={"Content-Encoding": "compress"})
+        elif path == "/fake.mp4":
+            self.send_body(HTML_PAGE, "video/mp4")
+        elif path == "/fake.json":
+            self.send_body(b'{"error": "link expired"}\n', "application/octet-stream")
+        elif path == "/fake.txt":
+            self.send_body(b"Access denied for this region.\n", "")
+        elif path == "/private.mp4":
+            if self.headers.get("Authorization") == AUTH:
+                self.send_video(video, ranges=True)
+            else:
+                self.send_status(401, {"WWW-Authenticate": 'Basic realm="videos"'})
         elif path == "/fail500":
             self.send_status(500)
+        elif path == "/garbled500":  # a reason phrase of control characters and noise
+            self.send_status(500, message="\x01\x02\x7f" + "#" * 200)
         elif path.startswith("/flaky/"):
             self.send_status(500) if hit == 1 else self.send_video(video)
         elif path.startswith("/ratelimit/"):
@@ -93,13 +148,13 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(video[: len(video) // 2])
             self.close_connection = True
-        elif path == "/stall":
+        elif path == "/stall":  # 1000 bytes, then silence until the test ends
             self.send_response(200)
             self.send_header("Content-Length", str(len(video)))
             self.end_headers()
             self.wfile.write(video[:1000])
             self.wfile.flush()
-            time.sleep(3)
+            s.release.wait(30)
             self.close_connection = True
         elif path == "/loop":
             self.send_status(302, {"Location": "/loop"})
@@ -129,9 +184,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_status(404)
 
-    def send_status(self, code: int, headers: dict | None = None) -> None:
+    def send_status(self, code: int, headers: dict | None = None, message: str | None = None) -> None:
         body = f"{code}\n".encode()
-        self.send_response(code)
+        self.send_response(code, message)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
@@ -140,7 +195,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_body(self, body: bytes, ctype: str, code: int = 200, headers: dict | None = None) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", ctype)
+        if ctype:
+            self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -168,19 +224,50 @@ def server(video):
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
 
 
+@pytest.fixture
+def banner_port():
+    """Start a TCP server that answers every connection with `banner` (an SSH or SMTP greeting)."""
+    listeners: list[socket.socket] = []
+
+    def start(banner: bytes) -> int:
+        sock = socket.create_server(("127.0.0.1", 0))
+        listeners.append(sock)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # closed at teardown
+                    return
+                with conn:
+                    conn.sendall(banner)
+                    conn.recv(65536)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return sock.getsockname()[1]
+
+    yield start
+    for sock in listeners:
+        sock.close()
+
+
 def make_stage(tmp_path: Path, **kw) -> DownloadStage:
+    """A stage set up on `tmp_path` as its workspace, with a fake clock and no jitter."""
     opts = dict(timeout_s=2.0, max_retries=3, backoff_base_s=0.05, backoff_cap_s=0.2, use_ytdlp="never")
-    stage = DownloadStage(media_dir=str(tmp_path / "media"), **(opts | kw))
-    stage.setup()
+    stage = DownloadStage(**(opts | kw))
+    stage.setup(WorkerContext.for_workspace(tmp_path, "download"))
+    stage.clock = FakeClock()
+    stage.rng = FixedJitter(1.0)
     return stage
 
 
 def fetch(stage: DownloadStage, url: str, attempts: int = 0) -> dict:
-    rows = stage.process({"video_id": video_id_for(url), "url": url, "attempts": attempts})
+    rows = stage.process({"video_id": url_video_id(url), "url": url, "attempts": attempts})
     (row,) = rows["downloads"]
     return row
 
@@ -201,9 +288,9 @@ def test_good_file(server, video, tmp_path):
         "http",
         200,
     )
-    assert row["path"] == str(tmp_path / "media" / f"{video_id_for(url)}.mp4")
+    assert row["path"] == str(tmp_path / "media" / f"{url_video_id(url)}.mp4")
     assert Path(row["path"]).read_bytes() == video and row["bytes"] == len(video)
-    assert media_files(tmp_path) == [f"{video_id_for(url)}.mp4"]  # no .part left
+    assert media_files(tmp_path) == [f"{url_video_id(url)}.mp4"]  # no .part left
     assert stage.bytes_downloaded == len(video) and stage.files_downloaded == 1
 
 
@@ -221,26 +308,37 @@ def test_500_always_becomes_retry(server, tmp_path):
     assert server.hits["/fail500"] == 3
 
 
+@pytest.mark.parametrize(("jitter", "waits"), [(1.0, [0.5, 1.0, 1.5]), (0.0, [0.25, 0.5, 0.75])])
+def test_backoff_doubles_with_jitter_up_to_the_cap(server, tmp_path, jitter, waits):
+    stage = make_stage(tmp_path, max_retries=4, backoff_base_s=0.5, backoff_cap_s=1.5)
+    stage.rng = FixedJitter(jitter)  # the factor runs from 0.5 (fraction 0) to 1 (fraction 1)
+    row = fetch(stage, server.url("/fail500"))
+    assert row["status"] == "retry" and row["attempts"] == 4
+    assert stage.clock.sleeps == waits  # 0.5, 1, 2 capped at 1.5; times the jitter factor
+
+
 def test_flaky_500_then_ok(server, video, tmp_path):
-    row = fetch(make_stage(tmp_path), server.url("/flaky/a.mp4"))
+    stage = make_stage(tmp_path)
+    row = fetch(stage, server.url("/flaky/a.mp4"))
     assert row["status"] == "ok" and row["attempts"] == 2
     assert Path(row["path"]).read_bytes() == video
+    assert stage.clock.sleeps == [0.05]  # one backoff wait: backoff_base_s
 
 
 def test_429_retry_after_is_honoured(server, tmp_path):
-    t0 = time.monotonic()
-    row = fetch(make_stage(tmp_path), server.url("/ratelimit/a.mp4"))
+    stage = make_stage(tmp_path)
+    row = fetch(stage, server.url("/ratelimit/a.mp4"))
     assert row["status"] == "ok" and row["attempts"] == 2
-    assert time.monotonic() - t0 >= 0.95
+    assert stage.clock.sleeps == [1.0]  # the server's Retry-After, not the 0.05 s backoff
 
 
 def test_long_retry_after_defers_to_a_later_run(server, tmp_path):
-    t0 = time.monotonic()
-    row = fetch(make_stage(tmp_path, max_wait_s=5), server.url("/ratelimit-long"))
-    assert time.monotonic() - t0 < 2  # did not sleep 120 s
+    stage = make_stage(tmp_path, max_wait_s=5)
+    row = fetch(stage, server.url("/ratelimit-long"))
+    assert stage.clock.sleeps == []  # did not sleep 120 s, nor retry at once
     assert row["status"] == "retry" and row["retry_after_s"] == 120 and row["http_status"] == 429
     assert row["attempts"] == 1 and "Retry-After" not in row["error"] and "retry after 120 s" in row["error"]
-    assert row["retry_at"] == pytest.approx(time.time() + 120, abs=5)
+    assert row["retry_at"] == stage.clock.now + 120
 
 
 def test_a_rerun_skips_rows_until_their_retry_at(tmp_path):
@@ -254,12 +352,11 @@ def test_a_rerun_skips_rows_until_their_retry_at(tmp_path):
 
 
 def test_retry_after_forms():
-    assert dl._retry_after("7") == 7.0
-    assert (
-        50 < dl._retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 60
-    )
-    assert dl._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert dl._retry_after("soon") is None and dl._retry_after(None) is None
+    now = 1_700_000_000.0
+    assert dl._retry_after("7", now) == 7.0
+    assert dl._retry_after(email.utils.formatdate(now + 60, usegmt=True), now) == 60.0  # an HTTP date
+    assert dl._retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == 0.0  # in the past
+    assert dl._retry_after("soon", now) is None and dl._retry_after(None, now) is None
 
 
 def test_truncated_body(server, video, tmp_path):
@@ -270,10 +367,11 @@ def test_truncated_body(server, video, tmp_path):
 
 
 def test_stalled_body(server, tmp_path):
-    t0 = time.monotonic()
+    # A real socket timeout: the server sends 1000 bytes, then nothing until the test ends.
     row = fetch(make_stage(tmp_path, timeout_s=0.5, max_retries=1), server.url("/stall"))
-    assert time.monotonic() - t0 < 2.5
-    assert row["status"] == "retry" and row["error"].startswith("connection stalled: no data for 0.5 s")
+    assert row["status"] == "retry"
+    assert row["error"] == "connection stalled: no data for 0.5 s (after 1000 bytes) after 1 attempt"
+    assert not any(n.endswith(".mp4") for n in media_files(tmp_path))
 
 
 def test_redirect_loop(server, tmp_path):
@@ -326,7 +424,7 @@ def test_resume_with_range(server, video, tmp_path):
     stage = make_stage(tmp_path)
     url = server.url("/good.mp4")
     half = len(video) // 2
-    part = tmp_path / "media" / f"{video_id_for(url)}.part"
+    part = tmp_path / "media" / f"{url_video_id(url)}.part"
     part.write_bytes(video[:half])  # what a killed run left behind
     row = fetch(stage, url)
     assert row["status"] == "ok" and Path(row["path"]).read_bytes() == video
@@ -337,7 +435,7 @@ def test_resume_with_range(server, video, tmp_path):
 
 def test_resume_restarts_when_server_ignores_range(server, video, tmp_path):
     url = server.url("/norange.mp4")
-    part = tmp_path / "media" / f"{video_id_for(url)}.part"
+    part = tmp_path / "media" / f"{url_video_id(url)}.part"
     part.parent.mkdir(parents=True, exist_ok=True)
     part.write_bytes(b"garbage" * 100)
     row = fetch(make_stage(tmp_path), url)
@@ -347,7 +445,7 @@ def test_resume_restarts_when_server_ignores_range(server, video, tmp_path):
 def test_resume_sends_if_range_and_restarts_on_a_changed_file(server, video, tmp_path):
     url = server.url("/etag.mp4")
     stage = make_stage(tmp_path)
-    part, meta = stage._part(video_id_for(url)), stage._part_meta(video_id_for(url))
+    part, meta = stage._part(url_video_id(url)), stage._part_meta(url_video_id(url))
     part.write_bytes(b"old version" * 50)  # a part of the file as it was, with its validator
     meta.write_text(json.dumps({"url": url, "etag": '"v1"'}))
     row = fetch(stage, url)
@@ -366,13 +464,13 @@ def test_nasty_url_path_never_names_a_file(server, video, tmp_path):
     url = server.url("/../../etc/passwd?x=$(rm -rf)")
     row = fetch(make_stage(tmp_path), url)
     assert row["status"] == "ok"
-    assert row["path"] == str(tmp_path / "media" / f"{video_id_for(url)}.mp4")
-    assert media_files(tmp_path) == [f"{video_id_for(url)}.mp4"]
+    assert row["path"] == str(tmp_path / "media" / f"{url_video_id(url)}.mp4")
+    assert media_files(tmp_path) == [f"{url_video_id(url)}.mp4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["media"]
 
 
 def test_attempts_over_all_runs_end_in_error(server, tmp_path):
-    row = fetch(make_stage(tmp_path, max_attempts_total=8), server.url("/fail500"), attempts=7)
+    row = fetch(make_stage(tmp_path, max_attempts=8), server.url("/fail500"), attempts=7)
     assert row["status"] == "error" and row["attempts"] == 8 and server.hits["/fail500"] == 1
     assert "giving up" in row["error"] and "(8 over all runs)" in row["error"]
 
@@ -405,15 +503,13 @@ def test_routing():
         "https://example.org/watch?v=1",
     ):
         assert needs_ytdlp(url) == any(ie.suitable(url) for ie in site_ies), url
-    stage = DownloadStage(media_dir="unused")
+    stage = DownloadStage()
     assert stage.route("https://vimeo.com/76979871") == "yt-dlp"
     assert stage.route("https://example.com/a.mp4") == "http"
-    assert DownloadStage(media_dir="unused", use_ytdlp="never").route("https://vimeo.com/1") == "http"
-    assert (
-        DownloadStage(media_dir="unused", use_ytdlp="always").route("https://example.com/a.mp4") == "yt-dlp"
-    )
-    with pytest.raises(ValueError):
-        DownloadStage(media_dir="unused", use_ytdlp="sometimes")
+    assert DownloadStage(use_ytdlp="never").route("https://vimeo.com/1") == "http"
+    assert DownloadStage(use_ytdlp="always").route("https://example.com/a.mp4") == "yt-dlp"
+    with pytest.raises(OptionError, match="use_ytdlp"):
+        DownloadStage(use_ytdlp="sometimes").validate()
 
 
 def test_ytdlp_downloads_a_local_file(server, video, tmp_path):
@@ -421,7 +517,7 @@ def test_ytdlp_downloads_a_local_file(server, video, tmp_path):
     url = server.url("/good.mp4")
     row = fetch(stage, url)
     assert row["status"] == "ok" and row["method"] == "yt-dlp", row["error"]
-    assert row["path"] == str(tmp_path / "media" / f"{video_id_for(url)}.mp4")
+    assert row["path"] == str(tmp_path / "media" / f"{url_video_id(url)}.mp4")
     assert Path(row["path"]).read_bytes() == video
     row = fetch(stage, server.url("/missing.mp4"))
     assert row["status"] == "error" and row["http_status"] == 404 and row["attempts"] == 1
@@ -478,20 +574,13 @@ def test_end_to_end_with_rerun(server, video, tmp_path):
         "cut": "/truncated",
     }
     urls = {name: server.url(p) for name, p in paths.items()}
-    ids = {name: video_id_for(u) for name, u in urls.items()}
+    ids = {name: url_video_id(u) for name, u in urls.items()}
     ws.write(
         "sources",
         [{"video_id": ids[n], "source": u, "source_kind": "url", "status": "ok"} for n, u in urls.items()],
     )
-    stage = DownloadStage.for_workspace(
-        ws,
-        timeout_s=2,
-        max_retries=2,
-        backoff_base_s=0.05,
-        backoff_cap_s=0.1,
-        max_attempts_total=4,
-        use_ytdlp="never",
-    )
+    stage = DownloadStage(timeout_s=2, max_retries=2, max_attempts=4, use_ytdlp="never")
+    stage.clock = FakeClock()  # the worker threads share this stage object
     stats = run_stage(ws, stage, workers=4, progress=False)
     assert stats.planned == 6 and stats.statuses == {"ok": 3, "retry": 2, "error": 1}
 

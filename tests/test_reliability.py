@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from datakit.executors import run_stage
 from datakit.ingest import ingest
 from datakit.samples import SampleSpec, make_sample
-from datakit.executors import run_stage
 from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace
 from tests.conftest import PYTHON, ROOT, cli_env
@@ -89,7 +89,10 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, many_videos, commit_e
 def test_two_commands_at_once_do_not_corrupt(tmp_path, many_videos):
     ws = tmp_path / "ws"
     ingest_cmd = [PYTHON, str(ROOT / "cli.py"), "datakit", "ingest", "-w", str(ws), str(many_videos)]
-    procs = [subprocess.Popen(ingest_cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(ingest_cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     assert all(p.wait() == 0 for p in procs), [p.stderr.read() for p in procs]
 
     # The first probe run is paused (SIGSTOP) while it holds the workspace, so the second one

@@ -30,6 +30,7 @@ class StageStats:
     processed: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     rows_written: dict[str, int] = field(default_factory=dict)
+    commits: int = 0  # batches committed (each: one part file per table written)
     lock_wait_seconds: float = 0.0
     plan_seconds: float = 0.0
     seconds: float = 0.0
@@ -76,6 +77,7 @@ class _Committer:
 
     def flush(self) -> None:
         order = [t for t in self.buffer if t != self.stage.marker_table] + [self.stage.marker_table]
+        self.stats.commits += any(self.buffer.values())
         for table in order:
             rows = self.buffer.get(table)
             if rows:

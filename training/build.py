@@ -1,0 +1,147 @@
+"""Build the VAE, the T5 encoder and the STDiT for a run (tiny random ones for `--preset tiny`)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.stdit import STDIT_PRESETS, STDiT
+from models.text_encoder import T5Encoder
+from models.vae import VideoAutoencoderKL
+
+from .config import RunConfig
+
+log = logging.getLogger(__name__)
+
+# STDiT constructor arguments that define the architecture (taken from a run we start from)
+ARCH_KEYS = (
+    "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "pred_sigma",
+    "caption_channels", "model_max_length", "no_temporal_pos_emb", "drop_path",
+)  # fmt: skip
+
+
+@dataclass
+class Models:
+    vae: VideoAutoencoderKL
+    text_encoder: T5Encoder
+    stdit: STDiT
+    stdit_args: dict[str, Any]  # JSON-able constructor args, saved beside every checkpoint
+    size_multiple: int  # pixels per latent patch: VAE factor × STDiT spatial patch
+
+
+def ensure_tiny_models(tiny_dir: str | os.PathLike) -> tuple[str, str]:
+    """Tiny RANDOM VAE (×8) and T5 under `tiny_dir`, built once (any process may race: a lock)."""
+    from models.tiny import save_tiny_t5, save_tiny_vae_x8
+
+    root = Path(tiny_dir)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "READY").is_file():
+            tmp = root.with_name(f".{root.name}.{uuid.uuid4().hex[:8]}")
+            save_tiny_vae_x8(tmp / "vae")
+            save_tiny_t5(tmp / "t5")
+            (tmp / "READY").write_text("tiny random models (weights are noise, for tests and demos)\n")
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+    return str(root / "vae"), str(root / "t5")
+
+
+def run_stdit_args(run_dir: Path) -> dict[str, Any] | None:
+    """STDiT constructor args saved by a previous run (None when the path is not one of our runs)."""
+    path = Path(run_dir) / "config.json"
+    if Path(run_dir).is_dir() and path.is_file():
+        args = json.loads(path.read_text())
+        return args.get("constructor_args", args)
+    return None
+
+
+def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int, int]) -> dict[str, Any]:
+    """Constructor args: architecture (previous run, tiny, preset or JSON file) + this stage's shape."""
+    m = cfg.model
+    previous = run_stdit_args(Path(m.init_from)) if m.init_from else None
+    if previous is not None:
+        args = {k: v for k, v in previous.items() if k in ARCH_KEYS}
+    elif m.tiny:
+        from models.tiny import tiny_stdit_config
+
+        args = tiny_stdit_config(caption_channels=caption_channels, model_max_length=m.model_max_length)
+    elif m.stdit in STDIT_PRESETS:
+        args = dict(STDIT_PRESETS[m.stdit])
+    elif Path(m.stdit).is_file():
+        from models.pipeline import load_stdit_config
+
+        args = load_stdit_config(m.stdit)[1]
+    else:
+        raise ValueError(f"model.stdit {m.stdit!r} is neither a preset ({sorted(STDIT_PRESETS)}) nor a JSON file")
+    args = {k: v for k, v in args.items() if k not in ("dtype", "grad_checkpointing", "freeze")}
+    args.update(m.stdit_args)
+    args.setdefault("caption_channels", caption_channels)
+    args.setdefault("model_max_length", m.model_max_length)
+    if args["caption_channels"] != caption_channels:
+        raise ValueError(f"STDiT caption_channels={args['caption_channels']} but the text encoder gives {caption_channels}")
+    args.update(
+        input_size=list(latent),
+        space_scale=m.space_scale if m.space_scale is not None else min(cfg.data.resolution) / 512,
+        time_scale=m.time_scale,
+        class_dropout_prob=cfg.train.caption_dropout,
+    )
+    args["patch_size"] = list(args.get("patch_size", (1, 2, 2)))
+    return args
+
+
+def build_models(cfg: RunConfig, device: torch.device, compute_dtype: torch.dtype) -> Models:
+    m = cfg.model
+    vae_path, t5_path = (m.vae, m.text_encoder) if not m.tiny else ensure_tiny_models(m.tiny_dir)
+    encoder_dtype = compute_dtype if device.type == "cuda" else torch.float32
+    vae = VideoAutoencoderKL(
+        vae_path, micro_batch_size=m.vae_micro_batch_size, dtype=encoder_dtype, local_files_only=m.local_files_only
+    ).to(device)
+    t5 = T5Encoder(
+        t5_path, model_max_length=m.model_max_length, device=device, dtype=encoder_dtype,
+        local_files_only=m.local_files_only,
+    )  # fmt: skip
+    patch = int(m.stdit_args.get("patch_size", (1, 2, 2))[1])
+    multiple = vae.spatial_factor * patch
+    frames, res = cfg.data.num_frames[0], min(cfg.data.resolution)
+    latent = (frames, res // vae.spatial_factor, res // vae.spatial_factor)
+    args = stdit_args_for(cfg, t5.output_dim, latent)
+    stdit = STDiT(**{**args, "patch_size": tuple(args["patch_size"])})
+    if m.init_from:
+        from models.checkpoint import load_pretrained
+
+        report = load_pretrained(stdit, m.init_from, use_ema=m.init_use_ema)
+        log.info("init from %s\n%s", m.init_from, report)
+    if m.grad_checkpointing:
+        stdit.enable_gradient_checkpointing()
+    t5.y_embedder = stdit.y_embedder  # the null caption is the model's (as 1.0)
+    return Models(vae, t5, stdit.to(device), args, multiple)
+
+
+def set_latent_shape(model: STDiT, shape: tuple[int, int, int]) -> None:
+    """Point an STDiT at another latent (T, H, W): token grid and sin-cos tables.
+
+    1.0's STDiT computes its position tables for one `input_size`; its weights do not depend on
+    it, so a bucketed batch of another shape only needs the grid and the tables recomputed.
+    """
+    shape = tuple(int(s) for s in shape)
+    if tuple(model.input_size) == shape:
+        return
+    grid = tuple(s // p for s, p in zip(shape, model.patch_size, strict=True))
+    if any(s % p for s, p in zip(shape, model.patch_size, strict=True)):
+        raise ValueError(f"latent {shape} is not divisible by the patch {model.patch_size}")
+    model.input_size, model.grid = shape, grid
+    model.num_temporal, model.num_spatial = grid[0], grid[1] * grid[2]
+    model.num_patches = model.num_temporal * model.num_spatial
+    for block in model.blocks:
+        block.d_s, block.d_t = model.num_spatial, model.num_temporal
+    model.reset_pos_embeds()
