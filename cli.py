@@ -20,6 +20,10 @@ def _register() -> None:
 
     app.command("demo", help="End-to-end demo on generated sample videos.")(demo)
 
+    from training.cli import train
+
+    app.command("train", help="Train STDiT on a curated set or a SQL selection (image, video or hq stage).")(train)
+
 
 def main() -> None:
     from datakit.cli import main_group

@@ -1,4 +1,4 @@
-"""Read-only SQL over the manifest views."""
+"""Read-only SQL over the manifest views: one SELECT, judged by DuckDB's parser, run in a sandbox."""
 
 from __future__ import annotations
 
@@ -12,58 +12,141 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from datakit.workspace import Workspace
+from datakit.workspace import Workspace, atomic_write_bytes
 
-ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+FORMATS = ("table", "csv", "json", "parquet")
+_SELECT = duckdb.StatementType.SELECT
+_EXPLAIN = duckdb.StatementType.EXPLAIN
 
 
 class ReadOnlyError(ValueError):
     pass
 
 
+class OutputError(ValueError):
+    pass
+
+
 def check_read_only(sql: str) -> None:
-    """Refuse anything but SELECT/EXPLAIN (COPY, INSERT, ATTACH, PRAGMA, ... would write)."""
+    """Accept exactly one SELECT, or EXPLAIN [ANALYZE] of one SELECT; refuse anything else.
+
+    DuckDB's parser decides: the statement's type, and for EXPLAIN the type of the statement it
+    wraps (EXPLAIN ANALYZE runs it: `EXPLAIN ANALYZE COPY ... TO` would write a file).
+    """
+    statements = _parse(sql)
+    if not statements:
+        raise ReadOnlyError("empty query")
+    if len(statements) > 1:
+        raise ReadOnlyError(f"one statement at a time, please (got {len(statements)})")
+    statement = statements[0]
+    explained = _explained_statement(statement.query) if statement.type == _EXPLAIN else None
+    if (explained or statement).type != _SELECT:
+        kind = _kind(explained or statement)
+        what = f"EXPLAIN of {kind}" if explained else kind
+        raise ReadOnlyError(
+            f"datakit query is read-only: {what} statements are refused (only SELECT, or EXPLAIN [ANALYZE] "
+            f"SELECT). To export, use --format csv|json|parquet --output FILE."
+        )
+
+
+def _parse(sql: str) -> list[duckdb.Statement]:
     con = duckdb.connect(":memory:")
     try:
-        statements = con.extract_statements(sql)
-    except duckdb.ParserException as exc:
+        return con.extract_statements(sql)
+    except duckdb.Error as exc:
         raise ReadOnlyError(f"SQL does not parse: {exc}") from None
     finally:
         con.close()
-    if not statements:
-        raise ReadOnlyError("empty query")
-    for st in statements:
-        if st.type not in ALLOWED:
-            kind = str(st.type).split(".")[-1]
-            raise ReadOnlyError(
-                f"datakit query is read-only: {kind} statements are refused "
-                f"(only SELECT/EXPLAIN). To export, use --format csv|json|parquet --output FILE."
-            )
-    if len(statements) > 1:
-        raise ReadOnlyError("one statement at a time, please")
+
+
+def _explained_statement(text: str) -> duckdb.Statement:
+    """The statement an EXPLAIN wraps: what follows `EXPLAIN`, `ANALYZE` and an `( options )` list."""
+    tokens = [(pos, kind) for pos, kind in duckdb.tokenize(text) if kind != duckdb.token_type.comment]
+    bounds = [pos for pos, _ in tokens[1:]] + [len(text)]
+    words = [(text[pos:end].strip(), kind) for (pos, kind), end in zip(tokens, bounds, strict=True)]
+    i = 1  # words[0] is EXPLAIN
+    if i < len(words) and words[i][1] == duckdb.token_type.keyword and words[i][0].upper() in ("ANALYZE", "ANALYSE"):
+        i += 1
+    elif i < len(words) and words[i][0] == "(":
+        depth = 0
+        while i < len(words):
+            depth += words[i][0].count("(") - words[i][0].count(")")
+            i += 1
+            if depth <= 0:
+                break
+    if i >= len(words):
+        raise ReadOnlyError("EXPLAIN of nothing")
+    inner = _parse(text[tokens[i][0] :])
+    if len(inner) != 1:
+        raise ReadOnlyError("EXPLAIN must wrap exactly one statement")
+    return inner[0]
+
+
+def _kind(statement: duckdb.Statement) -> str:
+    return str(statement.type).split(".")[-1]
 
 
 def run_query(ws: Workspace, sql: str) -> pa.Table:
+    """The result of one read-only statement, run on a sandboxed snapshot (see Workspace.connect)."""
     check_read_only(sql)
-    return ws.arrow(sql)
+    return ws.arrow(sql, sandbox=True)
+
+
+def encode(table: pa.Table, fmt: str) -> bytes:
+    """A result as csv (nested values as JSON text), json (one object per line) or parquet."""
+    if fmt == "csv":
+        buf = io.BytesIO()
+        try:
+            pacsv.write_csv(_csv_ready(table), buf)
+        except pa.ArrowException as exc:
+            raise OutputError(f"cannot write this result as csv ({exc}); use --format json or parquet") from None
+        return buf.getvalue()
+    if fmt == "json":
+        return "".join(json.dumps(row, default=str) + "\n" for row in table.to_pylist()).encode()
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        return buf.getvalue()
+    raise OutputError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Lists, structs and maps become JSON text: csv has no nested values."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
+            table = table.set_column(i, field.name, pa.array(text, pa.string()))
+    return table
+
+
+def format_for(output: Path | None, fmt: str | None) -> str:
+    """The format asked for, else the one the output file's suffix names, else a printed table."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise OutputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
+        if fmt == "table" and output is not None:
+            raise OutputError("--output needs --format csv, json or parquet")
+        return fmt
+    if output is None:
+        return "table"
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if suffix in ("csv", "json", "parquet"):
+        return suffix
+    raise OutputError(f"cannot tell the format of --output {output}: add --format csv, json or parquet")
 
 
 def write_result(table: pa.Table, fmt: str, output: Path | None) -> None:
-    """Write a result as csv, json (one object per line) or parquet, to a file or stdout."""
-    if fmt == "csv":
-        buf = io.BytesIO()
-        pacsv.write_csv(table, buf)
-        data = buf.getvalue()
-    elif fmt == "json":
-        data = "".join(json.dumps(row, default=str) + "\n" for row in table.to_pylist()).encode()
-    elif fmt == "parquet":
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        data = buf.getvalue()
-    else:
-        raise ValueError(f"unknown format {fmt!r} (table, csv, json, parquet)")
+    """Write a result to stdout or to a file (its folder is created; a failed write keeps the old file)."""
+    data = encode(table, fmt)
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    else:
-        Path(output).write_bytes(data)
+        return
+    output = Path(output)
+    if output.is_dir():
+        raise OutputError(f"--output {output} is a folder; give a file name")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(output, data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None

@@ -200,7 +200,7 @@ def test_runs_compact_many_small_parts(tmp_path, demo_samples):
     ws = Workspace(tmp_path)
     ingest(ws, [str(Path(demo_samples[0].path).parent)])
     stage = ProbeStage()
-    stage.batch_size = 1
+    stage.commit_every = 1
     run_stage(ws, stage, progress=False, compact_above_parts=2)
     assert len(ws.data_parts("probes")) == 1, "the first run's parts are merged"
     assert ws.sql("select count(*) n from probes where status = 'ok'")[0]["n"] == len(demo_samples)

@@ -7,21 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from datakit.executors import plan, run_stage
 from datakit.executors.local import plan_workers
-from datakit.stage import OptionError, Resources, Stage, TransientError, WorkerContext, option
-from datakit.stages.probe import TABLES as PROBE_TABLES
+from datakit.stage import OptionError, Resources
 from datakit.workspace import Workspace
 from tests.conftest import PYTHON, ROOT, cli_env
-
-TABLES = PROBE_TABLES  # the test stages below write `probes` rows (a declared table)
+from tests.stage_fixtures import BatchStage, GpuStage
 
 
 def _workspace(tmp_path: Path, n: int) -> Workspace:
@@ -29,37 +25,6 @@ def _workspace(tmp_path: Path, n: int) -> Workspace:
     ws.write("sources", [{"video_id": f"v{i:03d}", "source": f"/x/{i}.mp4", "source_kind": "file",
                           "path": f"/x/{i}.mp4", "status": "ok"} for i in range(n)])  # fmt: skip
     return ws
-
-
-@dataclass(kw_only=True)
-class BatchStage(Stage):
-    """Records how it was called: batch sizes, prepare order, the worker context."""
-
-    name = "batchtest"
-    marker_table = "probes"
-    fail_ids: list[str] = option([], "ids whose processing raises a plain error")
-    transient_ids: list[str] = option([], "ids whose processing raises TransientError")
-
-    def items_sql(self) -> str:
-        return "SELECT video_id, path FROM _latest_sources"
-
-    def setup(self, ctx: WorkerContext) -> None:
-        self.ctx = ctx
-        self.calls: list[int] = []
-
-    def prepare(self, item: dict) -> dict:
-        return {**item, "prepared_by": threading.current_thread().name}
-
-    def process_batch(self, items: list[dict]) -> list[dict]:
-        self.calls.append(len(items))
-        for item in items:
-            if item["video_id"] in self.fail_ids:
-                raise ValueError(f"bad input {item['video_id']}")
-            if item["video_id"] in self.transient_ids:
-                raise TransientError("device busy")
-        info = {"batch": len(items), "device": self.ctx.device, "rank": self.ctx.rank,
-                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "thread": items[0]["prepared_by"]}  # fmt: skip
-        return [{"probes": [{"video_id": i["video_id"], "status": "ok", "codec": json.dumps(info)}]} for i in items]
 
 
 def _rows(ws: Workspace) -> dict[str, dict]:
@@ -116,16 +81,6 @@ def test_cuda_out_of_memory_is_transient():
     rows = stage.failure_rows({"video_id": "v"}, OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert rows["probes"][0]["status"] == "retry"
     assert stage.failure_rows({"video_id": "v"}, ValueError("x"))["probes"][0]["status"] == "error"
-
-
-@dataclass(kw_only=True)
-class GpuStage(BatchStage):
-    name = "gputest"
-    resources = Resources(cpus=1, gpus=1)
-
-    def process_batch(self, items: list[dict]) -> list[dict]:
-        time.sleep(0.3)  # keep the first worker busy so that the pool starts the second
-        return super().process_batch(items)
 
 
 def test_gpu_stages_get_one_worker_per_visible_gpu(tmp_path, monkeypatch):
@@ -238,6 +193,19 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_ray_actors_get_real_batches_and_match_a_local_run(tmp_path):
+    local, remote = _workspace(tmp_path / "a", 9), _workspace(tmp_path / "b", 9)
+    stage = BatchStage(batch_size=3, fail_ids=["v004"])
+    run_stage(local, stage, progress=False)
+    run_stage(remote, stage, progress=False, executor="ray", workers=2)
+    strip = ("codec", "_written_ns")
+    want = {k: {c: v for c, v in r.items() if c not in strip} for k, r in _rows(local).items()}
+    got = {k: {c: v for c, v in r.items() if c not in strip} for k, r in _rows(remote).items()}
+    assert got == want
+    batches = [json.loads(r["codec"])["batch"] for r in _rows(remote).values() if r["status"] == "ok"]
+    assert max(batches) == 3, "map_batches handed the actors the stage's batch size"
 
 
 if __name__ == "__main__":

@@ -436,7 +436,9 @@ class DownloadStage(Stage):
         got = offset
         with open(part, mode) as fh:
             try:
-                for chunk in r.raw.stream(_CHUNK, decode_content=True):
+                # Decoding buffers a whole chunk, so it is used only for a body that needs it: a
+                # plain body keeps every byte that arrived before a failure (for the resume).
+                for chunk in r.raw.stream(_CHUNK, decode_content=bool(encoding)):
                     got += len(chunk)
                     if got > self.max_bytes:
                         raise _Failure(

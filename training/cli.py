@@ -1,0 +1,83 @@
+"""``python cli.py train``: registered by the top-level cli.py as ``app.command("train")(train)``.
+
+No ``from __future__ import annotations`` here: typer reads the annotations at runtime.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Config overrides as key=value, e.g. optim.lr=1e-4 data.batch_size=4.")
+    ] = None,
+    stage: Annotated[str | None, typer.Option(help="image | video | hq (not needed with --resume).")] = None,
+    set_spec: Annotated[
+        str | None, typer.Option("--set", help="Curated set NAME or NAME@vN (latest version by default).")
+    ] = None,
+    select: Annotated[
+        str | None, typer.Option(help="SQL over the workspace views, e.g. \"select * from clips\".")
+    ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", help="datakit workspace (default $DATAKIT_WORKSPACE or ./workspace)."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML or JSON file with model/data/optim/train sections.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<stage>-<time>).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    ckpt_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (and at the end).")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="'tiny': tiny random VAE/T5/STDiT built locally, CPU-sized stages.")
+    ] = None,
+    init_from: Annotated[
+        str | None, typer.Option(help="Start from a previous run folder (its EMA) or PixArt-α/Open-Sora weights.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")] = False,
+) -> None:
+    """Train STDiT on a curated set or a SQL selection (one stage of Open-Sora 1.0's recipe).
+
+    Multi-process: torchrun --nproc_per_node N cli.py train ... (see README, Training).
+    """
+    from datakit.workspace import default_workspace
+
+    from .config import ConfigError, resolve_config
+    from .run import Source, launch
+    from .selection import SelectionError
+    from .trainer import RunError
+
+    if preset not in (None, "tiny"):
+        raise typer.BadParameter(f"unknown preset {preset!r} (only 'tiny')", param_hint="--preset")
+    flags: dict = {"train": {}, "model": {}}
+    if max_steps is not None:
+        flags["train"]["max_steps"] = max_steps
+    if ckpt_every is not None:
+        flags["train"]["ckpt_every"] = ckpt_every
+    if init_from is not None:
+        flags["model"]["init_from"] = init_from
+    try:
+        if resume:
+            if stage or set_spec or select or config or init_from or overrides or preset:
+                raise ConfigError("--resume takes the run's own config: give only --run-dir (and --max-steps, --ckpt-every)")
+            launch(None, run_dir=run_dir, source=None, resume=True, resume_overrides=flags["train"])
+            return
+        if stage is None:
+            raise ConfigError("give --stage image|video|hq")
+        if (set_spec is None) == (select is None):
+            raise ConfigError("give exactly one of --set NAME[@vN] and --select SQL")
+        cfg = resolve_config(stage, tiny=preset == "tiny", config_file=config, overrides=overrides, extra=flags)
+        source = Source(workspace or default_workspace(), set_spec=set_spec, select=select)
+        launch(cfg, run_dir=run_dir, source=source, resume=False)
+    except (ConfigError, SelectionError, RunError, FileExistsError, FileNotFoundError) as err:
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
+            typer.echo(f"error: {err}", err=True)
+        sys.stderr.flush()
+        raise typer.Exit(1) from None
+    finally:
+        from .dist import shutdown
+
+        shutdown()

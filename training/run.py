@@ -1,0 +1,157 @@
+"""Start or resume a run: config, process group, run folder, frozen selection, then the trainer.
+
+    runs/<run>/
+        train_config.json    the resolved config (`--resume` reads it back)
+        run.json             launch facts: world size, process-group backend, device, versions, command
+        data/rows.parquet    the frozen selection; data/card.json (name, version, recipe, row count)
+        train.log  metrics.jsonl  tensorboard/ (when tensorboard is installed)
+        checkpoints/step-N/  checkpoints/latest  {model,ema}.safetensors  config.json  (see checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from . import selection
+from .config import ConfigError, RunConfig, from_dict
+from .dist import DistContext, broadcast_object, init_distributed
+from .metrics import setup_logging
+
+CONFIG_FILE = "train_config.json"
+T = TypeVar("T")
+
+
+@dataclass
+class Source:
+    """Where new runs take their rows from: a curated set (`NAME[@vN]`) or SQL over the views."""
+
+    workspace: Path
+    set_spec: str | None = None
+    select: str | None = None
+
+    def read(self):
+        if self.set_spec is not None:
+            return selection.read_set(self.workspace, self.set_spec)
+        return selection.run_select(self.workspace, self.select or "")
+
+
+def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only; every rank gets its result or raises its (user-facing) error."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except (ConfigError, selection.SelectionError, FileExistsError, FileNotFoundError) as err:
+            error = err
+    result, error = broadcast_object((result, error), ctx)
+    if error is not None:
+        raise error
+    return result
+
+
+def resolve_auto(cfg: RunConfig, cuda: bool) -> RunConfig:
+    """Fill the `auto` choices for this machine: ZeRO-2 + HybridAdam + bf16 on CUDA, DDP + AdamW + fp32 on CPU."""
+    t, o = cfg.train, cfg.optim
+    if t.plugin == "auto":
+        t.plugin = "zero2" if cuda else "ddp"
+    if t.precision == "auto":
+        t.precision = "bf16" if cuda else "fp32"
+    if o.name == "auto":
+        o.name = "hybrid_adam" if cuda else "adamw"
+    if t.backend == "auto":
+        t.backend = "nccl" if cuda else "gloo"
+    if t.plugin == "zero2" and (not cuda or t.precision != "bf16"):
+        raise ConfigError("train.plugin=zero2 needs CUDA and train.precision=bf16 (use plugin=ddp on CPU)")
+    return cfg
+
+
+def default_run_dir(stage: str) -> Path:
+    return Path("runs") / f"{stage}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} not found (is {run_dir} a training run folder?)")
+    return from_dict(json.loads(path.read_text()))
+
+
+def _prepare_new_run(run_dir: Path, cfg: RunConfig, source: Source, ctx: DistContext) -> None:
+    if (run_dir / CONFIG_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or a new --run-dir")
+    table, card = source.read()
+    table = selection.normalise(table)
+    rows = table.to_pylist()
+    selection.check_files(rows, cfg.data.prefer)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    selection.freeze(run_dir, table, card)
+    _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def launch(
+    cfg: RunConfig | None,
+    *,
+    run_dir: Path | None,
+    source: Source | None,
+    resume: bool,
+    resume_overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Everything `python cli.py train` does after parsing its options. Returns the run folder."""
+    cuda = torch.cuda.is_available()
+    if resume:
+        if run_dir is None:
+            raise ConfigError("--resume needs --run-dir (the run to continue)")
+        cfg = read_run_config(run_dir)
+        for key, value in (resume_overrides or {}).items():  # e.g. a larger --max-steps
+            setattr(cfg.train, key, value)
+    assert cfg is not None
+    cfg = resolve_auto(cfg, cuda)
+    ctx = init_distributed(cfg.train.backend)
+    run_dir = Path(broadcast_object(str(run_dir or default_run_dir(cfg.stage)), ctx))
+    if resume:
+        on_main(ctx, lambda: _write_json(run_dir / CONFIG_FILE, cfg.to_dict()))
+    else:
+        if source is None:
+            raise ConfigError("give --set NAME[@vN] or --select SQL")
+        on_main(ctx, lambda: _prepare_new_run(run_dir, cfg, source, ctx))
+    setup_logging(run_dir, ctx.rank)
+    rows, card = selection.load_frozen(run_dir)
+    if resume:
+        on_main(ctx, lambda: selection.check_files(rows, cfg.data.prefer))
+    on_main(ctx, lambda: _write_json(run_dir / "run.json", _run_facts(ctx, card, resume)))
+
+    from .trainer import Trainer
+
+    return Trainer(cfg, run_dir, ctx, rows, resume=resume).fit()
+
+
+def _run_facts(ctx: DistContext, card: dict[str, Any], resume: bool) -> dict[str, Any]:
+    import colossalai
+
+    return {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "resumed": resume,
+        "world_size": ctx.world_size,
+        "backend": ctx.backend,
+        "device": str(ctx.device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "colossalai": colossalai.__version__,
+        "command": sys.argv,
+        "set": {k: card.get(k) for k in ("name", "version", "row_count")},
+    }

@@ -1,0 +1,360 @@
+"""The training loop, top to bottom.
+
+1. the frozen rows of the run, split into a training set and a held-out validation slice;
+2. VAE, T5 and STDiT (tiny random ones for `--preset tiny`), initialised from `model.init_from`;
+3. the ColossalAI Booster: TorchDDP (+ AdamW, fp32 or bf16 autocast) or LowLevelZero stage 2
+   (+ HybridAdam, bf16 working weights with fp32 masters), a warmup LR schedule, an fp32 EMA;
+4. `--resume`: weights, EMA, optimizer, scheduler, data position and RNG from the last checkpoint;
+5. per step: decode → VAE latents and T5 embeddings (online, as 1.0) → IDDPM loss at random
+   timesteps with caption dropout → backward, clip, step, EMA → metrics; validation loss at fixed
+   timesteps every `val_every` steps; an atomic checkpoint every `ckpt_every` steps.
+All randomness of a step comes from (seed, step, rank), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from models.diffusion import IDDPM
+
+from . import checkpoint as ckpt_io
+from .build import Models, build_models, set_latent_shape
+from .config import RunConfig
+from .data import ClipDataset, collate, worker_init
+from .dist import DistContext, all_mean, all_true, barrier
+from .metrics import MetricsWriter
+from .sampler import BucketBatchSampler
+from .weights import EMA, WeightView
+
+log = logging.getLogger("training")
+
+
+class RunError(RuntimeError):
+    """A run cannot go on (non-finite loss, unusable checkpoint, no usable clips)."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # sampler steps consumed in this epoch (including skipped ones)
+    failed_clips: int = 0  # clips that could not be decoded, summed over ranks
+    skipped_steps: int = 0  # steps where some rank had no decodable clip
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def step_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def split_validation(rows: list[dict[str, Any]], cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+    """Hold out a fixed slice: the rows whose clip-id hash is smallest (stable across runs of a set)."""
+    d = cfg.data
+    n_val = 0 if len(rows) < d.val_min_rows else min(d.val_max, max(1, round(d.val_fraction * len(rows))))
+    if d.val_fraction == 0:
+        n_val = 0
+    ranked = sorted(rows, key=lambda r: hashlib.blake2b(str(r["clip_id"]).encode(), digest_size=8).digest())
+    val_ids = {r["clip_id"] for r in ranked[:n_val]}
+    return [r for r in rows if r["clip_id"] not in val_ids], [r for r in rows if r["clip_id"] in val_ids]
+
+
+def make_loader(dataset: ClipDataset, sampler: BucketBatchSampler, workers: int, pin: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        pin_memory=pin,
+    )
+
+
+def make_booster(cfg: RunConfig, models: Models) -> tuple[Any, Any, Any, Any]:
+    """(booster, model, optimizer, scheduler) for the configured plugin and optimizer."""
+    from colossalai.booster import Booster
+    from colossalai.booster.plugin import LowLevelZeroPlugin, TorchDDPPlugin
+
+    o, t = cfg.optim, cfg.train
+    params = [p for p in models.stdit.parameters() if p.requires_grad]
+    kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == "hybrid_adam":
+        from colossalai.nn.optimizer import HybridAdam
+
+        optimizer = HybridAdam(params, adamw_mode=True, **kwargs)
+    else:
+        optimizer = torch.optim.AdamW(params, **kwargs)
+    warmup = o.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+    )
+    if t.plugin == "zero2":
+        plugin = LowLevelZeroPlugin(stage=2, precision=t.precision, initial_scale=2**16, max_norm=o.grad_clip)
+    else:
+        plugin = TorchDDPPlugin(broadcast_buffers=False)  # buffers are sin-cos tables and the null caption
+    booster = Booster(plugin=plugin)
+    model, optimizer, _, _, scheduler = booster.boost(models.stdit, optimizer, lr_scheduler=scheduler)
+    return booster, model, optimizer, scheduler
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, ctx: DistContext, rows: list[dict[str, Any]], resume: bool):
+        self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx
+        self.zero = cfg.train.plugin == "zero2"
+        self.autocast_bf16 = cfg.train.precision == "bf16" and not self.zero
+        seed = cfg.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # the same initial weights on every rank
+
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        self.models = build_models(cfg, ctx.device, dtype)
+        self.diffusion = IDDPM(timestep_respacing="")
+
+        train_rows, val_rows = split_validation(rows, cfg)
+        multiple = self.models.size_multiple
+        self.train_set = ClipDataset(train_rows, cfg.data, multiple, seed)
+        self.sampler = BucketBatchSampler(
+            self.train_set.buckets, cfg.data.batch_size, world_size=ctx.world_size, rank=ctx.rank, seed=seed
+        )
+        if self.sampler.steps_per_epoch() == 0:
+            raise RunError(
+                f"none of the {len(train_rows)} training clips is long enough for "
+                f"{min(cfg.data.num_frames)} frames at interval {cfg.data.frame_interval}"
+            )
+        pin = ctx.device.type == "cuda"
+        self.loader = make_loader(self.train_set, self.sampler, cfg.data.num_workers, pin)
+        self.val_loader = None
+        if val_rows:
+            val_set = ClipDataset(val_rows, cfg.data, multiple, seed, train=False)
+            val_sampler = BucketBatchSampler(
+                val_set.buckets, cfg.data.batch_size, world_size=ctx.world_size, rank=ctx.rank, shuffle=False
+            )
+            if val_sampler.steps_per_epoch():
+                self.val_loader = make_loader(val_set, val_sampler, 0, pin)
+        log.info(
+            "%d training clips in buckets (frames x height x width: clips) %s; %d too short; %d held out "
+            "for validation; %d steps per epoch",
+            len(train_rows) - self.sampler.excluded, self.sampler.buckets_used(), self.sampler.excluded,
+            len(val_rows), self.sampler.steps_per_epoch(),
+        )  # fmt: skip
+
+        self.booster, self.model, self.optimizer, self.scheduler = make_booster(cfg, self.models)
+        self.weights = WeightView(self.models.stdit, self.optimizer, zero=self.zero)
+        self.ema = EMA(self.weights.shards())
+        self.state = TrainState()
+        self.last_ckpt: Path | None = None
+        if resume:
+            self._resume()
+        self.metrics = MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
+
+    # ------------------------------------------------------------------------------ resume
+    def _resume(self) -> None:
+        ckpt = ckpt_io.latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            log.info("--resume: no checkpoint in %s yet, starting from step 0", self.run_dir)
+            return
+        saved = ckpt_io.read_state(ckpt)
+        if saved["world_size"] != self.ctx.world_size:
+            raise RunError(
+                f"{ckpt} was written by {saved['world_size']} processes; resume with the same number "
+                f"(now {self.ctx.world_size}) so the data order and position mean the same"
+            )
+        self.weights.load_full(ckpt_io.load_weights(ckpt, "model"))
+        self.ema.load_full(ckpt_io.load_weights(ckpt, "ema"), self.weights)
+        self.booster.load_optimizer(self.optimizer, str(ckpt / "optimizer.bin"))
+        self.booster.load_lr_scheduler(self.scheduler, str(ckpt / "scheduler.bin"))
+        rng = ckpt_io.load_rng(ckpt, self.ctx.rank)
+        if rng is not None:
+            ckpt_io.set_rng_state(rng)
+        fields = ("step", "epoch", "position", "failed_clips", "skipped_steps")
+        self.state = TrainState(**{k: saved[k] for k in fields})
+        self.last_ckpt = ckpt
+        log.info("resumed from %s (step %d, epoch %d, batch %d of the epoch)", ckpt, *(saved[k] for k in fields[:3]))
+
+    def save(self) -> Path:
+        s = self.state
+        model_full = self.weights.gather(self.weights.shards())
+        ema_full = self.weights.gather(self.ema.shadow)
+        buffers = {
+            k: v.detach().float().cpu()
+            for k, v in self.models.stdit.named_buffers()
+            if k not in ("pos_embed", "pos_embed_temporal")  # recomputed from the config on load
+        }
+        self.last_ckpt = ckpt_io.save_checkpoint(
+            self.run_dir, s.step, self.ctx, booster=self.booster, optimizer=self.optimizer,
+            scheduler=self.scheduler, model_weights={**model_full, **buffers}, ema_weights={**ema_full, **buffers},
+            stdit_args=self.models.stdit_args, keep_last=self.cfg.train.keep_last,
+            state={"epoch": s.epoch, "position": s.position, "failed_clips": s.failed_clips,
+                   "skipped_steps": s.skipped_steps},
+        )  # fmt: skip
+        log.info("checkpoint %s", self.last_ckpt)
+        return self.last_ckpt
+
+    # ------------------------------------------------------------------------------ one step
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_bf16:
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def encode(self, batch: dict[str, Any], gen: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+        """Pixels → VAE latents (posterior sample; its mode without a generator), captions → T5."""
+        video = batch["video"].to(self.ctx.device, non_blocking=True)
+        x0 = self.models.vae.encode(video, sample_posterior=gen is not None, generator=gen).float()
+        text = self.models.text_encoder.encode(batch["caption"])
+        return x0, {"y": text["y"], "mask": text["mask"]}
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, float, float]:
+        """One optimizer step. Returns (loss, grad norm, lr used)."""
+        c, dev = self.cfg, self.ctx.device
+        gen = torch.Generator(dev).manual_seed(step_seed(c.train.seed, self.state.step, self.ctx.rank))
+        x0, cond = self.encode(batch, gen)
+        n = x0.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=gen, device=dev)
+        noise = torch.randn(x0.shape, generator=gen, device=dev)
+        drop = (torch.rand(n, generator=gen, device=dev) < c.train.caption_dropout).long()
+        set_latent_shape(self.models.stdit, tuple(x0.shape[2:]))
+        with self._autocast():
+            terms = self.diffusion.training_losses(
+                self.model, x0, t, model_kwargs={**cond, "force_drop_ids": drop}, noise=noise
+            )
+        loss = terms["loss"].mean()
+        if not all_true(bool(torch.isfinite(loss)), self.ctx):
+            raise RunError(self._nonfinite("loss", loss.item()))
+        lr = self.scheduler.get_last_lr()[0]
+        self.booster.backward(loss, self.optimizer)
+        if self.zero:  # ZeRO clips inside step() (plugin max_norm) and reports the norm after it
+            self.optimizer.step()
+            grad_norm = float(self.optimizer.get_grad_norm())
+        else:
+            max_norm = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.models.stdit.parameters(), max_norm))
+            if not math.isfinite(grad_norm):
+                raise RunError(self._nonfinite("gradient norm", grad_norm))
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        self.ema.update(self.weights.shards(), c.train.ema_decay)
+        return loss.item(), grad_norm, lr
+
+    def _nonfinite(self, what: str, value: float) -> str:
+        kept = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written yet"
+        return (
+            f"non-finite {what} ({value}) at step {self.state.step + 1}: stopping; {kept}. "
+            f"Lower optim.lr, check the data, or resume from that checkpoint."
+        )
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean loss over the held-out slice at fixed timesteps and fixed noise (comparable across runs)."""
+        if self.val_loader is None:
+            return None
+        stdit, dev = self.models.stdit, self.ctx.device
+        stdit.eval()
+        total, count = 0.0, 0
+        for i, batch in enumerate(self.val_loader):
+            if batch["video"] is None:
+                continue
+            x0, cond = self.encode(batch, None)
+            set_latent_shape(stdit, tuple(x0.shape[2:]))
+            gen = torch.Generator(dev).manual_seed(step_seed(self.cfg.train.seed, 10**6 + i))
+            keep = torch.zeros(x0.shape[0], dtype=torch.long, device=dev)
+            for ts in self.cfg.train.val_timesteps:
+                t = torch.full((x0.shape[0],), ts, device=dev, dtype=torch.long)
+                noise = torch.randn(x0.shape, generator=gen, device=dev)
+                with self._autocast():
+                    terms = self.diffusion.training_losses(
+                        stdit, x0, t, model_kwargs={**cond, "force_drop_ids": keep}, noise=noise
+                    )
+                total += float(terms["loss"].sum())
+                count += x0.shape[0]
+        stdit.train()
+        total, count = (v * self.ctx.world_size for v in all_mean([total, float(count)], self.ctx))
+        return total / count if count else None
+
+    # ------------------------------------------------------------------------------ the loop
+    def _batches(self):
+        """(batch, seconds waited for it) until the epoch's plan runs out."""
+        batches = iter(self.loader)
+        while True:
+            tick = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch, time.perf_counter() - tick
+
+    def done(self) -> bool:
+        t, s = self.cfg.train, self.state
+        return (t.max_steps is not None and s.step >= t.max_steps) or (t.epochs is not None and s.epoch >= t.epochs)
+
+    def fit(self) -> Path:
+        from tqdm import tqdm
+
+        c, s, ctx = self.cfg, self.state, self.ctx
+        total = c.train.max_steps or (c.train.epochs or 1) * self.sampler.steps_per_epoch()
+        bar = tqdm(total=total, initial=s.step, disable=not (ctx.is_main and c.train.progress),
+                   dynamic_ncols=True, file=sys.stderr, desc=f"train {c.stage}")  # fmt: skip
+        self.models.stdit.train()
+        saved_at = s.step if self.last_ckpt else None
+        while not self.done():
+            self.sampler.set_epoch(s.epoch, s.position)
+            for batch, wait in self._batches():
+                s.position += 1
+                for clip_id, error in batch["failed"]:
+                    log.warning("skipped clip %s: %s", clip_id, error)
+                if not all_true(batch["video"] is not None, ctx):  # every rank skips together
+                    s.failed_clips += round(all_mean([len(batch["failed"])], ctx)[0] * ctx.world_size)
+                    s.skipped_steps += 1
+                    continue
+                tick = time.perf_counter()
+                loss, grad_norm, lr = self.train_step(batch)
+                elapsed = time.perf_counter() - tick + wait
+                loss, n, wait, elapsed, failed = all_mean(
+                    [loss, len(batch["caption"]), wait, elapsed, len(batch["failed"])], ctx
+                )
+                s.step += 1
+                s.failed_clips += round(failed * ctx.world_size)
+                record = {
+                    "step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                    "samples_per_s": n * ctx.world_size / elapsed, "data_wait": wait / elapsed,
+                    "step_time": elapsed, "shape": list(batch["video"].shape[2:]), "failed_clips": s.failed_clips,
+                }  # fmt: skip
+                if s.step % c.train.val_every == 0 or self.done():
+                    record["val_loss"] = self.validate()
+                if self.metrics:
+                    self.metrics.write(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if s.step % c.train.ckpt_every == 0 or self.done():
+                    self.save()
+                    saved_at = s.step
+                if self.done():
+                    break
+            else:  # the epoch ran out
+                s.epoch, s.position = s.epoch + 1, 0
+        if saved_at != s.step:
+            self.save()
+        bar.close()
+        if self.metrics:
+            self.metrics.close()
+        log.info(
+            "done: step %d, epoch %d; %d clips failed to decode, %d steps skipped; last checkpoint %s",
+            s.step, s.epoch, s.failed_clips, s.skipped_steps, self.last_ckpt,
+        )  # fmt: skip
+        barrier(ctx)
+        return self.run_dir
