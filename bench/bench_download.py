@@ -59,7 +59,7 @@ def bench(port: int, n: int, workers: int, fsync: bool, root: Path) -> tuple[flo
         "sources",
         [{"video_id": url_video_id(u), "source": u, "source_kind": "url", "status": "ok"} for u in urls],
     )
-    stage = DownloadStage.for_workspace(ws, fsync=fsync, timeout_s=10)
+    stage = DownloadStage(fsync=fsync, timeout_s=10)
     t0 = time.perf_counter()
     stats = run_stage(ws, stage, workers=workers, progress=False)
     seconds = time.perf_counter() - t0

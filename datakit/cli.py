@@ -70,13 +70,22 @@ def query(
         str, typer.Argument(help="One read-only SELECT over the views (videos, clips, ...), or @RECIPE (manifests/recipes).")
     ],
     workspace: WorkspaceOpt = default_workspace(),
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet.")] = "table",
-    output: Annotated[Path | None, typer.Option("--output", help="Write to a file instead of stdout.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="table, csv, json or parquet (default: from --output's suffix, else table).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write to this file (its folder is created).")] = None,
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 40,
 ) -> None:
-    """Run read-only SQL over the manifest (writes are refused)."""
-    from datakit.query import ReadOnlyError, run_query, write_result
+    """Run read-only SQL over the manifest (writes, extensions and other files are refused)."""
+    import duckdb
 
+    from datakit.query import OutputError, ReadOnlyError, format_for, run_query, write_result
+
+    try:
+        fmt = format_for(output, fmt)
+    except OutputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     ws = _open(workspace, create=False)
     if sql.startswith("@"):
         recipe = RECIPES / f"{sql[1:]}.sql"
@@ -90,13 +99,17 @@ def query(
     except ReadOnlyError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except Exception as exc:  # DuckDB errors: show the message, not a traceback
+    except (WorkspaceError, duckdb.Error) as exc:  # a damaged part, a typo, a refused file: the message only
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    if fmt != "table":
-        write_result(result, fmt, output)
+    if fmt == "table":
+        print_table(result, max_rows=max_rows)
         return
-    print_table(result, max_rows=max_rows)
+    try:
+        write_result(result, fmt, output)
+    except OutputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def print_table(result, max_rows: int = 40, title: str | None = None) -> None:
@@ -144,8 +157,27 @@ def compact(workspace: WorkspaceOpt = default_workspace()) -> None:
     from manifests.schema import TABLES
 
     ws = _open(workspace, create=False)
-    for name in TABLES:
-        out.print(f"{name}: {ws.compact(name)} rows")
+    try:
+        for name in TABLES:
+            out.print(f"{name}: {ws.compact(name)} rows")
+    except WorkspaceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def repair(workspace: WorkspaceOpt = default_workspace()) -> None:
+    """Move unreadable part files to quarantine/, recreate lost table folders, rebuild the catalog
+    and workspace.json. Every readable row is kept."""
+    from datakit.repair import repair as do_repair
+
+    try:
+        report = do_repair(workspace)
+    except WorkspaceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    for line in report.lines():
+        out.print(line, highlight=False, markup=False)
 
 
 @app.command()

@@ -65,7 +65,11 @@ def _explained_statement(text: str) -> duckdb.Statement:
     bounds = [pos for pos, _ in tokens[1:]] + [len(text)]
     words = [(text[pos:end].strip(), kind) for (pos, kind), end in zip(tokens, bounds, strict=True)]
     i = 1  # words[0] is EXPLAIN
-    if i < len(words) and words[i][1] == duckdb.token_type.keyword and words[i][0].upper() in ("ANALYZE", "ANALYSE"):
+    if (
+        i < len(words)
+        and words[i][1] == duckdb.token_type.keyword
+        and words[i][0].upper() in ("ANALYZE", "ANALYSE")
+    ):
         i += 1
     elif i < len(words) and words[i][0] == "(":
         depth = 0
@@ -89,7 +93,12 @@ def _kind(statement: duckdb.Statement) -> str:
 def run_query(ws: Workspace, sql: str) -> pa.Table:
     """The result of one read-only statement, run on a sandboxed snapshot (see Workspace.connect)."""
     check_read_only(sql)
-    return ws.arrow(sql, sandbox=True)
+    try:
+        return ws.arrow(sql, sandbox=True)
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyError(
+            f"{exc} (datakit query reads only the manifest views: other files, URLs and extensions are off)"
+        ) from None
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:
@@ -99,7 +108,9 @@ def encode(table: pa.Table, fmt: str) -> bytes:
         try:
             pacsv.write_csv(_csv_ready(table), buf)
         except pa.ArrowException as exc:
-            raise OutputError(f"cannot write this result as csv ({exc}); use --format json or parquet") from None
+            raise OutputError(
+                f"cannot write this result as csv ({exc}); use --format json or parquet"
+            ) from None
         return buf.getvalue()
     if fmt == "json":
         return "".join(json.dumps(row, default=str) + "\n" for row in table.to_pylist()).encode()

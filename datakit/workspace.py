@@ -97,6 +97,13 @@ class Workspace:
             self._init()
         self._check()
 
+    @classmethod
+    def unchecked(cls, root: str | os.PathLike) -> Workspace:
+        """A handle on a workspace that may be damaged, without the checks of opening it (for repair)."""
+        ws = cls.__new__(cls)
+        ws.root = Path(root).absolute()
+        return ws
+
     # ----------------------------------------------------------------------------- layout
     @property
     def meta_path(self) -> Path:
@@ -343,7 +350,7 @@ class Workspace:
             return None
         schema_ = arrow_schema(table)
         columns = _checked_columns(table, schema_, rows)
-        with self._table_lock(table, exclusive=False):  # never between a compaction's read and delete
+        with self.table_lock(table, exclusive=False):  # never between a compaction's read and delete
             now = time.time_ns()
             # Rows in one part get increasing stamps, so the last row for a key in a batch wins.
             columns[WRITTEN_COLUMN] = pa.array(range(now, now + len(rows)), pa.int64())
@@ -353,7 +360,7 @@ class Workspace:
 
     def compact(self, table: str) -> int:
         """Rewrite a table's live parts as one part of its latest rows. Returns the row count."""
-        with self._table_lock(table, exclusive=True):
+        with self.table_lock(table, exclusive=True):
             parts = self.live_parts(table)
             damaged = {p: why for p in parts if (why := part_problem(p))}
             if damaged:
@@ -404,7 +411,7 @@ class Workspace:
             return False
         return COMPACT_TAG not in live[0].name or len(live) - 1 > max_newer_parts
 
-    def _table_lock(self, table: str, *, exclusive: bool):
+    def table_lock(self, table: str, *, exclusive: bool):
         return self.lock(f"table-{table}", shared=not exclusive)
 
     # ----------------------------------------------------------------------------- locks

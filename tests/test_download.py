@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 import zlib
@@ -86,6 +87,10 @@ class Server(ThreadingHTTPServer):
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up early on purpose here
+            super().handle_error(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -617,6 +622,51 @@ def test_ytdlp_failure_becomes_a_row(monkeypatch, tmp_path, message, status, cod
     assert row["method"] == "yt-dlp" and row["status"] == status and row["http_status"] == code
     assert row["error"].startswith("yt-dlp: [") and "ERROR" not in row["error"]
     assert row["attempts"] == (2 if status == "retry" else 1)
+
+
+# ------------------------------------------------------------------------------------ credentials
+def test_a_url_password_stays_out_of_the_manifest_and_still_authenticates(server, video, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    url = server.url("/private.mp4").replace("http://", "http://user:s3cret%20pass@")
+    shown = server.url("/private.mp4").replace("http://", "http://user:***@")
+    ingest(ws, [url])
+    stats = run_stage(ws, DownloadStage(use_ytdlp="never"), progress=False)
+    assert stats.statuses == {"ok": 1}  # the server only answers to user / 's3cret pass'
+    (row,) = ws.sql("SELECT url, path FROM downloads")
+    assert row["url"] == shown and Path(row["path"]).read_bytes() == video
+    assert ws.sql("SELECT source FROM sources") == [{"source": shown}]
+    for view in ("sources", "downloads", "videos"):
+        assert "s3cret" not in json.dumps(ws.sql(f"SELECT * FROM {view}"), default=str)
+    # On disk, only the owner-only secrets file holds it (run folders and media do not).
+    secrets = ws.root / CREDENTIALS_PATH
+    assert [p for p in ws.root.rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()] == [secrets]
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secrets.parent.stat().st_mode) == 0o700
+
+
+def test_error_messages_never_show_the_password(monkeypatch, tmp_path):
+    import yt_dlp
+
+    from datakit.credentials import save_credentials
+
+    url = "https://user:***@videos.example.com/v/1"
+    save_credentials(tmp_path, {url_video_id(url): "user:hunter22"})
+
+    class LeakyYDL(yt_dlp.YoutubeDL):  # yt-dlp quotes the URL it was given in its errors
+        def extract_info(self, given, download=True):
+            raise yt_dlp.utils.DownloadError(f"ERROR: [generic] Unable to download webpage {given} (hunter22)")
+
+    monkeypatch.setattr(yt_dlp, "YoutubeDL", LeakyYDL)
+    row = fetch(make_stage(tmp_path, use_ytdlp="always", max_retries=1), url)
+    assert row["url"] == url and row["error"] == (
+        "yt-dlp: [generic] Unable to download webpage https://user:***@videos.example.com/v/1 (***) after 1 attempt"
+    )
+
+
+def test_a_redacted_url_without_its_stored_password_is_a_clear_error(tmp_path):
+    row = fetch(make_stage(tmp_path), "http://user:***@127.0.0.1:1/x.mp4")
+    assert row["status"] == "error" and row["attempts"] == 0
+    assert row["error"] == "no password for this URL in the workspace's secrets/url-credentials.json: ingest it again"
 
 
 # ------------------------------------------------------------------------------------ end to end
