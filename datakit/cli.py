@@ -10,10 +10,26 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from datakit.workspace import Workspace, WorkspaceError, default_workspace
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Build, inspect and curate video manifests.")
+
+class _Commands(TyperGroup):
+    """Every command prints a WorkspaceError (a damaged part, an unreadable workspace.json, a lost
+    table folder, ...) as `error: <message>`, exit status 1, instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except WorkspaceError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Commands, no_args_is_help=True, add_completion=False, help="Build, inspect and curate video manifests."
+)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 WorkspaceOpt = Annotated[
@@ -157,12 +173,8 @@ def compact(workspace: WorkspaceOpt = default_workspace()) -> None:
     from manifests.schema import TABLES
 
     ws = _open(workspace, create=False)
-    try:
-        for name in TABLES:
-            out.print(f"{name}: {ws.compact(name)} rows")
-    except WorkspaceError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from None
+    for name in TABLES:
+        out.print(f"{name}: {ws.compact(name)} rows")
 
 
 @app.command()
@@ -171,13 +183,8 @@ def repair(workspace: WorkspaceOpt = default_workspace()) -> None:
     and workspace.json. Every readable row is kept."""
     from datakit.repair import repair as do_repair
 
-    try:
-        report = do_repair(workspace)
-    except WorkspaceError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from None
-    for line in report.lines():
-        out.print(line, highlight=False, markup=False)
+    for line in do_repair(workspace).lines():
+        typer.echo(line)
 
 
 @app.command()

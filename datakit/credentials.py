@@ -21,7 +21,11 @@ CREDENTIALS_PATH = "secrets/url-credentials.json"  # under the workspace root
 
 
 def _netloc_span(url: str) -> tuple[int, int] | None:
-    """Start and end of the authority part ('user:pw@host:port') of a 'scheme://...' URL."""
+    """Start and end of the authority ('user:pw@host:port') of a 'scheme://...' URL.
+
+    Found by hand rather than with urlsplit/urlunsplit, which would respell the rest of the URL;
+    the authority ends at the first '/', '?' or '#' (RFC 3986, section 3.2).
+    """
     sep = url.find("://")
     if sep < 0:
         return None

@@ -1,9 +1,11 @@
 """Ingest: turn files, directories and URL lists into `sources` rows.
 
 Directories are walked recursively; a file is taken when its extension is a video extension (GIF
-included) or when its first bytes look like a video container. Still images (JPEG, PNG, WebP...)
-are skipped by the walk and an error row when named explicitly: images are not supported yet. The
-walk never enters the folders a datakit workspace manages (media/, clips/, tables/...), so
+included) or a JPEG, PNG or WebP image extension, or when its first bytes look like a video
+container or one of those images. Images are one-frame media (probe: `media_type = 'image'`; the
+`clips` view: one clip each). Other still images (BMP, TIFF, HEIC...) are skipped by the walk and
+an error row when named explicitly. The
+walk never enters a datakit workspace (a folder with `workspace.json` and `tables/`), so
 re-ingesting a folder that holds a workspace adds none of its downloads or clips. URL lists are
 .txt (one per line, '#' comments), .csv/.tsv (a `url` column, or the first column) and .parquet
 (a `url` column). A password in a URL is stored redacted (`user:***@host`); the real one goes to
@@ -33,7 +35,7 @@ TABLES = (
         "One row per ingested input (local file or URL). Written by `ingest`.",
         (
             C("video_id", "VARCHAR", "16 hex chars: blake2b of the file content, or of the canonical URL"),
-            C("source", "VARCHAR", "what the user gave: absolute file path or the URL as written"),
+            C("source", "VARCHAR", "absolute file path, or the URL as given with any password as ***"),
             C("source_kind", "VARCHAR", "'file' or 'url'"),
             C("path", "VARCHAR", "absolute local path (null for URLs until downloaded)"),
             C("bytes", "BIGINT", "file size at ingest (null for URLs)"),
@@ -48,14 +50,14 @@ VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts",
     ".mts", ".3gp", ".ogv", ".vob", ".asf", ".y4m", ".m4a", ".gif",
 }  # fmt: skip
-# Still images: one-frame inputs are a later feature; for now the walk skips them.
+# Still images. JPEG, PNG and WebP are ingested as one-frame media; the others are not supported.
+SUPPORTED_IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
+SUPPORTED_IMAGE_FORMATS = {"JPEG", "PNG", "WebP"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 URL_LIST_EXTENSIONS = {".txt", ".csv", ".tsv", ".parquet"}
 _SKIP_SNIFF = IMAGE_EXTENSIONS | {
     ".json", ".md", ".py", ".parquet", ".csv", ".tsv", ".txt", ".duckdb", ".part", ".tmp", ".lock",
 }  # fmt: skip
-# Folders a datakit workspace manages (never sources): skipped wherever a walk meets a workspace.
-WORKSPACE_DIRS = ("media", "clips", "tables", "runs", "locks", "data", "secrets")
 _IMAGE_MAGIC = (
     (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
 )  # fmt: skip
@@ -85,7 +87,7 @@ def sniff_video(path: Path) -> bool:
 
 
 def still_image_format(path: Path) -> str | None:
-    """'JPEG', 'PNG', 'WebP', 'TIFF' (by magic bytes) or the extension for other still images."""
+    """'JPEG', 'PNG', 'WebP', 'TIFF' by magic bytes; 'BMP', 'HEIC'... by extension; None: no image."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -113,15 +115,16 @@ class IngestStats:
     duplicates: int = 0
     errors: int = 0
     error_messages: list[str] = field(default_factory=list)
-    skipped_dirs: list[str] = field(default_factory=list)  # workspace-managed folders the walk left out
+    skipped_workspaces: list[str] = field(default_factory=list)  # datakit workspaces the walk left out
 
     def summary(self) -> str:
         text = (
             f"ingest: {self.files} files, {self.urls} URLs, {self.unchanged} unchanged, "
             f"{self.duplicates} duplicate contents, {self.errors} errors"
         )
-        if self.skipped_dirs:
-            text += f"; skipped {len(self.skipped_dirs)} datakit workspace folders (media, clips, ...)"
+        if self.skipped_workspaces:
+            names = ", ".join(self.skipped_workspaces)
+            text += f"; skipped {len(self.skipped_workspaces)} datakit workspace(s): {names}"
         return text
 
 
@@ -149,7 +152,8 @@ def _read_url_list(path: Path) -> list[str]:
 def _walk(root: Path, found: list[tuple[Path, str | None]], skipped: list[str]) -> None:
     """Collect (path, error) under root; follows directory symlinks once (no loops).
 
-    The folders a datakit workspace manages are left out (appended to `skipped`).
+    A datakit workspace is not entered (its downloads and clips are no sources): its path goes to
+    `skipped` instead.
     """
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -159,8 +163,9 @@ def _walk(root: Path, found: list[tuple[Path, str | None]], skipped: list[str]) 
             continue
         seen_dirs.add(real)
         if is_workspace(dirpath):
-            skipped.extend(str(Path(dirpath) / d) for d in dirnames if d in WORKSPACE_DIRS)
-            dirnames[:] = [d for d in dirnames if d not in WORKSPACE_DIRS]
+            skipped.append(str(Path(dirpath).absolute()))
+            dirnames[:] = []
+            continue
         dirnames.sort()
         for d in dirnames:
             if Path(d).suffix.lower() in VIDEO_EXTENSIONS:
@@ -168,9 +173,11 @@ def _walk(root: Path, found: list[tuple[Path, str | None]], skipped: list[str]) 
         for name in sorted(filenames):
             p = Path(dirpath) / name
             suffix = p.suffix.lower()
-            if suffix in VIDEO_EXTENSIONS:
+            if suffix in VIDEO_EXTENSIONS or suffix in SUPPORTED_IMAGE_EXTENSIONS:
                 found.append((p, None))
-            elif suffix not in _SKIP_SNIFF and not name.startswith(".") and sniff_video(p):
+            elif suffix not in _SKIP_SNIFF and not name.startswith(".") and (
+                sniff_video(p) or still_image_format(p) in SUPPORTED_IMAGE_FORMATS
+            ):
                 found.append((p, None))
 
 
@@ -187,9 +194,67 @@ def _classify(path: Path, given_error: str | None) -> str | None:
         return "not a regular file"
     if not os.access(path, os.R_OK):
         return "permission denied"
-    if not sniff_video(path) and (image := still_image_format(path)):
-        return f"still image ({image}): images are not supported yet"
+    image = None if sniff_video(path) else still_image_format(path)
+    if image and image not in SUPPORTED_IMAGE_FORMATS:
+        return f"still image ({image}): only JPEG, PNG and WebP images are supported"
     return None
+
+
+def _file_rows(
+    candidates: list[tuple[Path, str | None]],
+    known: dict[str, dict],
+    ids_this_run: set[str],
+    stats: IngestStats,
+) -> list[dict]:
+    """Rows for new or changed files (a file unchanged since its row was written is not re-hashed)."""
+    rows: list[dict] = []
+    for path, given_error in candidates:
+        apath = str(path.absolute())
+        error = _classify(path, given_error)
+        if error is None:
+            st = path.stat()
+            prev = known.get(apath)
+            if prev and prev["bytes"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns:
+                stats.unchanged += 1
+                continue
+            try:
+                vid = file_video_id(path)
+            except OSError as exc:
+                error = f"cannot read file: {exc.strerror or exc}"
+        if error is not None:
+            stats.errors += 1
+            stats.error_messages.append(f"{apath}: {error}")
+            row = dict(video_id=path_error_id(path), source=apath, source_kind="file", path=apath)
+            rows.append(row | dict(status="error", error=error))
+            continue
+        if vid in ids_this_run:
+            stats.duplicates += 1
+            continue
+        ids_this_run.add(vid)
+        stats.files += 1
+        rows.append(
+            dict(video_id=vid, source=apath, source_kind="file", path=apath, status="ok")
+            | dict(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+        )
+    return rows
+
+
+def _url_rows(urls: list[str], known: set[str], stats: IngestStats) -> tuple[list[dict], dict[str, str]]:
+    """Rows for new URLs, and video id -> user-info of every URL given with a password."""
+    rows: list[dict] = []
+    secrets: dict[str, str] = {}
+    for url in urls:
+        vid = url_video_id(url)  # ignores credentials
+        shown, userinfo = split_credentials(url)
+        if userinfo:
+            secrets[vid] = userinfo  # the latest password given for a URL wins
+        if vid in known:
+            stats.unchanged += 1
+            continue
+        known.add(vid)
+        stats.urls += 1
+        rows.append(dict(video_id=vid, source=shown, source_kind="url", status="ok"))
+    return rows, secrets
 
 
 def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
@@ -203,58 +268,21 @@ def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
             continue
         p = Path(raw)
         if p.is_dir():
-            _walk(p, candidates, stats.skipped_dirs)
+            _walk(p, candidates, stats.skipped_workspaces)
         elif p.suffix.lower() in URL_LIST_EXTENSIONS and p.is_file():
             urls.extend(_read_url_list(p))
         else:
             candidates.append((p, None))
 
     with ws.lock("stage-ingest"):
-        ok_files = ws.sql("SELECT path, bytes, mtime_ns, video_id FROM sources WHERE status = 'ok' AND source_kind = 'file'")
-        known = {r["path"]: r for r in ok_files}
+        ok_files = ws.sql(
+            "SELECT path, bytes, mtime_ns, video_id FROM sources WHERE status = 'ok' AND source_kind = 'file'"
+        )
         # The first path seen for a content stays its source; later copies count as duplicates.
         ids_this_run: set[str] = {r["video_id"] for r in ok_files}
-        rows: list[dict] = []
-        for path, given_error in candidates:
-            apath = str(path.absolute())
-            error = _classify(path, given_error)
-            if error is None:
-                st = path.stat()
-                prev = known.get(apath)
-                if prev and prev["bytes"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns:
-                    stats.unchanged += 1
-                    continue
-                try:
-                    vid = file_video_id(path)
-                except OSError as exc:
-                    error = f"cannot read file: {exc.strerror or exc}"
-            if error is not None:
-                stats.errors += 1
-                stats.error_messages.append(f"{apath}: {error}")
-                rows.append(dict(video_id=path_error_id(path), source=apath, source_kind="file", path=apath, status="error", error=error))
-                continue
-            if vid in ids_this_run:
-                stats.duplicates += 1
-                continue
-            ids_this_run.add(vid)
-            stats.files += 1
-            rows.append(
-                dict(video_id=vid, source=apath, source_kind="file", path=apath, bytes=st.st_size, mtime_ns=st.st_mtime_ns, status="ok")
-            )
+        rows = _file_rows(candidates, {r["path"]: r for r in ok_files}, ids_this_run, stats)
         known_urls = {r["video_id"] for r in ws.sql("SELECT video_id FROM sources WHERE source_kind = 'url'")}
-        secrets: dict[str, str] = {}
-        for url in urls:
-            # The id ignores credentials; the manifest gets the URL with its password as ***.
-            vid = url_video_id(url)
-            shown, userinfo = split_credentials(url)
-            if userinfo:
-                secrets[vid] = userinfo  # the latest password given for a URL wins
-            if vid in known_urls or vid in ids_this_run:
-                stats.unchanged += 1
-                continue
-            ids_this_run.add(vid)
-            stats.urls += 1
-            rows.append(dict(video_id=vid, source=shown, source_kind="url", status="ok"))
+        url_rows, secrets = _url_rows(urls, known_urls | ids_this_run, stats)
         save_credentials(ws.root, secrets)  # before the rows, so a download never misses them
-        ws.write("sources", rows)
+        ws.write("sources", rows + url_rows)
     return stats

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datakit.video_io import read_frames
+from mediaio import read_frames
 from datakit.workspace import Workspace
 
 THUMB_H = 96

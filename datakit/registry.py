@@ -1,4 +1,5 @@
-"""The stage registry: every module under `datakit/stages/` that defines `STAGE` is a stage.
+"""The stage registry: every module under `datakit/stages/` that defines `STAGE` is a stage
+(plus the modules named in the DATAKIT_STAGES environment variable: stages of your own project).
 
 A stage module declares `TABLES` (its tables) and `STAGE` (its class); nothing else needs to
 know about it: the schema, the CLI commands, the `datakit run` config and `status` are built
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import pkgutil
 
 from datakit.stage import Stage
@@ -18,15 +20,22 @@ from datakit.tables import Table
 # Modules that declare tables without being a stage (ingest writes `sources` directly).
 TABLE_MODULES = ("datakit.ingest",)
 STAGE_PACKAGE = "datakit.stages"
+# Stage modules of your own project, outside this package: DATAKIT_STAGES=my_pkg.stages.foo,other.mod
+PLUGIN_ENV = "DATAKIT_STAGES"
+
+
+def _stage_modules() -> list[str]:
+    package = importlib.import_module(STAGE_PACKAGE)
+    names = [f"{STAGE_PACKAGE}.{info.name}" for info in pkgutil.iter_modules(package.__path__)]
+    return names + [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
 
 
 @functools.cache
 def stages() -> dict[str, type[Stage]]:
     """name -> stage class, in run order."""
-    package = importlib.import_module(STAGE_PACKAGE)
     found: list[type[Stage]] = []
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{STAGE_PACKAGE}.{info.name}")
+    for name in _stage_modules():
+        module = importlib.import_module(name)
         cls = getattr(module, "STAGE", None)
         if cls is not None:
             found.append(cls)

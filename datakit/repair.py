@@ -79,7 +79,7 @@ def _meta_problem(ws: Workspace) -> str | None:
     try:
         meta = ws.read_meta()
     except WorkspaceError as exc:
-        return f"it was unreadable: {exc.message}"
+        return f"it was unreadable: {exc}"
     if meta["schema_version"] > SCHEMA_VERSION:
         raise WorkspaceError(
             f"workspace {ws.root} has schema version {meta['schema_version']}, newer than this datakit "

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from datakit.avio import av_open
+from mediaio import av_open
 
 
 @dataclass
@@ -96,23 +96,49 @@ def truth_for(spec: SampleSpec, path: Path) -> SampleTruth:
     return SampleTruth(str(path), bounds[-1], spec.fps, spec.width, spec.height, spec.codec, hard, dissolves)
 
 
-def write_video(path: Path, frames, *, fps: int, codec: str, width: int, height: int) -> int:
-    """Encode RGB frames with PyAV (no shell, no ffmpeg binary). Returns frames written."""
+def _add_video_stream(out, codec: str, fps: int, width: int, height: int):
+    stream = out.add_stream(codec, rate=Fraction(fps))
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    if codec in ("libx264", "libx265"):
+        stream.options = {"preset": "veryfast", "crf": "20"}
+    elif codec in ("mpeg4", "mjpeg"):
+        stream.bit_rate = 4_000_000
+    elif codec.startswith("libvpx"):
+        stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        stream.bit_rate = 2_000_000
+    return stream
+
+
+def write_video(
+    path: Path,
+    frames,
+    *,
+    fps: int,
+    codec: str,
+    width: int,
+    height: int,
+    rotation: int = 0,
+    times_ms: list[int] | None = None,
+) -> int:
+    """Encode RGB frames with PyAV (no shell, no ffmpeg binary). Returns frames written.
+
+    rotation: degrees clockwise a player turns the frames for display (a display matrix).
+    times_ms: each frame's presentation time in milliseconds (variable frame rate); default k / fps.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with av_open(str(path), mode="w") as out:
-        stream = out.add_stream(codec, rate=Fraction(fps))
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        if codec in ("libx264", "libx265"):
-            stream.options = {"preset": "veryfast", "crf": "20"}
-        elif codec in ("mpeg4", "mjpeg"):
-            stream.bit_rate = 4_000_000
-        elif codec.startswith("libvpx"):
-            stream.options = {"deadline": "realtime", "cpu-used": "8"}
-            stream.bit_rate = 2_000_000
+        stream = _add_video_stream(out, codec, fps, width, height)
+        if rotation:
+            stream.set_display_rotation(-rotation)  # PyAV takes counter-clockwise degrees
+        if times_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if times_ms is not None:
+                video_frame.pts, video_frame.time_base = times_ms[n], Fraction(1, 1000)
+            for packet in stream.encode(video_frame):
                 out.mux(packet)
             n += 1
         for packet in stream.encode():
@@ -201,3 +227,85 @@ def _write_tone(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+# ------------------------------------------------------------------------------------ edge cases
+@dataclass
+class EdgeSample:
+    path: Path
+    frames: np.ndarray  # (T, H, W, 3) the frames as a viewer should see them (upright)
+    times_ms: list[int] = field(default_factory=list)  # presentation times, when not k / fps
+
+
+def _scene_frames(width: int, height: int, lengths: list[int], seed: int) -> np.ndarray:
+    spec = SampleSpec("edge", width, height, 24, scene_frames=lengths, seed=seed)
+    return np.stack(list(render_frames(spec)))
+
+
+def make_rotated_sample(out_dir: Path, rotation: int, width: int = 96, height: int = 160) -> EdgeSample:
+    """A portrait-style video stored turned, with a display matrix saying to turn it `rotation`
+    degrees clockwise (what phones write). `frames` are the upright frames (width x height)."""
+    upright = _scene_frames(width, height, [12, 12], seed=20 + rotation // 90)
+    coded = np.stack([np.ascontiguousarray(np.rot90(f, k=rotation // 90)) for f in upright])  # counter-clockwise
+    path = Path(out_dir) / f"rotated_{rotation}.mp4"
+    write_video(path, coded, fps=24, codec="libx264", width=coded.shape[2], height=coded.shape[1], rotation=rotation)
+    return EdgeSample(path, upright)
+
+
+def make_vfr_sample(out_dir: Path, name: str = "vfr") -> EdgeSample:
+    """A variable-frame-rate H.264 MP4 (with B-frames): 30 frames at 30 fps, 20 at 10 fps, 30 at
+    60 fps, three scenes so neighbouring frames differ."""
+    frames = _scene_frames(160, 96, [30, 20, 30], seed=30)
+    steps = [33] * 30 + [100] * 20 + [17] * 30
+    times = [sum(steps[:k]) for k in range(len(steps))]
+    path = Path(out_dir) / f"{name}.mp4"
+    write_video(path, frames, fps=30, codec="libx264", width=160, height=96, times_ms=times)
+    return EdgeSample(path, frames, times)
+
+
+def make_huge_sample(out_dir: Path, width: int = 8192, height: int = 8192, frames: int = 2) -> Path:
+    """A small H.264 file with enormous frames (flat grey with a moving bar): a few hundred KB on
+    disk, but each decoded frame is width x height (67 Mpx, 200 MB as RGB, by default)."""
+    path = Path(out_dir) / f"huge_{width}x{height}.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av_open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "35"}
+        planes = np.full((height * 3 // 2, width), 128, np.uint8)
+        for k in range(frames):
+            planes[:height, k * 64 % width : k * 64 % width + 64] = 235
+            for packet in stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def make_image_as_video(out_dir: Path, fmt: str = "png") -> Path:
+    """A still image (PIL format name: 'png', 'jpeg', ...) saved under a `.mp4` name."""
+    from PIL import Image
+
+    path = Path(out_dir) / f"image_{fmt}.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_scene_frames(64, 48, [1], seed=40)[0]).save(path, format=fmt.upper())
+    return path
+
+
+def make_two_stream_sample(out_dir: Path) -> EdgeSample:
+    """An MP4 with two video streams: a 96x64 one first, then a 192x128 one with other content.
+    `frames` are those of the larger stream (the one to use)."""
+    small = _scene_frames(96, 64, [12, 12], seed=50)
+    large = _scene_frames(192, 128, [12, 12], seed=51)
+    path = Path(out_dir) / "two_streams.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av_open(str(path), mode="w") as out:
+        streams = [_add_video_stream(out, "libx264", 24, f.shape[2], f.shape[1]) for f in (small, large)]
+        for k in range(len(large)):
+            for stream, frames in zip(streams, (small, large), strict=True):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frames[k], format="rgb24")):
+                    out.mux(packet)
+        for stream in streams:
+            for packet in stream.encode():
+                out.mux(packet)
+    return EdgeSample(path, large)

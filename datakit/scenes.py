@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-from datakit.avio import av_open
+from mediaio import MAX_PIXELS, VideoReadError, open_video
 
 T = TypeVar("T")
 DEFAULT_THRESHOLDS = {"adaptive": 3.0, "content": 27.0}
@@ -93,9 +93,11 @@ def detect_scenes(
     gradual_step: int = 8,
     gradual_threshold: float = 20.0,
     skip_loop_filter: bool = True,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> Detection:
     """Detect scene cuts in a video, streaming (constant memory). Never raises on decode errors
-    after the first frame: returns what was analysed with `error` set."""
+    after the first frame: returns what was analysed with `error` set. Frames over `max_pixels`
+    are refused (`mediaio.FrameTooLargeError`) before anything is decoded."""
     det = make_detector(detector, threshold, min_scene_len)
     slow = ContentDetector(threshold=gradual_threshold, min_scene_len=1) if gradual else None
     slow_hits: list[int] = []
@@ -104,11 +106,8 @@ def detect_scenes(
     error = None
 
     def analysis_frames() -> Iterator[np.ndarray]:
-        with av_open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+        container, stream = open_video(path, max_pixels=max_pixels)  # frame threads, bounded memory
+        with container:
             if skip_loop_filter:
                 # Skipping the in-loop deblocking filter speeds up H.264/HEVC decoding; the frames
                 # are slightly blockier, which does not matter at the analysis size.
@@ -123,7 +122,7 @@ def detect_scenes(
             if slow is not None and n % gradual_step == 0:
                 slow_hits.extend(k * gradual_step for k in slow.process_frame(n // gradual_step, img))
             n += 1
-    except (av.FFmpegError, ValueError, MemoryError) as exc:
+    except (av.FFmpegError, VideoReadError, ValueError, MemoryError) as exc:
         if n == 0:
             raise
         error = f"decoding stopped after {n} frames: {exc}"

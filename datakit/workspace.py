@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TypeVar
 
-import click
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,9 +66,8 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class WorkspaceError(click.ClickException):
-    """A problem with the workspace a user can act on; every `datakit` command prints it as
-    `Error: <message>` (exit status 1) instead of a traceback."""
+class WorkspaceError(RuntimeError):
+    """A problem with the workspace that a user can act on (the `datakit` commands print its message)."""
 
 
 class DamagedPartsError(WorkspaceError):

@@ -18,7 +18,9 @@ __all__ = ["SCHEMA_VERSION", "STATUSES", "TABLES", "VIEWS", "WRITTEN_COLUMN", "C
 
 # 2: tables declared by their stages; every marker table has attempts and retry_at; probes gained
 #    rotation, coded size, media type and the stream used.
-SCHEMA_VERSION = 2
+# 3: score tables (aesthetic_scores, clip_embeddings, motion_scores, text_match_scores), dedup_runs and
+#    dup_groups; `clips` gained media_type (images are one-frame clips) and the latest scores.
+SCHEMA_VERSION = 3
 
 # Row status values, shared by every stage table.
 STATUSES = {
@@ -65,18 +67,44 @@ VIEWS: dict[str, tuple[str, str]] = {
         """,
     ),
     "clips": (
-        "One row per clip span, with the extracted file when `cut` made one.",
+        "One row per clip span (an image is a one-frame clip: frames [0, 1), no fps), with the extracted "
+        "file when `cut` made one and the latest score of each kind (null until its stage has run).",
         """
+        WITH spans AS (
+            SELECT c.clip_id, c.video_id, c.scene_index, c.start_frame, c.end_frame, c.start_s, c.end_s,
+                   c.num_frames, c.fps, c.width, c.height, 'video' AS media_type
+            FROM _latest_clip_spans c
+            JOIN (SELECT video_id, run_key FROM _latest_scene_runs) r USING (video_id, run_key)
+            UNION ALL
+            SELECT video_id || '-0-1', video_id, 0, 0, 1, 0.0, NULL, 1, NULL, width, height, 'image'
+            FROM _latest_probes WHERE status = 'ok' AND media_type = 'image'
+        ),
+        latest_dedup AS (
+            SELECT run_key FROM _latest_dedup_runs WHERE status = 'ok' ORDER BY finished_at DESC LIMIT 1
+        )
         SELECT c.clip_id, c.video_id, c.scene_index, c.start_frame, c.end_frame, c.start_s, c.end_s,
                c.num_frames, c.fps, c.width, c.height,
                CASE WHEN k.status = 'ok' THEN k.path END AS path,
                k.status AS cut_status, k.error AS cut_error,
-               coalesce(d.path, s.path) AS source_path
-        FROM _latest_clip_spans c
-        JOIN (SELECT video_id, run_key FROM _latest_scene_runs) r USING (video_id, run_key)
+               coalesce(d.path, s.path) AS source_path,
+               c.media_type, a.aesthetic, m.motion, m.static,
+               CAST(NULL AS VARCHAR) AS caption, CAST(NULL AS VARCHAR) AS caption_status,
+               t.text_match, g.dup_group, g.dup_of
+        FROM spans c
         LEFT JOIN _latest_cuts k USING (clip_id)
         LEFT JOIN _latest_sources s USING (video_id)
         LEFT JOIN _latest_downloads d USING (video_id)
+        LEFT JOIN (SELECT clip_id, aesthetic FROM _latest_aesthetic_scores WHERE status = 'ok'
+                   QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1
+                  ) a USING (clip_id)
+        LEFT JOIN (SELECT clip_id, motion, static FROM _latest_motion_scores WHERE status = 'ok'
+                   QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1
+                  ) m USING (clip_id)
+        LEFT JOIN (SELECT clip_id, text_match FROM _latest_text_match_scores WHERE status = 'ok'
+                   QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1
+                  ) t USING (clip_id)
+        LEFT JOIN (SELECT clip_id, dup_group, dup_of FROM _latest_dup_groups
+                   WHERE run_key = (SELECT run_key FROM latest_dedup)) g USING (clip_id)
         """,
     ),
 }

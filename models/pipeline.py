@@ -251,7 +251,7 @@ def save_mp4(frames: np.ndarray, path: str | Path, fps: float = 8) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 (libx264; mpeg4 when unavailable), yuv420p."""
     import av
 
-    from datakit.avio import av_open
+    from mediaio import av_open
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

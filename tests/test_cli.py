@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import subprocess
@@ -39,36 +40,73 @@ def test_status_json_and_table(probed, demo_samples):
 
 
 def test_query_formats(probed, demo_samples, tmp_path):
+    """csv, json, parquet and the printed table hold the same values: the probed sizes of the samples."""
     sql = "select video_id, width, height from videos where status = 'ok' order by video_id"
-    csv_out = datakit("query", "-w", str(probed), sql, "--format", "csv").stdout.decode().splitlines()
-    assert csv_out[0].replace('"', "") == "video_id,width,height"
-    assert len(csv_out) == len(demo_samples) + 2
+    rows = list(csv.DictReader(io.StringIO(datakit("query", "-w", str(probed), sql, "--format", "csv").stdout.decode())))
+    expected_sizes = sorted([(t.width, t.height) for t in demo_samples] + [(160, 120)])  # + the weird-name sample
+    assert sorted((int(r["width"]), int(r["height"])) for r in rows) == expected_sizes
+    ids = [r["video_id"] for r in rows]
+    assert ids == sorted(set(ids)) and all(len(i) == 16 for i in ids)
+    typed = [{"video_id": r["video_id"], "width": int(r["width"]), "height": int(r["height"])} for r in rows]
     lines = datakit("query", "-w", str(probed), sql, "-f", "json").stdout.decode().splitlines()
-    assert {"video_id", "width", "height"} == set(json.loads(lines[0]))
+    assert [json.loads(line) for line in lines] == typed
     table = pq.read_table(io.BytesIO(datakit("query", "-w", str(probed), sql, "-f", "parquet").stdout))
-    assert table.num_rows == len(demo_samples) + 1
+    assert table.to_pylist() == typed
     out = tmp_path / "r.parquet"
     datakit("query", "-w", str(probed), sql, "-f", "parquet", "--output", str(out))
-    assert pq.read_table(out).equals(table)
-    shown = datakit("query", "-w", str(probed), "select count(*) as n from clips").stdout.decode()
-    assert "n" in shown and "0" in shown
+    assert pq.read_table(out).to_pylist() == typed
+    shown = datakit("query", "-w", str(probed), "select count(*) as n_ok from videos where status = 'ok'").stdout.decode()
+    header = [line.strip(" ┃") for line in shown.splitlines() if "┃" in line]
+    values = [line.strip(" │") for line in shown.splitlines() if "│" in line]
+    assert header == ["n_ok"] and values == [str(len(typed))]
+
+
+def test_query_csv_writes_nested_values_as_json(probed):
+    sql = "select [1, 2] as ints, {'a': 'x'} as rec, ['p', null] as strs, null::int[] as none"
+    rows = list(csv.DictReader(io.StringIO(datakit("query", "-w", str(probed), sql, "-f", "csv").stdout.decode())))
+    assert len(rows) == 1
+    assert json.loads(rows[0]["ints"]) == [1, 2] and json.loads(rows[0]["rec"]) == {"a": "x"}
+    assert json.loads(rows[0]["strs"]) == ["p", None] and rows[0]["none"] == ""
+
+
+def test_query_output_file_and_format_errors(probed, tmp_path):
+    sql = "select video_id from videos order by video_id"
+    out = tmp_path / "new" / "folder" / "ids.csv"  # missing folders are created; the suffix names the format
+    datakit("query", "-w", str(probed), sql, "--output", str(out))
+    ids = [r["video_id"] for r in csv.DictReader(out.open())]
+    lines = datakit("query", "-w", str(probed), sql, "-f", "json").stdout.decode().splitlines()
+    assert ids == [json.loads(line)["video_id"] for line in lines] and len(ids) > 1
+    for args, message in [
+        (["-f", "xml"], "unknown --format 'xml'"),
+        (["--output", str(tmp_path / "ids.txt")], "cannot tell the format"),
+        (["-f", "table", "--output", str(tmp_path / "t.csv")], "--output needs --format"),
+        (["-f", "csv", "--output", str(tmp_path / "new")], "is a folder"),
+        (["-f", "csv", "--output", str(out / "below-a-file.csv")], "cannot write"),
+    ]:
+        proc = datakit("query", "-w", str(probed), sql, *args, check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode in (1, 2) and message in err and "Traceback" not in err, (args, err)
+    assert [r["video_id"] for r in csv.DictReader(out.open())] == ids, "a failed write leaves the old file alone"
 
 
 @pytest.mark.parametrize(
     "sql",
     [
         "insert into sources values ('x')",
-        "copy (select 1) to '/tmp/datakit-should-not-exist.csv'",
-        "attach '/tmp/x.duckdb'",
+        "copy (select 1) to '{out}'",
+        "attach '{out}'",
         "create table t as select 1",
         "select 1; drop view videos",
+        "explain analyze copy (select 1) to '{out}'",
+        "explain analyze install httpfs",
     ],
 )
-def test_query_refuses_writes(probed, sql):
-    proc = datakit("query", "-w", str(probed), sql, check=False)
+def test_query_refuses_writes(probed, sql, tmp_path):
+    out = tmp_path / "should-not-exist"
+    proc = datakit("query", "-w", str(probed), sql.format(out=out), check=False)
     assert proc.returncode == 2
     assert "read-only" in proc.stderr.decode() or "one statement" in proc.stderr.decode()
-    assert not Path("/tmp/datakit-should-not-exist.csv").exists()
+    assert not out.exists()
 
 
 def test_query_errors_are_messages_not_tracebacks(probed):
@@ -130,7 +168,7 @@ def test_run_from_a_pipeline_config(tmp_path, demo_samples):
     assert rows["cut"]["ok"] == rows["clips"]["ok"] > 0 and rows["cut"]["pending"] == 0
     clips = [json.loads(line) for line in datakit("query", "-w", str(ws), "select * from clips", "-f", "json").stdout.splitlines()]
     assert all(c["end_s"] - c["start_s"] <= 2.0 + 1e-9 for c in clips)
-    from datakit.video_io import read_frames
+    from mediaio import read_frames
 
     first = read_frames(clips[0]["path"], 0, 1)
     assert min(first.shape[1:3]) == 64, "cut honoured short_side from the config"

@@ -1,4 +1,4 @@
-"""Frame-exact reading (datakit.video_io) against a sequential decode, and the cut stage."""
+"""Frame-exact reading (mediaio) against a sequential decode, and the cut stage."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from datakit.executors import plan, run_stage
 from datakit.stages.cut import CutStage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
-from datakit.video_io import even_size, iter_video_frames, pick_indices, read_frames
+from datakit.stage import WorkerContext
 from datakit.workspace import Workspace
+from mediaio import even_size, iter_video_frames, pick_indices, read_frames
 
 
 def _sequential(path: str) -> np.ndarray:
@@ -27,7 +28,7 @@ def _mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-# ------------------------------------------------------------------------------------ video_io
+# ------------------------------------------------------------------------------------ reading
 @pytest.mark.parametrize("index", ["cfr", "pts"])
 def test_read_frames_equals_sequential_decode(demo_samples, index):
     rng = np.random.default_rng(0)
@@ -49,7 +50,7 @@ def test_read_frames_size_and_fps_pick(demo_samples):
     truth = next(t for t in demo_samples if t.path.endswith(".mkv"))  # 640x360 @ 30
     clip = read_frames(truth.path, 30, 90, size=96)
     assert clip.shape == (60, 96, 170, 3) and clip.dtype == np.uint8
-    picked = read_frames(truth.path, 30, 90, fps_pick=(30, 12))
+    picked = read_frames(truth.path, 30, 90, fps=12)
     assert len(picked) == len(pick_indices(30, 90, 30, 12)) == 24
     seq = _sequential(truth.path)
     for k, i in enumerate(pick_indices(30, 90, 30, 12)):
@@ -84,7 +85,7 @@ def scened_workspace(tmp_path, demo_samples):
 
 def test_cut_stage_frame_exact_and_resumable(scened_workspace):
     ws = scened_workspace
-    stage = CutStage(out_dir=str(ws.clips_dir))
+    stage = CutStage()
     pending = plan(ws, stage)
     assert len(pending) == ws.sql("SELECT count(*) AS n FROM clip_spans")[0]["n"] > 3
     stats = run_stage(ws, stage, progress=False)
@@ -109,7 +110,7 @@ def test_cut_stage_frame_exact_and_resumable(scened_workspace):
             assert _mad(first, src[s]) < _mad(first, src[s - 1])
         if e < len(src):
             assert _mad(last, src[e - 1]) < _mad(last, src[e])
-    assert not list(ws.clips_dir.rglob("*.tmp*"))
+    assert [p.name for p in ws.clips_dir.rglob("*") if p.is_file() and p.suffix != ".mp4"] == []
     before = ws.sql("SELECT * FROM cuts ORDER BY clip_id")
     assert plan(ws, stage) == []
     assert run_stage(ws, stage, progress=False).planned == 0
@@ -118,8 +119,9 @@ def test_cut_stage_frame_exact_and_resumable(scened_workspace):
 
 def test_cut_resample_resize_and_errors(scened_workspace, tmp_path):
     ws = scened_workspace
-    stage = CutStage(out_dir=str(tmp_path / "small"), fps=12, short_side=64)
+    stage = CutStage(fps=12, short_side=64)
     items = plan(ws, stage)
+    stage.setup(WorkerContext.for_workspace(tmp_path / "small", "cut"))
     item = next(i for i in items if i["fps"] == 30)
     rows = stage.process(item)["cuts"][0]
     assert rows["status"] == "ok" and rows["fps"] == 12
@@ -130,21 +132,21 @@ def test_cut_resample_resize_and_errors(scened_workspace, tmp_path):
     bad = stage.process({**item, "clip_id": "x-0-1", "start_frame": 10**5, "end_frame": 10**5 + 30})["cuts"][
         0
     ]
-    assert bad["status"] == "error" and "decoded 0" in bad["error"]
-    gone = stage.safe_process({**item, "clip_id": "y-0-1", "path": str(tmp_path / "missing.mp4")})["cuts"][0]
+    assert bad["status"] == "error" and "ends after the last frame" in bad["error"]
+    gone = stage.process({**item, "clip_id": "y-0-1", "path": str(tmp_path / "missing.mp4")})["cuts"][0]
     assert gone["status"] == "error"
-    assert not list((tmp_path / "small").rglob("*.tmp*"))
+    assert [p.name for p in (tmp_path / "small").rglob("*") if p.is_file()] == [Path(rows["path"]).name]
 
 
 def test_early_stop_next_to_torchvision_does_not_hang(demo_samples):
     """torchvision enables PyAV's log callback; closing a frame-threaded decoder early then
-    deadlocked. Every datakit open turns the callback off (datakit.avio)."""
+    deadlocked. Every mediaio open turns the callback off (mediaio.avio)."""
     import subprocess
     import sys
 
     code = (
         "import torchvision.transforms.v2.functional\n"
-        "from datakit.video_io import read_frames\n"
+        "from mediaio import read_frames\n"
         f"paths = {[t.path for t in demo_samples]!r}\n"
         "for p in paths * 3: read_frames(p, 3, 5)\n"
         "print('ok')\n"

@@ -11,7 +11,6 @@ import base64
 import email.utils
 import gzip
 import json
-import os
 import socket
 import stat
 import sys
@@ -458,7 +457,8 @@ def test_a_compressed_body_is_saved_decoded(server, video, tmp_path, path):
 
 def test_an_encoding_that_cannot_be_decoded_is_an_error(server, tmp_path):
     row = fetch(make_stage(tmp_path), server.url("/compress.mp4"))
-    assert row["status"] == "error" and row["error"] == "unsupported Content-Encoding 'compress' (asked for identity)"
+    assert row["status"] == "error"
+    assert row["error"] == "unsupported Content-Encoding 'compress' (asked for identity)"
     assert media_files(tmp_path) == []
 
 
@@ -475,6 +475,33 @@ def test_a_port_that_does_not_speak_http_gets_a_readable_error(banner_port, tmp_
     row = fetch(make_stage(tmp_path), url)
     assert row["status"] == "error" and row["attempts"] == 1  # retrying will not change the server
     assert row["error"] == "not an HTTP server: its reply does not start with an HTTP status line"
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "error"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\x00\x01\xffzz\r\nabc",
+            "retry",
+            "connection broken: invalid chunked transfer encoding after 1 attempt",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Encoding: gzip\r\n\r\n"
+            b"\x1f\x8b\x00\x00garbage!",
+            "error",
+            "corrupt gzip-compressed body: it does not decode",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Junk: " + b"\xfe" * 70_000 + b"\r\n\r\n",
+            "error",
+            "invalid HTTP response: a header line over 64 KiB",
+        ),
+    ],
+)
+def test_malformed_http_replies_get_short_errors(banner_port, tmp_path, reply, status, error):
+    row = fetch(make_stage(tmp_path, max_retries=1), f"http://127.0.0.1:{banner_port(reply)}/video.mp4")
+    assert (row["status"], row["error"]) == (status, error)
+    assert not any(n.endswith(".mp4") for n in media_files(tmp_path))  # nothing published
 
 
 def test_a_garbled_reason_phrase_is_not_copied(server, tmp_path):
@@ -654,19 +681,21 @@ def test_error_messages_never_show_the_password(monkeypatch, tmp_path):
 
     class LeakyYDL(yt_dlp.YoutubeDL):  # yt-dlp quotes the URL it was given in its errors
         def extract_info(self, given, download=True):
-            raise yt_dlp.utils.DownloadError(f"ERROR: [generic] Unable to download webpage {given} (hunter22)")
+            raise yt_dlp.utils.DownloadError(f"ERROR: [generic] Unable to download {given} (hunter22)")
 
     monkeypatch.setattr(yt_dlp, "YoutubeDL", LeakyYDL)
     row = fetch(make_stage(tmp_path, use_ytdlp="always", max_retries=1), url)
     assert row["url"] == url and row["error"] == (
-        "yt-dlp: [generic] Unable to download webpage https://user:***@videos.example.com/v/1 (***) after 1 attempt"
+        "yt-dlp: [generic] Unable to download https://user:***@videos.example.com/v/1 (***) after 1 attempt"
     )
 
 
 def test_a_redacted_url_without_its_stored_password_is_a_clear_error(tmp_path):
     row = fetch(make_stage(tmp_path), "http://user:***@127.0.0.1:1/x.mp4")
     assert row["status"] == "error" and row["attempts"] == 0
-    assert row["error"] == "no password for this URL in the workspace's secrets/url-credentials.json: ingest it again"
+    assert row["error"] == (
+        "no password for this URL in the workspace's secrets/url-credentials.json: ingest it again"
+    )
 
 
 # ------------------------------------------------------------------------------------ end to end

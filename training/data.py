@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mediaio import iter_frames_at
+
 from .buckets import Bucket, assign_bucket
 from .config import DataConfig
-from .media import iter_video_frames
 from .selection import media_path
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,8 @@ def resize_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def decode_frames(path: str, indices: Sequence[int]) -> list[np.ndarray]:
-    """RGB frames at `indices` (ascending) decoded from the span they cover only."""
-    wanted = set(indices)
-    frames = []
-    for idx, frame in iter_video_frames(path, indices[0], indices[-1] + 1):
-        if idx in wanted:
-            frames.append(frame.to_ndarray(format="rgb24"))
+    """Upright RGB frames at `indices` (ascending), decoded from the span they cover only."""
+    frames = list(iter_frames_at(path, indices))
     if len(frames) != len(indices):
         raise ClipDecodeError(f"decoded {len(frames)} of {len(indices)} frames in [{indices[0]}, {indices[-1]}]")
     return frames

@@ -133,11 +133,17 @@ def launch(
     rows, card = selection.load_frozen(run_dir)
     if resume:
         on_main(ctx, lambda: selection.check_files(rows, cfg.data.prefer))
-    on_main(ctx, lambda: _write_json(run_dir / "run.json", _run_facts(ctx, card, resume)))
+    on_main(ctx, lambda: _record_launch(run_dir / "run.json", _run_facts(ctx, card, resume)))
 
     from .trainer import Trainer
 
     return Trainer(cfg, run_dir, ctx, rows, resume=resume).fit()
+
+
+def _record_launch(path: Path, facts: dict[str, Any]) -> None:
+    """run.json lists every launch of the run (the first start, then each --resume)."""
+    launches = json.loads(path.read_text())["launches"] if path.is_file() else []
+    _write_json(path, {"launches": [*launches, facts]})
 
 
 def _run_facts(ctx: DistContext, card: dict[str, Any], resume: bool) -> dict[str, Any]:

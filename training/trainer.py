@@ -20,6 +20,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,20 @@ def make_loader(dataset: ClipDataset, sampler: BucketBatchSampler, workers: int,
     )
 
 
+def import_colossalai() -> tuple[Any, Any, Any]:
+    """Booster and plugins, without the import-time notes about optional kernels (apex, tensornvme,
+    bitsandbytes' CPU kernels) that this trainer does not use."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from colossalai.booster import Booster
+        from colossalai.booster.plugin import LowLevelZeroPlugin, TorchDDPPlugin
+    return Booster, LowLevelZeroPlugin, TorchDDPPlugin
+
+
 def make_booster(cfg: RunConfig, models: Models) -> tuple[Any, Any, Any, Any]:
     """(booster, model, optimizer, scheduler) for the configured plugin and optimizer."""
-    from colossalai.booster import Booster
-    from colossalai.booster.plugin import LowLevelZeroPlugin, TorchDDPPlugin
+    Booster, LowLevelZeroPlugin, TorchDDPPlugin = import_colossalai()
 
     o, t = cfg.optim, cfg.train
     params = [p for p in models.stdit.parameters() if p.requires_grad]
@@ -176,8 +187,10 @@ class Trainer:
             )
         self.weights.load_full(ckpt_io.load_weights(ckpt, "model"))
         self.ema.load_full(ckpt_io.load_weights(ckpt, "ema"), self.weights)
-        self.booster.load_optimizer(self.optimizer, str(ckpt / "optimizer.bin"))
-        self.booster.load_lr_scheduler(self.scheduler, str(ckpt / "scheduler.bin"))
+        with warnings.catch_warnings():  # the Booster's torch.load of its own files warns about pickles
+            warnings.simplefilter("ignore", FutureWarning)
+            self.booster.load_optimizer(self.optimizer, str(ckpt / "optimizer.bin"))
+            self.booster.load_lr_scheduler(self.scheduler, str(ckpt / "scheduler.bin"))
         rng = ckpt_io.load_rng(ckpt, self.ctx.rank)
         if rng is not None:
             ckpt_io.set_rng_state(rng)
@@ -332,7 +345,7 @@ class Trainer:
                 record = {
                     "step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                     "samples_per_s": n * ctx.world_size / elapsed, "data_wait": wait / elapsed,
-                    "step_time": elapsed, "shape": list(batch["video"].shape[2:]), "failed_clips": s.failed_clips,
+                    "step_time": elapsed, "bucket": list(batch["video"].shape[2:]), "failed_clips": s.failed_clips,
                 }  # fmt: skip
                 if s.step % c.train.val_every == 0 or self.done():
                     record["val_loss"] = self.validate()

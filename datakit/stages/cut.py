@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 from datakit.stage import Stage, WorkerContext, option
@@ -83,8 +83,26 @@ class CutStage(Stage):
 STAGE = CutStage
 
 
-def _rate(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)
+TEMP_SUFFIX = ".partial"  # never a media extension: globbing or ingesting a clip folder skips temps
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}(\.partial|\.tmp\.mp4)$")  # ours, and the old `.tmp.mp4` ones
+
+
+def temp_path(dst: Path) -> Path:
+    """Where `dst` is written before its rename: `.<name>.<8 hex>.partial` next to it."""
+    return dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+
+
+def clean_stale_temps(out_dir: str | os.PathLike) -> int:
+    """Remove the temporary files a killed `cut` left under `out_dir`; returns how many.
+
+    Only names `temp_path` makes (and the `.tmp.mp4` names older versions made) are touched. Call it
+    while no cut writes to `out_dir` (the stage lock guarantees that for the `cut` stage)."""
+    removed = 0
+    for path in Path(out_dir).rglob(".*"):
+        if _TEMP_NAME.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def cut_clip(
@@ -93,48 +111,43 @@ def cut_clip(
     start: int,
     end: int,
     *,
-    src_fps: float,
+    src_fps: float | None = None,
     fps: float | None = None,
     short_side: int | None = None,
     crf: int = 18,
     preset: str = "veryfast",
+    max_pixels: int | None = None,
 ) -> dict:
-    """Encode source frames [start, end) to `dst` (atomically). Returns a `cuts` row (without id)."""
-    import av  # imported here: listing stages (`datakit status`) must stay cheap
+    """Encode source frames [start, end) to `dst` (atomically). Returns a `cuts` row (without id).
 
-    from datakit.avio import av_open
-    from datakit.video_io import even_size, iter_frames, pick_indices
+    Frames are counted in presentation order from 0 (the probe's counting), identified by their
+    timestamps, and turned upright. Timing: without `fps` (or with `fps` at or above the source's)
+    the clip keeps the source's timing: a constant rate when the span's frames are evenly spaced,
+    else the source timestamps of the span, from 0 (a VFR span stays VFR; `fps` in the row is then
+    its average). A lower `fps` makes a constant-rate clip whose frame k is the source frame on
+    screen at k / fps after the span start. `src_fps` is unused (the rate is read from the file);
+    it stays for callers that pass the probe's value. `max_pixels`: refuse larger source frames
+    (None: mediaio's default).
+    """
+    from mediaio import MAX_PIXELS, ClipWriter, iter_frames_at, plan_frames
 
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     dst = Path(dst)
-    pick = fps is not None and fps < src_fps
-    expected = len(pick_indices(start, end, src_fps, fps)) if pick else end - start
-    out_rate = _rate(fps if pick else src_fps)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.{uuid.uuid4().hex[:8]}.tmp.mp4")
-    written, size = 0, None
+    tmp = temp_path(dst)
     try:
-        with av_open(str(tmp), mode="w", format="mp4") as out:
-            stream = None
-            frames = iter_frames(src, start, end, size=short_side, fps_pick=(src_fps, fps) if pick else None)
-            for arr in frames:
-                if stream is None:
-                    size = even_size(arr.shape[1], arr.shape[0])
-                    stream = out.add_stream("libx264", rate=out_rate)
-                    stream.width, stream.height = size
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": preset}
-                if arr.shape[1::-1] != size:  # odd source dimensions: drop the last row/column
-                    arr = arr[: size[1], : size[0]]
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-                frame.pts = written
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-                written += 1
-            if stream is not None:
-                for packet in stream.encode():
-                    out.mux(packet)
-        if written != expected:
-            raise ValueError(f"decoded {written} of {expected} frames for [{start}, {end})")
+        plan = plan_frames(src, start, end, fps=fps)
+        if plan.num_frames is not None and end > plan.num_frames:
+            raise ValueError(f"span [{start}, {end}) ends after the last frame (the video has {plan.num_frames})")
+        writer = ClipWriter(tmp, time_base=plan.time_base, fps=plan.fps, crf=crf, preset=preset)
+        with writer:
+            frames = iter_frames_at(src, plan.indices, size=short_side, max_pixels=max_pixels)
+            for k, arr in enumerate(frames):
+                pts = plan.pts[k]
+                duration = (plan.pts[k + 1] if k + 1 < len(plan) else plan.end_pts) - pts
+                writer.write(arr, pts, duration)
+        if writer.frames != len(plan):
+            raise ValueError(f"decoded {writer.frames} of {len(plan)} frames for [{start}, {end})")
         os.replace(tmp, dst)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
@@ -142,9 +155,9 @@ def cut_clip(
     return {
         "status": "ok",
         "path": str(dst.absolute()),
-        "width": size[0],
-        "height": size[1],
-        "fps": float(out_rate),
-        "num_frames": written,
+        "width": writer.size[0],
+        "height": writer.size[1],
+        "fps": float(plan.fps),
+        "num_frames": writer.frames,
         "bytes": dst.stat().st_size,
     }

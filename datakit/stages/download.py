@@ -64,7 +64,7 @@ TABLES = (
         C("video_id", "VARCHAR", "id of the URL source"),
         "One row per URL source after `download` tried it.",
         (
-            C("url", "VARCHAR", "the URL that was fetched"),
+            C("url", "VARCHAR", "the URL that was fetched (a password as ***)"),
             C("method", "VARCHAR", "'http' or 'yt-dlp'"),
             C("path", "VARCHAR", "absolute path of the downloaded file (sanitised name under media/)"),
             C("bytes", "BIGINT", "size of the downloaded file"),
@@ -174,7 +174,10 @@ class DownloadStage(Stage):
     def failure_rows(self, item: dict, exc: BaseException) -> Rows:
         # An unexpected exception in `process` (a bug): keep the URL with the row.
         rows = super().failure_rows(item, exc)
-        rows[self.marker_table][0]["url"] = item.get("url")
+        row = rows[self.marker_table][0]
+        row["url"] = item.get("url")
+        userinfo = self.url_credentials.get(str(item.get("video_id")))
+        row["error"] = redact_text(row["error"], userinfo)  # an exception may quote the real URL
         return rows
 
     # ----------------------------------------------------------------------------- contract
@@ -436,8 +439,8 @@ class DownloadStage(Stage):
         got = offset
         with open(part, mode) as fh:
             try:
-                # Decoding buffers a whole chunk, so it is used only for a body that needs it: a
-                # plain body keeps every byte that arrived before a failure (for the resume).
+                # Decoding buffers a whole chunk, so only a compressed body is decoded: a plain
+                # one keeps the bytes that arrived before a dropped connection (for the resume).
                 for chunk in r.raw.stream(_CHUNK, decode_content=bool(encoding)):
                     got += len(chunk)
                     if got > self.max_bytes:
@@ -471,7 +474,7 @@ class DownloadStage(Stage):
                         http_status=status,
                     ) from None
                 raise _Failure(
-                    f"connection broken: {_short_reason(exc)}", transient=True, http_status=status
+                    f"connection broken: {_broken_reason(exc)}", transient=True, http_status=status
                 ) from None
             if self.fsync:
                 fh.flush()
@@ -724,13 +727,25 @@ def _connection_failure(exc: BaseException) -> _Failure:
     for cause in _causes(exc):
         if isinstance(cause, http.client.RemoteDisconnected):
             return _Failure("connection closed by the server before any response", transient=True)
+        if isinstance(cause, http.client.LineTooLong) and "header" in str(cause):
+            return _Failure("invalid HTTP response: a header line over 64 KiB", transient=False)
         if isinstance(cause, http.client.BadStatusLine | http.client.LineTooLong):
             return _Failure(
                 "not an HTTP server: its reply does not start with an HTTP status line", transient=False
             )
-        if isinstance(cause, http.client.HTTPException):
-            return _Failure(f"invalid HTTP response ({type(cause).__name__})", transient=False)
+        if isinstance(cause, http.client.HTTPException):  # http.client's own words, e.g. too many headers
+            return _Failure(f"invalid HTTP response: {_printable(str(cause), 100)}", transient=False)
     return _Failure(f"connection failed: {_short_reason(exc)}", transient=True)
+
+
+def _broken_reason(exc: BaseException) -> str:
+    """Why a body stopped arriving, in a few words."""
+    for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.InvalidChunkLength):
+            return "invalid chunked transfer encoding"
+        if isinstance(cause, http.client.IncompleteRead | urllib3.exceptions.IncompleteRead):
+            return "the server closed the connection early"
+    return _short_reason(exc)
 
 
 def _reason(r: requests.Response) -> str:

@@ -29,7 +29,7 @@ TABLES = (
             C("rotation", "INTEGER", "degrees clockwise that turn the coded frames upright (0, 90, 180, 270)"),
             C("coded_width", "INTEGER", "width of the coded frames (before rotation)"),
             C("coded_height", "INTEGER", "height of the coded frames (before rotation)"),
-            C("media_type", "VARCHAR", "'video' or 'image'"),
+            C("media_type", "VARCHAR", "'video' or 'image' (one frame: num_frames 1, fps and duration_s null)"),
             C("video_stream", "INTEGER", "index of the video stream used (the largest, when there are several)"),
         ),
     ),
@@ -63,12 +63,25 @@ class ProbeStage(Stage):
 STAGE = ProbeStage
 
 
-def probe_file(video_id: str, path: str, *, count_frames: bool = True) -> dict:
+def probe_file(video_id: str, path: str, *, count_frames: bool = True, max_pixels: int | None = None) -> dict:
+    """A `probes` row for one file. `max_pixels`: refuse larger frames (None: mediaio's default,
+    the largest frame an H.264/HEVC/AV1 level allows; 0: no limit)."""
     import av  # imported here: listing stages (`datakit status`) must stay cheap
 
-    from datakit.avio import av_open
+    from mediaio import (
+        MAX_PIXELS,
+        FrameTooLargeError,
+        av_open,
+        check_frame_size,
+        display_rotation,
+        displayed_size,
+        image_format,
+        media_type,
+        pick_video_stream,
+    )
 
     row: dict = {"video_id": video_id}
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
 
     def fail(message: str) -> dict:
         return {**row, "status": "error", "error": message}
@@ -94,23 +107,34 @@ def probe_file(video_id: str, path: str, *, count_frames: bool = True) -> dict:
         row["container"] = container.format.name
         row["bit_rate"] = container.bit_rate or None
         row["has_audio"] = bool(container.streams.audio)
-        if not container.streams.video:
+        stream = pick_video_stream(container)
+        if stream is None:
+            if container.streams.video:
+                return fail("no video stream: only cover art")
             return fail("audio only: no video stream" if container.streams.audio else "no video stream")
-        stream = container.streams.video[0]
         ctx = stream.codec_context
-        row.update(codec=ctx.name, width=ctx.width or None, height=ctx.height or None, pix_fmt=ctx.pix_fmt)
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not rate:
-            return fail("unknown frame rate")
-        row["fps"] = float(rate)
-        try:
-            num_frames = _count_packets(container, stream) if count_frames else stream.frames
-        except av.error.FFmpegError as exc:
-            return fail(f"corrupt stream while reading packets: {exc.strerror or exc}")
-        if not num_frames:
-            return fail("no video frames")
-        row["num_frames"] = int(num_frames)
-        row["duration_s"] = num_frames / row["fps"]
+        row.update(video_stream=stream.index, media_type=media_type(container), codec=ctx.name, pix_fmt=ctx.pix_fmt)
+        row.update(coded_width=ctx.width or None, coded_height=ctx.height or None)
+        row.update(width=row["coded_width"], height=row["coded_height"])
+        try:  # before any decoding: a huge frame costs memory as soon as it is decoded
+            check_frame_size(ctx.width, ctx.height, max_pixels)
+        except FrameTooLargeError as exc:
+            return fail(str(exc))
+        if row["media_type"] == "video":
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            if not rate:
+                return fail("unknown frame rate")
+            row["fps"] = float(rate)
+            try:
+                num_frames = _count_packets(container, stream) if count_frames else stream.frames
+            except av.error.FFmpegError as exc:
+                return fail(f"corrupt stream while reading packets: {exc.strerror or exc}")
+            if not num_frames:
+                return fail("no video frames")
+            row["media_type"] = media_type(container, num_frames)  # a one-frame GIF is an image
+            if row["media_type"] == "video":
+                row["num_frames"] = int(num_frames)
+                row["duration_s"] = num_frames / row["fps"]
         try:
             container.seek(0, stream=stream)
             first = next(container.decode(stream), None)
@@ -118,7 +142,15 @@ def probe_file(video_id: str, path: str, *, count_frames: bool = True) -> dict:
             return fail(f"cannot decode video: {exc.strerror or exc}")
         if first is None:
             return fail("cannot decode video: no frame decoded")
-        row["width"], row["height"] = first.width, first.height
+        row["rotation"] = display_rotation(first)
+        row["coded_width"], row["coded_height"] = first.width, first.height
+        row["width"], row["height"] = displayed_size(first.width, first.height, row["rotation"])
+        try:
+            check_frame_size(first.width, first.height, max_pixels)
+        except FrameTooLargeError as exc:
+            return fail(str(exc))
+        if row["media_type"] == "image":  # one-frame media: one frame, no frame rate or duration
+            row.update(fps=None, num_frames=1, duration_s=None, codec=image_format(container))
     return {**row, "status": "ok", "error": None}
 
 

@@ -1,0 +1,85 @@
+"""Start-up cost of datakit commands, side by side with the floors they are compared against.
+
+Each command is run `--repeat` times, interleaved (A B C A B C ...) so that load on a noisy machine
+hits all of them alike; the median wall time is printed.
+
+- `bare import`: `python -c "import duckdb, pyarrow.parquet"` (what any manifest command needs)
+- `datakit status` on a small workspace, `datakit scenes` with nothing to do (a no-op stage run)
+- `scenedetect version` (PySceneDetect's CLI start-up)
+- one 482-frame 720p video: `datakit scenes` (whole command, fresh workspace after ingest+probe)
+  against `scenedetect -i FILE detect-adaptive list-scenes -n`
+
+    .venv/bin/python bench/bench_startup.py [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datakit.samples import SampleSpec, make_demo_set  # noqa: E402
+
+BIN = Path(sys.executable).parent
+OUT = ROOT / "bench" / "out" / "startup"
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    spec = SampleSpec("one720", 1280, 720, 30, "libx264", "mp4", [150, 120, 212], 0, seed=7)
+    video = make_demo_set(OUT / "media", [spec])[0].path
+    datakit = str(BIN / "datakit")
+    ws = OUT / "ws"
+    subprocess.run([datakit, "ingest", "-w", str(ws), str(video)], check=True, capture_output=True)
+    subprocess.run([datakit, "probe", "-w", str(ws)], check=True, capture_output=True)
+    subprocess.run([datakit, "scenes", "-w", str(ws)], check=True, capture_output=True)
+
+    def fresh_scenes() -> list[str]:  # a workspace where scenes has the video still to do
+        target = OUT / f"ws-{time.monotonic_ns()}"
+        subprocess.run([datakit, "ingest", "-w", str(target), str(video)], check=True, capture_output=True)
+        subprocess.run([datakit, "probe", "-w", str(target)], check=True, capture_output=True)
+        return [datakit, "scenes", "-w", str(target)]
+
+    commands = {
+        "bare import (duckdb, pyarrow.parquet)": lambda: [sys.executable, "-c", "import duckdb, pyarrow.parquet"],
+        "datakit status": lambda: [datakit, "status", "-w", str(ws)],
+        "datakit scenes, nothing to do": lambda: [datakit, "scenes", "-w", str(ws)],
+        "scenedetect version": lambda: [str(BIN / "scenedetect"), "version"],
+        "one 482-frame 720p video: datakit scenes": fresh_scenes,
+        "one 482-frame 720p video: scenedetect CLI": lambda: [
+            str(BIN / "scenedetect"), "-i", str(video), "detect-adaptive", "list-scenes", "-n"],
+    }  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.repeat):
+        for name, make in commands.items():
+            times[name].append(timed(make()))
+    bare = statistics.median(times["bare import (duckdb, pyarrow.parquet)"])
+    print(f"median of {args.repeat} interleaved runs (wall seconds)")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"  {name:45s} {med:6.2f} s   {med / bare:5.2f}x bare import")
+    ours = statistics.median(times["one 482-frame 720p video: datakit scenes"])
+    cli = statistics.median(times["one 482-frame 720p video: scenedetect CLI"])
+    print(f"one video, datakit scenes / scenedetect CLI: {ours / cli:.2f} (target <= 1.0)")
+    shutil.rmtree(OUT, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

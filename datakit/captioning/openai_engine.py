@@ -1,0 +1,139 @@
+"""Captions from any OpenAI-compatible chat endpoint (vLLM, SGLang, TGI, llama.cpp, hosted APIs).
+
+The `openai` package's async client sends each clip's frames as JPEG data URLs, at most
+`concurrency` requests in flight (an asyncio semaphore). Rate limits (429), server errors (5xx),
+timeouts and dropped connections are retried by the client with exponential backoff (honouring
+`Retry-After`) up to `max_retries` times; a request that still fails becomes a `TransientError`,
+so its clip is marked `retry` and a later run tries it again. A rejected request (400: too many
+tokens, an image the server refuses) is an error for that clip only.
+
+The client lives on an event loop in a thread of its own, so `generate` can be called from the
+stage's synchronous `process_batch` while connections are kept between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from datakit.captioning.base import Generation, Sampling, chat_messages
+from datakit.captioning.prompts import Prompt
+from datakit.stage import TransientError
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+def base_url(endpoint: str) -> str:
+    """The client's base URL: the endpoint as given, with `/v1` added when it has no path."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"endpoint {endpoint!r} is not an http(s) URL")
+    return endpoint.rstrip("/") + ("/v1" if parts.path in ("", "/") else "")
+
+
+class OpenAIEngine:
+    """Chat completions against `endpoint` with bounded concurrency and retries."""
+
+    def __init__(self, endpoint: str, model: str | None = None, *, api_key: str | None = None,
+                 concurrency: int = 8, timeout_s: float = 300.0, max_retries: int = 5, name: str = "openai"):  # fmt: skip
+        self.name = name
+        self.endpoint = base_url(endpoint)
+        self._loop = _LoopThread(f"{name}-client")
+        self._concurrency = concurrency
+        self._client = self._loop.run(self._connect(api_key or "EMPTY", timeout_s, max_retries))
+        self.served_model = model or self._loop.run(self._only_model())
+        self.model = self.served_model
+
+    async def _connect(self, api_key: str, timeout_s: float, max_retries: int):
+        from openai import AsyncOpenAI
+
+        self._semaphore = asyncio.Semaphore(self._concurrency)
+        return AsyncOpenAI(base_url=self.endpoint, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
+
+    async def _only_model(self) -> str:
+        names = [m.id async for m in self._client.models.list()]
+        if len(names) != 1:
+            raise ValueError(f"{self.endpoint} serves {len(names)} models ({', '.join(names)}): choose one with --model")
+        return names[0]
+
+    def check(self) -> None:
+        """Fail fast (before any clip) when the endpoint is unreachable, refuses the key or lacks the model."""
+
+        async def served() -> list[str]:
+            return [m.id async for m in self._client.models.list()]
+
+        names = self._loop.run(served())
+        if self.served_model not in names:
+            raise ValueError(f"{self.endpoint} does not serve model {self.served_model!r} (it serves: {', '.join(names)})")
+
+    async def _one(self, frames: list[bytes], prompt: Prompt, sampling: Sampling) -> Generation:
+        extra = {"seed": sampling.seed} if sampling.temperature > 0 else {}
+        async with self._semaphore:
+            response = await self._client.chat.completions.create(
+                model=self.served_model,
+                messages=chat_messages(frames, prompt),
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                **extra,
+            )
+        if not response.choices:
+            raise ValueError("the endpoint returned no choices")
+        choice, usage = response.choices[0], response.usage
+        return Generation(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason or "stop",
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            output_tokens=usage.completion_tokens if usage else None,
+        )
+
+    def generate(self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling) -> list[Generation | Exception]:
+        async def all_clips() -> list[Generation | BaseException]:
+            return await asyncio.gather(*(self._one(c, prompt, sampling) for c in clips), return_exceptions=True)
+
+        return [_as_clip_error(r) if isinstance(r, BaseException) else r for r in self._loop.run(all_clips())]
+
+    def close(self) -> None:
+        try:
+            self._loop.run(self._client.close())
+        finally:
+            self._loop.close()
+
+
+def _as_clip_error(exc: BaseException) -> Exception:
+    """A failed request as the exception its clip's row records (transient ones get a retry row)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError
+                  | openai.InternalServerError):  # fmt: skip
+        return TransientError(f"endpoint still failing after retries: {_describe(exc)}")
+    if isinstance(exc, openai.APIStatusError):
+        return ValueError(f"endpoint refused the request: {_describe(exc)}")
+    if isinstance(exc, Exception):
+        return exc
+    raise exc  # KeyboardInterrupt, CancelledError: not a clip's fault
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + f": {exc}"

@@ -1,0 +1,123 @@
+"""Shared pieces of the score stages: model keys, reproducible frame positions, frame reading.
+
+Versioned model outputs (scores, embeddings) are keyed by `row_id = <clip_id>:<model_key>`, where
+the model key is a short hash of everything that changes the output (model, weights, settings and
+our own scorer version). A rerun with other weights writes rows under a new key instead of
+overwriting; the `clips` view shows the latest row (`scored_at`) per clip.
+
+Frames are read at fixed fractions of a clip's span, so reruns read the same frames. Videos are
+read with mediaio's frame-exact reader, upright; an image is a one-frame video. Nothing heavy is
+imported at module level.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Consecutive wanted frames at most this far apart are decoded in one pass instead of two seeks.
+_ONE_PASS_GAP = 48
+
+
+def model_key(**parts) -> str:
+    """Short stable hash of the settings that determine a model's output."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=6).hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_cached(path: str, _size: int, _mtime_ns: int) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Content hash of a weights file (cached per path, size and mtime)."""
+    st = os.stat(path)
+    return _digest_cached(str(Path(path).absolute()), st.st_size, st.st_mtime_ns)
+
+
+def weights_ref(ref: str | None) -> str | None:
+    """How a weights reference enters a model key: a local file by its content, a tag or URL as is."""
+    if ref and os.path.isfile(ref):
+        return f"file:{file_digest(ref)}"
+    return ref
+
+
+def now() -> float:
+    return time.time()
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def frame_positions(start: int, end: int, fractions: list[float] | tuple[float, ...]) -> list[int]:
+    """Frame indices at `fractions` of the span [start, end): start + floor(f * n), clamped inside."""
+    n = end - start
+    if n <= 0:
+        raise ValueError(f"empty clip span [{start}, {end})")
+    return [start + min(n - 1, max(0, int(f * n))) for f in fractions]
+
+
+def read_frames_at(
+    path: str | os.PathLike, indices: list[int], *, size: int | tuple[int, int] | None = None
+) -> list[np.ndarray]:
+    """Upright RGB frames at the given indices (any order, repeats allowed), frame-exact (mediaio).
+
+    Nearby indices share one decode pass; distant ones each seek to their own keyframe. An image is
+    a one-frame video (index 0). Raises ValueError when the file ends before a wanted frame."""
+    from mediaio import iter_frames_at
+
+    wanted = sorted(set(indices))
+    groups: list[list[int]] = []
+    for i in wanted:
+        if groups and i - groups[-1][-1] <= _ONE_PASS_GAP:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    got: dict[int, np.ndarray] = {}
+    for group in groups:
+        got.update(zip(group, iter_frames_at(path, group, size=size), strict=False))
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        raise ValueError(f"frames {missing} are past the end of {path}")
+    return [got[i] for i in indices]
+
+
+# What the score stages read per clip: the source span, and the cut file as a fallback.
+CLIP_ITEMS_SQL = """
+    SELECT c.clip_id, c.media_type, c.source_path, c.start_frame, c.end_frame, c.fps,
+           k.path AS cut_path, k.num_frames AS cut_frames, k.fps AS cut_fps
+    FROM clips c LEFT JOIN (SELECT * FROM _latest_cuts WHERE status = 'ok') k USING (clip_id)
+"""
+
+
+def clip_file(item: dict) -> tuple[str, int, int, float | None, str]:
+    """(file, start, end, fps, 'source' or 'cut') to read a clip row of CLIP_ITEMS_SQL from.
+
+    The source span when the source file exists (exact, any frame rate), else the whole cut file."""
+    source = item["source_path"]
+    if source and Path(source).is_file():
+        return source, int(item["start_frame"]), int(item["end_frame"]), item["fps"], "source"
+    cut = item.get("cut_path")
+    if cut and Path(cut).is_file():
+        return cut, 0, int(item["cut_frames"]), item["cut_fps"], "cut"
+    raise FileNotFoundError(f"neither the source {source} nor a cut file of clip {item['clip_id']} exists")
+
+
+def latest_ok_sql(table: str, columns: str, *, key: str = "clip_id") -> str:
+    """The newest ok row per clip of a versioned score table (by `scored_at`)."""
+    return (
+        f"SELECT {key}, {columns} FROM _latest_{table} WHERE status = 'ok' "
+        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY scored_at DESC, row_id DESC) = 1"
+    )

@@ -1,0 +1,194 @@
+"""Aesthetic score: CLIP image embeddings -> the LAION aesthetic MLP, mean over frames at fixed fractions.
+
+One pass per clip: frames at `frames` fractions of the clip span (10/50/90 % by default) are decoded
+and preprocessed in CPU threads (`prepare`), then one CLIP call embeds a whole batch. Each frame's
+L2-normalised embedding is scored by the head; the clip's score is the mean. The same pass stores the
+clip's mean embedding (re-normalised, float16) in `clip_embeddings` for dedup and the text match.
+Clips are read from the source span when the source file exists, else from the cut file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib.metadata import version
+from pathlib import Path
+
+from datakit.scoring import (
+    CLIP_ITEMS_SQL,
+    clip_file,
+    frame_positions,
+    model_key,
+    now,
+    read_frames_at,
+    sql_str,
+    weights_ref,
+)
+from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
+from datakit.tables import Column as C
+from datakit.tables import Table
+
+SCORER_VERSION = 1  # bump when a change here changes scores
+LAION_HEAD_URL = (
+    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
+)
+
+_VERSIONED = (
+    C("clip_id", "VARCHAR", "id of the clip"),
+    C("model_key", "VARCHAR", "short hash of model, weights, settings and scorer version"),
+    C("model", "VARCHAR", "readable: model, weights and package version that made the row"),
+)
+
+TABLES = (
+    Table.marker(
+        "aesthetic_scores",
+        C("row_id", "VARCHAR", "'<clip_id>:<model_key>'"),
+        "LAION aesthetic scores per clip and model (rerunning with other weights adds rows). Written by `score aesthetic`.",
+        (
+            *_VERSIONED,
+            C("aesthetic", "DOUBLE", "mean of the per-frame scores (about 1-10 with the LAION head)"),
+            C("frame_scores", "FLOAT[]", "score of each frame read"),
+            C("frames", "VARCHAR", 'JSON: {"file": "source" or "cut", "indices": frame indices read}'),
+            C("scored_at", "DOUBLE", "unix time of scoring (views show the latest row per clip)"),
+        ),
+    ),
+    Table(
+        "clip_embeddings",
+        "row_id",
+        "Mean CLIP image embedding per clip and CLIP model (from `score aesthetic`): the mean of the frames' "
+        "L2-normalised embeddings, normalised again, as little-endian float16 bytes "
+        "(`numpy.frombuffer(embedding, '<f2')`).",
+        (
+            C("row_id", "VARCHAR", "'<clip_id>:<model_key>' (the key covers the CLIP model and frames, not the head)"),
+            *_VERSIONED,
+            C("dim", "INTEGER", "embedding size"),
+            C("embedding", "BLOB", "dim float16 values, little-endian, unit length"),
+            C("scored_at", "DOUBLE", "unix time of embedding"),
+        ),
+    ),
+)
+
+def clip_frames(item: dict, fractions: list[float]) -> tuple[str, list[int], str]:
+    """(file, frame indices, 'source' or 'cut') for a clip row of CLIP_ITEMS_SQL."""
+    path, start, end, _, kind = clip_file(item)
+    return path, sorted(set(frame_positions(start, end, fractions))), kind
+
+
+@dataclass(kw_only=True)
+class AestheticStage(Stage):
+    """CLIP image embeddings and the LAION aesthetic score of each clip (mean over a few frames)."""
+
+    name = "aesthetic"
+    marker_table = "aesthetic_scores"
+    extra_tables = ("clip_embeddings",)
+    order = 50
+    resources = Resources(cpus=1, gpus=1)
+    run_by_default = False
+    cli_path = ("score", "aesthetic")
+
+    model: str = option("ViT-L-14", "open_clip model: a name, local-dir:/folder, hf-hub:org/repo or a config .json.")
+    pretrained: str | None = option("openai", "open_clip pretrained tag or weights file (none: random weights).")
+    head: str = option(LAION_HEAD_URL, "Aesthetic head weights (path or URL; the LAION state dict layout).")
+    frames: list[float] = option([0.1, 0.5, 0.9], "Fractions of the clip span at which frames are scored.")
+    cache_dir: str | None = option(None, "Where open_clip / torch hub cache downloaded weights.")
+    batch_size: int = option(32, "Clips per model call.", min=1)
+    commit_every: int = option(256, "Items per committed part file.", min=1)
+
+    def check(self) -> None:
+        if not self.frames or any(not 0 <= f < 1 for f in self.frames):
+            raise OptionError(f"{self.name}: frames must be fractions in [0, 1), got {self.frames}")
+        for label, ref in (("model", self.model), ("pretrained", self.pretrained), ("head", self.head)):
+            looks_local = ref and not ref.startswith(("http://", "https://", "hf-hub:")) and (
+                "/" in ref.removeprefix("local-dir:") or ref.endswith((".json", ".pt", ".pth", ".bin", ".safetensors"))
+            )
+            if looks_local and not Path(ref.removeprefix("local-dir:")).exists():
+                raise OptionError(f"{self.name}: {label} file not found: {ref}")
+
+    # ------------------------------------------------------------------ keys
+    @cached_property
+    def embed_key(self) -> str:
+        return model_key(model=self.model_id, pretrained=weights_ref(self.pretrained), frames=self.frames,
+                         version=SCORER_VERSION)  # fmt: skip
+
+    @cached_property
+    def score_key(self) -> str:
+        return model_key(embedding=self.embed_key, head=weights_ref(self.head), version=SCORER_VERSION)
+
+    @property
+    def model_id(self) -> str:
+        """The model as it enters the key: a config file by its content, names as they are."""
+        if self.model.endswith(".json") and Path(self.model).is_file():
+            return f"config:{weights_ref(self.model)}"
+        return self.model
+
+    def describe_model(self, with_head: bool = True) -> str:
+        text = f"open_clip {self.model} pretrained={self.pretrained or 'RANDOM'} (open_clip {version('open_clip_torch')})"
+        return text + (f"; head {Path(self.head).name}" if with_head else "") + f"; frames {self.frames}"
+
+    def items_sql(self) -> str:
+        return f"SELECT *, clip_id || ':' || {sql_str(self.score_key)} AS row_id FROM ({CLIP_ITEMS_SQL})"
+
+    # ------------------------------------------------------------------ work
+    def setup(self, ctx: WorkerContext) -> None:
+        from datakit.clip_models import load_aesthetic_head, load_clip
+
+        self._clip = load_clip(self.model, self.pretrained, ctx.device, self.cache_dir)
+        self._head = load_aesthetic_head(self.head).to(ctx.device)
+        if self._head.layers[0].in_features != self._clip.embed_dim:
+            raise OptionError(f"{self.name}: head expects {self._head.layers[0].in_features}-d embeddings, "
+                              f"{self.model} makes {self._clip.embed_dim}-d")  # fmt: skip
+
+    def prepare(self, item: dict) -> dict:
+        import torch
+        from PIL import Image
+
+        from datakit.clip_models import image_transform
+
+        path, indices, kind = clip_frames(item, self.frames)
+        transform = image_transform(self.model, self.pretrained)
+        frames = read_frames_at(path, indices)
+        pixels = torch.stack([transform(Image.fromarray(f)) for f in frames])
+        return {**item, "pixels": pixels, "frames_read": {"file": kind, "indices": indices}}
+
+    def process_batch(self, items: list[dict]) -> list[dict]:
+        import numpy as np
+        import torch
+
+        pixels = torch.cat([i["pixels"] for i in items])
+        embeddings = self._clip.encode_images(pixels)  # one model call for the batch
+        with torch.no_grad():
+            scores = self._head(embeddings).float().cpu().numpy()
+        embeddings = embeddings.cpu()
+        out, at, t = [], 0, now()
+        for item in items:
+            n = len(item["pixels"])
+            frame_scores = scores[at : at + n]
+            mean = torch.nn.functional.normalize(embeddings[at : at + n].mean(0), dim=0).numpy()
+            at += n
+            base = {"clip_id": item["clip_id"], "scored_at": t}
+            out.append({
+                "aesthetic_scores": [{
+                    **base, "row_id": item["row_id"], "model_key": self.score_key, "model": self.describe_model(),
+                    "status": "ok", "aesthetic": float(np.mean(frame_scores)),
+                    "frame_scores": [float(s) for s in frame_scores], "frames": json.dumps(item["frames_read"]),
+                }],
+                "clip_embeddings": [{
+                    **base, "row_id": f"{item['clip_id']}:{self.embed_key}", "model_key": self.embed_key,
+                    "model": self.describe_model(with_head=False), "dim": len(mean),
+                    "embedding": mean.astype("<f2").tobytes(),
+                }],
+            })  # fmt: skip
+        return out
+
+    def failure_rows(self, item: dict, exc: BaseException) -> dict:
+        rows = super().failure_rows(item, exc)
+        for row in rows[self.marker_table]:
+            row.update(clip_id=item["clip_id"], model_key=self.score_key, model=self.describe_model(), scored_at=now())
+        return rows
+
+    def teardown(self) -> None:
+        self._clip = self._head = None
+
+
+STAGE = AestheticStage

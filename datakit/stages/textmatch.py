@@ -1,0 +1,127 @@
+"""Text match: CLIP cosine similarity of a clip's caption and its middle frame.
+
+Runs after captioning, on clips whose `caption` (the `clips` view: the latest ok caption) is set. A
+row remembers a hash of the caption it compared, so a new caption makes the clip pending again.
+The CLIP model options are the aesthetic stage's (same defaults: ViT-L-14, openai).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from importlib.metadata import version
+from pathlib import Path
+
+from datakit.scoring import CLIP_ITEMS_SQL, clip_file, frame_positions, model_key, now, read_frames_at, sql_str, weights_ref
+from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
+from datakit.tables import Column as C
+from datakit.tables import Table
+
+SCORER_VERSION = 1
+
+TABLES = (
+    Table.marker(
+        "text_match_scores",
+        C("row_id", "VARCHAR", "'<clip_id>:<model_key>'"),
+        "CLIP similarity of caption and middle frame, per clip and model. Written by `score match`.",
+        (
+            C("clip_id", "VARCHAR", "id of the clip"),
+            C("model_key", "VARCHAR", "short hash of CLIP model, weights and scorer version"),
+            C("model", "VARCHAR", "readable: model, weights and package version"),
+            C("text_match", "DOUBLE", "cosine similarity of the caption and middle-frame embeddings (-1..1)"),
+            C("caption_md5", "VARCHAR", "md5 of the caption compared (a new caption makes the clip pending)"),
+            C("frame", "BIGINT", "index of the frame compared, in the file read"),
+            C("scored_at", "DOUBLE", "unix time of scoring"),
+        ),
+    ),
+)
+
+
+@dataclass(kw_only=True)
+class TextMatchStage(Stage):
+    """CLIP similarity of each captioned clip's caption and middle frame."""
+
+    name = "match"
+    marker_table = "text_match_scores"
+    order = 65  # after captioning
+    resources = Resources(cpus=1, gpus=1)
+    run_by_default = False
+    cli_path = ("score", "match")
+
+    model: str = option("ViT-L-14", "open_clip model: a name, local-dir:/folder, hf-hub:org/repo or a config .json.")
+    pretrained: str | None = option("openai", "open_clip pretrained tag or weights file (none: random weights).")
+    cache_dir: str | None = option(None, "Where open_clip caches downloaded weights.")
+    batch_size: int = option(32, "Clips per model call.", min=1)
+    commit_every: int = option(256, "Items per committed part file.", min=1)
+
+    def check(self) -> None:
+        for label, ref in (("model", self.model), ("pretrained", self.pretrained)):
+            if ref and ref.endswith((".json", ".pt", ".pth", ".bin", ".safetensors")) and not Path(ref).exists():
+                raise OptionError(f"{self.name}: {label} file not found: {ref}")
+
+    @cached_property
+    def match_key(self) -> str:
+        model = f"config:{weights_ref(self.model)}" if self.model.endswith(".json") else self.model
+        return model_key(model=model, pretrained=weights_ref(self.pretrained), frame=0.5, version=SCORER_VERSION)
+
+    def describe_model(self) -> str:
+        return f"open_clip {self.model} pretrained={self.pretrained or 'RANDOM'} (open_clip {version('open_clip_torch')})"
+
+    def items_sql(self) -> str:
+        return f"""
+            SELECT i.*, c.caption, md5(c.caption) AS caption_md5, i.clip_id || ':' || {sql_str(self.match_key)} AS row_id
+            FROM ({CLIP_ITEMS_SQL}) i JOIN (SELECT clip_id, caption FROM clips WHERE caption IS NOT NULL) c USING (clip_id)
+        """
+
+    def stale_sql(self, marker: str) -> str | None:
+        return f"{marker}.caption_md5 IS DISTINCT FROM i.caption_md5"
+
+    def setup(self, ctx: WorkerContext) -> None:
+        from datakit.clip_models import load_clip
+
+        self._clip = load_clip(self.model, self.pretrained, ctx.device, self.cache_dir)
+
+    def prepare(self, item: dict) -> dict:
+        from PIL import Image
+
+        from datakit.clip_models import image_transform
+
+        path, start, end, _, _ = clip_file(item)
+        (middle,) = frame_positions(start, end, [0.5])
+        (frame,) = read_frames_at(path, [middle])
+        return {**item, "pixels": image_transform(self.model, self.pretrained)(Image.fromarray(frame)), "frame": middle}
+
+    def process_batch(self, items: list[dict]) -> list[dict]:
+        import torch
+
+        images = self._clip.encode_images(torch.stack([i["pixels"] for i in items]))
+        texts = self._clip.encode_texts([i["caption"] for i in items])
+        sims = (images * texts).sum(-1).cpu().tolist()
+        t = now()
+        return [
+            {"text_match_scores": [{
+                "row_id": item["row_id"], "clip_id": item["clip_id"], "model_key": self.match_key,
+                "model": self.describe_model(), "status": "ok", "text_match": sim,
+                "caption_md5": item["caption_md5"], "frame": item["frame"], "scored_at": t,
+            }]}
+            for item, sim in zip(items, sims, strict=True)
+        ]  # fmt: skip
+
+    def failure_rows(self, item: dict, exc: BaseException) -> dict:
+        rows = super().failure_rows(item, exc)
+        for row in rows[self.marker_table]:
+            row.update(clip_id=item["clip_id"], model_key=self.match_key, model=self.describe_model(),
+                       caption_md5=item.get("caption_md5"), scored_at=now())  # fmt: skip
+        return rows
+
+    def teardown(self) -> None:
+        self._clip = None
+
+
+def caption_md5(caption: str) -> str:
+    """The hash stored in `caption_md5` (DuckDB's md5 of the UTF-8 text)."""
+    return hashlib.md5(caption.encode()).hexdigest()
+
+
+STAGE = TextMatchStage
