@@ -37,10 +37,7 @@ WorkspaceOpt = Annotated[
     typer.Option("--workspace", "-w", envvar="DATAKIT_WORKSPACE", help="Workspace directory (env DATAKIT_WORKSPACE)."),
 ]
 def _open(workspace: Path, create: bool = True) -> Workspace:
-    try:
-        return Workspace(workspace, create=create)
-    except WorkspaceError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    return Workspace(workspace, create=create)  # a WorkspaceError becomes `error: ...` (see _Commands)
 
 
 @app.command()
@@ -221,6 +218,89 @@ def samples(
             out.print(f"bad input {name}: {path}", highlight=False)
 
 
+
+
+@app.command()
+def select(
+    name: Annotated[str, typer.Argument(help="Set name; each select writes its next version (NAME@v1, @v2, ...).")],
+    recipe: Annotated[str | None, typer.Option(help="A recipe of manifests/recipes: @image, @video, @hq, ...")] = None,
+    where: Annotated[str | None, typer.Option(help="A condition over the clips view, e.g. \"aesthetic >= 5\".")] = None,
+    sql: Annotated[str | None, typer.Option(help="One SELECT returning clip_id (other columns are kept).")] = None,
+    workspace: WorkspaceOpt = default_workspace(),
+) -> None:
+    """Write an immutable, versioned curated set: <workspace>/sets/NAME/vN/{rows.parquet,card.json}."""
+    from datakit.query import ReadOnlyError
+    from datakit.sets import select as do_select
+    from datakit.sets import selection_sql
+
+    ws = _open(workspace, create=False)
+    try:
+        text, kind, recipe_name = selection_sql(recipe, where, sql)
+        version = do_select(ws, name, text, recipe=recipe_name, kind=kind)
+    except ReadOnlyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    out.print(f"{name}@v{version.version}: {version.card['row_count']} rows -> {version.path}", highlight=False)
+
+
+@app.command("sets")
+def sets_command(
+    workspace: WorkspaceOpt = default_workspace(),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False,
+) -> None:
+    """List the curated sets: name, versions, rows, recipe, creation time."""
+    from datakit.sets import list_sets
+
+    found = list_sets(_open(workspace, create=False))
+    if as_json:
+        cards = [v.card for vs in found.values() for v in vs]
+        typer.echo(json.dumps([{k: c[k] for k in c if k != "manifest"} for c in cards], indent=2))
+        return
+    table = Table(title="curated sets")
+    for col in ("set", "version", "rows", "recipe", "created"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for name, versions in found.items():
+        for v in versions:
+            card = v.card
+            recipe = card["recipe"]["name"] or f"--{card['recipe']['kind']}"
+            table.add_row(name, f"v{v.version}", str(card["row_count"]), recipe, card["created"])
+    out.print(table)
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Set to export: NAME (latest version) or NAME@vN.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="opensora (CSV/Parquet table) or webdataset (tar shards).")] = "opensora",
+    output: Annotated[Path | None, typer.Option(help="opensora: a .csv or .parquet file; webdataset: a folder.")] = None,
+    cut: Annotated[bool, typer.Option(help="Cut the set's clips that have no clip file yet (both formats need files).")] = True,
+    short_side: Annotated[int | None, typer.Option(help="Short side of newly cut clips (default: the source's).")] = None,
+    fps: Annotated[float | None, typer.Option(help="Frame rate of newly cut clips (frame picking; default: the source's).")] = None,
+    shard_mb: Annotated[float, typer.Option(help="webdataset: shard size in MB (a shard closes once it reaches it).")] = 1024,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="Cut workers.")] = 1,
+    workspace: WorkspaceOpt = default_workspace(),
+) -> None:
+    """Export a curated set for training: Open-Sora's table or WebDataset shards (cutting clips first)."""
+    from datakit.export import export_set
+
+    ws = _open(workspace, create=False)
+    cut_options = {k: v for k, v in (("short_side", short_side), ("fps", fps)) if v is not None}
+    result = export_set(ws, name, fmt, output, cut=cut, cut_options=cut_options, workers=workers,
+                        shard_bytes=int(shard_mb * 1e6))  # fmt: skip
+    out.print(result.summary(), highlight=False)
+
+
+@app.command()
+def report(
+    output: Annotated[Path | None, typer.Argument(help="HTML file to write (default: <workspace>/report.html).")] = None,
+    set_name: Annotated[str | None, typer.Option("--set", help="Report on this set (NAME or NAME@vN) instead of all clips.")] = None,
+    workspace: WorkspaceOpt = default_workspace(),
+) -> None:
+    """Write one HTML page: histograms, a contact sheet at score quantiles, captions, and each recipe's keep/drop counts."""
+    from datakit.report import write_report
+
+    ws = _open(workspace, create=False)
+    path = write_report(ws, output or ws.root / "report.html", set_spec=set_name)
+    out.print(f"wrote {path}", highlight=False)
 
 
 def main_group():

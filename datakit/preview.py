@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mediaio import read_frames
 from datakit.workspace import Workspace
+from mediaio import read_frames
 
 THUMB_H = 96
 

@@ -30,6 +30,18 @@ class SampleSpec:
     scene_frames: list[int] = field(default_factory=lambda: [48, 36, 60])
     dissolve_frames: int = 0  # >0: the last transition is a cross-dissolve of this many frames
     seed: int = 0
+    # One entry per scene boundary: 0 for a hard cut, N > 0 for a cross-dissolve of N frames at the
+    # end of the earlier scene (overrides `dissolve_frames`).
+    transitions: list[int] | None = None
+
+    def transition_frames(self) -> list[int]:
+        """Length of the transition at each scene boundary (0: a hard cut)."""
+        if self.transitions is not None:
+            if len(self.transitions) != len(self.scene_frames) - 1:
+                raise ValueError(f"{self.name}: one transition per scene boundary expected")
+            return list(self.transitions)
+        last = [self.dissolve_frames] if self.scene_frames[1:] else []
+        return [0] * (len(self.scene_frames) - 2) + last
 
 
 @dataclass
@@ -75,22 +87,27 @@ def _scene_painter(index: int, seed: int, width: int, height: int):
 def render_frames(spec: SampleSpec):
     """Yield (frame uint8 HxWx3) for the whole video; also returns truth via StopIteration value."""
     painters = [_scene_painter(i, spec.seed, spec.width, spec.height) for i in range(len(spec.scene_frames))]
+    blends = [*spec.transition_frames(), 0]
     for s, n in enumerate(spec.scene_frames):
-        blend_next = spec.dissolve_frames and s == len(spec.scene_frames) - 2
+        d = blends[s]
+        if d >= n:
+            raise ValueError(f"{spec.name}: a {d}-frame dissolve does not fit in a {n}-frame scene")
         for t in range(n):
             frame = painters[s](t)
-            if blend_next and t >= n - spec.dissolve_frames:
-                alpha = (t - (n - spec.dissolve_frames) + 1) / (spec.dissolve_frames + 1)
-                frame = (1 - alpha) * frame + alpha * painters[s + 1](0)
+            if d and t >= n - d:
+                # Cross-dissolve: the next scene fades in while both keep moving (it reaches its
+                # own frame 0 right after the dissolve).
+                alpha = (t - (n - d) + 1) / (d + 1)
+                frame = (1 - alpha) * frame + alpha * painters[s + 1](t - n)
             yield frame.astype(np.uint8)
 
 
 def truth_for(spec: SampleSpec, path: Path) -> SampleTruth:
     bounds = np.cumsum(spec.scene_frames).tolist()
     hard, dissolves = [], []
-    for i, b in enumerate(bounds[:-1]):
-        if spec.dissolve_frames and i == len(bounds) - 2:
-            dissolves.append((b - spec.dissolve_frames, b))
+    for b, d in zip(bounds[:-1], spec.transition_frames(), strict=True):
+        if d:
+            dissolves.append((b - d, b))
         else:
             hard.append(b)
     return SampleTruth(str(path), bounds[-1], spec.fps, spec.width, spec.height, spec.codec, hard, dissolves)
@@ -161,6 +178,25 @@ DEMO_SPECS = [
     SampleSpec("studio_mjpeg_352x288", 352, 288, 24, "mjpeg", "avi", [60, 96], 0, seed=4),
     SampleSpec("street_h264_640x360", 640, 360, 30, "libx264", "mkv", [120, 75, 96, 84], 15, seed=5),
 ]
+
+
+# Harder cases for shot-boundary detection: shots of 8 frames (shorter than PySceneDetect's
+# min_scene_len) and cross-dissolves of 4 to 48 frames, beside hard cuts (`datakit samples --transitions`).
+TRANSITION_SPECS = [
+    SampleSpec("short_shots_h264_256x144", 256, 144, 24, "libx264", "mp4", [40, 8, 30, 8, 8, 36, 12, 40], seed=21,
+               transitions=[0] * 7),  # fmt: skip
+    SampleSpec("dissolves_h264_256x144", 256, 144, 30, "libx264", "mp4", [50, 40, 60, 70, 90], seed=22,
+               transitions=[6, 12, 24, 48]),  # fmt: skip
+    SampleSpec("mixed_mpeg4_320x180", 320, 180, 25, "mpeg4", "mp4", [36, 8, 45, 40, 8, 60, 50], seed=23,
+               transitions=[0, 0, 16, 0, 0, 32]),  # fmt: skip
+    SampleSpec("quick_dissolves_h264_256x144", 256, 144, 24, "libx264", "mkv", [40, 30, 40, 30, 40], seed=24,
+               transitions=[4, 8, 0, 10]),  # fmt: skip
+]
+
+
+def make_transition_set(out_dir: Path, specs: list[SampleSpec] | None = None) -> list[SampleTruth]:
+    """Write the short-shot and dissolve videos (skipping ones already there) and return their truths."""
+    return make_demo_set(out_dir, specs or TRANSITION_SPECS)
 
 
 def make_demo_set(out_dir: Path, specs: list[SampleSpec] | None = None) -> list[SampleTruth]:
@@ -237,9 +273,33 @@ class EdgeSample:
     times_ms: list[int] = field(default_factory=list)  # presentation times, when not k / fps
 
 
+_STAMP_BITS = 8
+
+
+def _stamp_blocks(width: int, height: int) -> tuple[int, int]:
+    return width // _STAMP_BITS, max(8, height // 10)
+
+
+def stamp_index(frame: np.ndarray, index: int) -> np.ndarray:
+    """Write `index` (0-255) into the top band of an upright frame as 8 black/white blocks, so
+    a test can tell which source frame it sees after compression, resizing and rotation."""
+    bw, bh = _stamp_blocks(frame.shape[1], frame.shape[0])
+    for bit in range(_STAMP_BITS):
+        frame[:bh, bit * bw : (bit + 1) * bw] = 255 if index >> (_STAMP_BITS - 1 - bit) & 1 else 0
+    return frame
+
+
+def read_stamp(frame: np.ndarray) -> int:
+    """The index `stamp_index` wrote (read from the centre of each block)."""
+    bw, bh = _stamp_blocks(frame.shape[1], frame.shape[0])
+    bits = [frame[bh // 4 : bh - bh // 4, b * bw + bw // 4 : (b + 1) * bw - bw // 4].mean() > 127 for b in range(_STAMP_BITS)]
+    return sum(int(bit) << (_STAMP_BITS - 1 - i) for i, bit in enumerate(bits))
+
+
 def _scene_frames(width: int, height: int, lengths: list[int], seed: int) -> np.ndarray:
+    """Frames of scenes with the given lengths, each stamped with its index (see `stamp_index`)."""
     spec = SampleSpec("edge", width, height, 24, scene_frames=lengths, seed=seed)
-    return np.stack(list(render_frames(spec)))
+    return np.stack([stamp_index(f, k) for k, f in enumerate(render_frames(spec))])
 
 
 def make_rotated_sample(out_dir: Path, rotation: int, width: int = 96, height: int = 160) -> EdgeSample:
@@ -293,9 +353,9 @@ def make_image_as_video(out_dir: Path, fmt: str = "png") -> Path:
 
 
 def make_two_stream_sample(out_dir: Path) -> EdgeSample:
-    """An MP4 with two video streams: a 96x64 one first, then a 192x128 one with other content.
-    `frames` are those of the larger stream (the one to use)."""
-    small = _scene_frames(96, 64, [12, 12], seed=50)
+    """An MP4 with two video streams: a 96x64 one first (a cut at frame 6), then a 192x128 one
+    (a cut at frame 12). `frames` are those of the larger stream (the one to use)."""
+    small = _scene_frames(96, 64, [6, 18], seed=50)
     large = _scene_frames(192, 128, [12, 12], seed=51)
     path = Path(out_dir) / "two_streams.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -489,10 +489,10 @@ def _column_array(table: str, field: pa.Field, values: list) -> pa.Array:
         if v is None:
             continue
         # Arrow would silently truncate 2.5 to 2, or split "ab" into ["a", "b"].
-        if (integer and isinstance(v, float) and not v.is_integer()) or (
-            listed and isinstance(v, str | bytes)
-        ):
-            why = "it would not be stored unchanged"
+        if integer and isinstance(v, float) and not v.is_integer():
+            why = "not a whole number"
+        elif listed and isinstance(v, str | bytes):
+            why = "a list is expected"
         elif array is None:
             try:
                 pa.array([v], type=field.type)
@@ -537,7 +537,7 @@ def part_problem(path: Path, *, deep: bool = False) -> str | None:
         try:
             pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
-            return f"corrupt: {exc}"
+            return "corrupt: " + " ".join(str(exc).split())
     return None
 
 

@@ -18,8 +18,9 @@ __all__ = ["SCHEMA_VERSION", "STATUSES", "TABLES", "VIEWS", "WRITTEN_COLUMN", "C
 
 # 2: tables declared by their stages; every marker table has attempts and retry_at; probes gained
 #    rotation, coded size, media type and the stream used.
-# 3: score tables (aesthetic_scores, clip_embeddings, motion_scores, text_match_scores), dedup_runs and
-#    dup_groups; `clips` gained media_type (images are one-frame clips) and the latest scores.
+# 3: score tables (aesthetic_scores, clip_embeddings, motion_scores, text_match_scores), captions,
+#    dedup_runs and dup_groups; `clips` gained media_type (images are one-frame clips), the latest
+#    scores and the latest caption.
 SCHEMA_VERSION = 3
 
 # Row status values, shared by every stage table.
@@ -88,7 +89,7 @@ VIEWS: dict[str, tuple[str, str]] = {
                k.status AS cut_status, k.error AS cut_error,
                coalesce(d.path, s.path) AS source_path,
                c.media_type, a.aesthetic, m.motion, m.static,
-               CAST(NULL AS VARCHAR) AS caption, CAST(NULL AS VARCHAR) AS caption_status,
+               cap.caption, cap.caption_status,
                t.text_match, g.dup_group, g.dup_of
         FROM spans c
         LEFT JOIN _latest_cuts k USING (clip_id)
@@ -100,6 +101,9 @@ VIEWS: dict[str, tuple[str, str]] = {
         LEFT JOIN (SELECT clip_id, motion, static FROM _latest_motion_scores WHERE status = 'ok'
                    QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1
                   ) m USING (clip_id)
+        LEFT JOIN (SELECT clip_id, caption, caption_status FROM _latest_captions WHERE status = 'ok'
+                   QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1
+                  ) cap USING (clip_id)
         LEFT JOIN (SELECT clip_id, text_match FROM _latest_text_match_scores WHERE status = 'ok'
                    QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1
                   ) t USING (clip_id)

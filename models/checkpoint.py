@@ -322,20 +322,24 @@ def save_weights(
 
 
 def _parse_config(text: str, where: str) -> dict[str, Any]:
+    """`{"model_class": "STDiT", "constructor_args": {...}}` (save_weights) or the arguments alone."""
+    import inspect
+
+    from .stdit import STDiT
+
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{where} is not valid JSON: {err}") from err
-    if (
-        not isinstance(document, dict)
-        or document.get("model_class") != "STDiT"
-        or not isinstance(document.get("constructor_args"), dict)
-    ):
+    args = document.get("constructor_args", document) if isinstance(document, dict) else None
+    unknown = sorted(set(args) - set(inspect.signature(STDiT).parameters)) if isinstance(args, dict) else []
+    if not args or not isinstance(args, dict) or unknown or document.get("model_class", "STDiT") != "STDiT":
         raise ValueError(
-            f"{where} is not a model config written by save_weights "
-            '(expected {"model_class": "STDiT", "constructor_args": {...}})'
+            f"{where} is not an STDiT config: expected STDiT constructor arguments, alone or as "
+            '{"model_class": "STDiT", "constructor_args": {...}} (as save_weights writes)'
+            + (f"; unknown keys: {unknown}" if unknown else "")
         )
-    return document["constructor_args"]
+    return args
 
 
 def read_model_config(source: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -284,6 +284,16 @@ def test_state_dict_saved_with_explicit_config(cfg, stdit_weights, tmp_path):
     assert torch.equal(m.t_block[1].weight, stdit_weights["t_block.1.weight"])
 
 
+def test_config_json_of_bare_constructor_arguments(cfg, stdit_weights, tmp_path):
+    """The trainer's checkpoint folders hold the constructor arguments alone in config.json."""
+    src = make(cfg, stdit_weights)
+    save_weights(src.state_dict(), tmp_path / "step-00000120" / "ema.safetensors")
+    (tmp_path / "step-00000120" / "config.json").write_text(json.dumps(cfg["constructor_args"]))
+    m = STDiT.from_pretrained(tmp_path / "step-00000120")
+    assert m.config == src.config
+    assert torch.equal(m.final_layer.linear.weight, stdit_weights["final_layer.linear.weight"])
+
+
 def test_released_checkpoints_carry_no_config(cfg, stdit_weights, tmp_path):
     from models.checkpoint import build_from_checkpoint, read_model_config
 
@@ -306,7 +316,7 @@ def test_bad_or_incomplete_checkpoint_of_ours_raises(cfg, stdit_weights, tmp_pat
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         STDiT.from_pretrained(tmp_path / "broken")
     (tmp_path / "broken" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
-    with pytest.raises(ValueError, match="not a model config written by save_weights"):
+    with pytest.raises(ValueError, match=r"not an STDiT config.*unknown keys: \['_class_name'\]"):
         STDiT.from_pretrained(tmp_path / "broken")
 
     partial = {k: v for k, v in src.state_dict().items() if "blocks.1." not in k}

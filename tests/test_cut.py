@@ -9,12 +9,12 @@ import av
 import numpy as np
 import pytest
 
-from datakit.ingest import ingest
 from datakit.executors import plan, run_stage
+from datakit.ingest import ingest
+from datakit.stage import WorkerContext
 from datakit.stages.cut import CutStage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
-from datakit.stage import WorkerContext
 from datakit.workspace import Workspace
 from mediaio import even_size, iter_video_frames, pick_indices, read_frames
 

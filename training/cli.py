@@ -36,7 +36,10 @@ def train(
     init_from: Annotated[
         str | None, typer.Option(help="Start from a previous run folder (its EMA) or PixArt-α/Open-Sora weights.")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the run in --run-dir from its last checkpoint (start it if there is none)."),
+    ] = False,
 ) -> None:
     """Train STDiT on a curated set or a SQL selection (one stage of Open-Sora 1.0's recipe).
 
@@ -59,18 +62,16 @@ def train(
     if init_from is not None:
         flags["model"]["init_from"] = init_from
     try:
-        if resume:
-            if stage or set_spec or select or config or init_from or overrides or preset:
-                raise ConfigError("--resume takes the run's own config: give only --run-dir (and --max-steps, --ckpt-every)")
-            launch(None, run_dir=run_dir, source=None, resume=True, resume_overrides=flags["train"])
-            return
-        if stage is None:
+        cfg = source = None
+        if stage is not None:
+            cfg = resolve_config(stage, tiny=preset == "tiny", config_file=config, overrides=overrides, extra=flags)
+        elif not resume or config or overrides or preset or init_from:
             raise ConfigError("give --stage image|video|hq")
-        if (set_spec is None) == (select is None):
-            raise ConfigError("give exactly one of --set NAME[@vN] and --select SQL")
-        cfg = resolve_config(stage, tiny=preset == "tiny", config_file=config, overrides=overrides, extra=flags)
-        source = Source(workspace or default_workspace(), set_spec=set_spec, select=select)
-        launch(cfg, run_dir=run_dir, source=source, resume=False)
+        if set_spec is not None and select is not None:
+            raise ConfigError("give one of --set NAME[@vN] and --select SQL, not both")
+        if set_spec is not None or select is not None:
+            source = Source(workspace or default_workspace(), set_spec=set_spec, select=select)
+        launch(cfg, run_dir=run_dir, source=source, resume=resume, resume_overrides=flags["train"])
     except (ConfigError, SelectionError, RunError, FileExistsError, FileNotFoundError) as err:
         rank = os.environ.get("RANK", "0")
         if rank == "0":

@@ -103,6 +103,36 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+RESUME_CHANGEABLE = ("train.max_steps", "train.ckpt_every")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "stdit_args":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_run(saved: RunConfig, given: RunConfig | None, source: Source | None, card: dict[str, Any]) -> None:
+    """`--resume` with the original command line: it must describe the run being resumed."""
+    if given is not None:
+        old, new = _flatten(saved.to_dict()), _flatten(given.to_dict())
+        diff = [k for k in old if k not in RESUME_CHANGEABLE and old[k] != new.get(k)]
+        if diff:
+            shown = "; ".join(f"{k}: run has {old[k]!r}, command gives {new.get(k)!r}" for k in diff[:5])
+            raise ConfigError(f"--resume: the command does not match the run's config ({shown})")
+    if source is not None:
+        name, version = selection.parse_set_spec(source.set_spec) if source.set_spec else ("select", None)
+        same = card.get("name") == name and version in (None, card.get("version"))
+        if source.select is not None:
+            same = card.get("name") == "select" and card.get("recipe") == source.select
+        if not same:
+            raise ConfigError(f"--resume: the run was frozen from {card.get('name')}, not from this --set/--select")
+
+
 def launch(
     cfg: RunConfig | None,
     *,
@@ -111,23 +141,31 @@ def launch(
     resume: bool,
     resume_overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Everything `python cli.py train` does after parsing its options. Returns the run folder."""
+    """Everything `python cli.py train` does after parsing its options. Returns the run folder.
+
+    `resume`: continue the run in `run_dir` from its last checkpoint; with no run there yet, start
+    it (so one command line can be relaunched as is, e.g. by a job scheduler). A `cfg`/`source`
+    given with `resume` must match the run's own (only max_steps and ckpt_every may change).
+    """
     cuda = torch.cuda.is_available()
+    if cfg is not None:
+        cfg = resolve_auto(cfg, cuda)
+    if resume and run_dir is None:
+        raise ConfigError("--resume needs --run-dir (the run to continue)")
+    resume = resume and (Path(run_dir) / CONFIG_FILE).is_file()
     if resume:
-        if run_dir is None:
-            raise ConfigError("--resume needs --run-dir (the run to continue)")
-        cfg = read_run_config(run_dir)
+        saved = read_run_config(run_dir)
+        check_same_run(saved, cfg, source, selection.load_frozen(run_dir)[1])
         for key, value in (resume_overrides or {}).items():  # e.g. a larger --max-steps
-            setattr(cfg.train, key, value)
-    assert cfg is not None
-    cfg = resolve_auto(cfg, cuda)
+            setattr(saved.train, key, value)
+        cfg = saved
+    elif cfg is None or source is None:
+        raise ConfigError("give --stage and one of --set NAME[@vN] / --select SQL (no run to resume there)")
     ctx = init_distributed(cfg.train.backend)
     run_dir = Path(broadcast_object(str(run_dir or default_run_dir(cfg.stage)), ctx))
     if resume:
         on_main(ctx, lambda: _write_json(run_dir / CONFIG_FILE, cfg.to_dict()))
     else:
-        if source is None:
-            raise ConfigError("give --set NAME[@vN] or --select SQL")
         on_main(ctx, lambda: _prepare_new_run(run_dir, cfg, source, ctx))
     setup_logging(run_dir, ctx.rank)
     rows, card = selection.load_frozen(run_dir)

@@ -22,7 +22,7 @@ class TransformersEngine:
 
         self.torch = torch
         self.device = device
-        self.processor = AutoProcessor.from_pretrained(model, use_fast=False)
+        self.processor = AutoProcessor.from_pretrained(model, use_fast=True)
         self.processor.tokenizer.padding_side = "left"
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         self.net = AutoModelForImageTextToText.from_pretrained(model, torch_dtype=dtype).to(device).eval()

@@ -35,7 +35,7 @@ _CHAR_LOOP = re.compile(r"(\S{1,40}?)\1{7,}")  # a short unit repeated 8+ times 
 @dataclass(frozen=True)
 class QAResult:
     status: str  # "ok" or the first problem: "empty", "refusal", "repetition", "truncated"
-    reasons: tuple[str, ...]  # readable findings, all of them
+    reasons: tuple[str, ...]  # every problem found, "<status>: <readable detail>"
 
     @property
     def reason(self) -> str | None:
@@ -75,15 +75,15 @@ def repetition_problem(text: str, *, min_words: int = 12, min_unique_ratio: floa
     words = [w.lower() for w in _WORD.findall(text)]
     loop = _word_loop(words)
     if loop:
-        return f"repetition loop: {loop[0][:40]!r} {loop[1]} times in a row"
+        return f"{loop[0][:40]!r} {loop[1]} times in a row"
     chars = _CHAR_LOOP.search(text)  # loops without word boundaries ("!!!!", unspaced scripts)
     if chars:
-        return f"repetition loop: {chars.group(1)[:40]!r} {len(chars.group(0)) // len(chars.group(1))} times in a row"
+        return f"{chars.group(1)[:40]!r} {len(chars.group(0)) // len(chars.group(1))} times in a row"
     if len(words) >= min_words:
         trigrams = list(zip(words, words[1:], words[2:], strict=False))
         ratio = len(set(trigrams)) / len(trigrams)
         if ratio < min_unique_ratio:
-            return f"repetition: only {ratio:.0%} of word trigrams are distinct"
+            return f"only {ratio:.0%} of word trigrams are distinct"
     return None
 
 
@@ -94,7 +94,7 @@ def check_caption(text: str, finish_reason: str | None, *, max_tokens: int | Non
         problems.append(("empty", "empty caption" if not text else f"no words in caption {text[:40]!r}"))
     refusal = _REFUSAL.search(text)
     if refusal:
-        problems.append(("refusal", f"refusal-like text: {refusal.group(0)!r}"))
+        problems.append(("refusal", f"refusal-like text {refusal.group(0)!r}"))
     loop = repetition_problem(text)
     if loop:
         problems.append(("repetition", loop))
@@ -103,4 +103,4 @@ def check_caption(text: str, finish_reason: str | None, *, max_tokens: int | Non
         problems.append(("truncated", f"stopped at the token limit{limit}"))
     if not problems:
         return QAResult("ok", ())
-    return QAResult(problems[0][0], tuple(reason for _, reason in problems))
+    return QAResult(problems[0][0], tuple(f"{status}: {reason}" for status, reason in problems))

@@ -81,7 +81,7 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab = (len(tokenizer) + 63) // 64 * 64
+    vocab = len(tokenizer)  # no padding rows: a random model can only emit real tokens
     config = Qwen2VLConfig(
         vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -89,7 +89,7 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, seed: int = 0) -> Path:
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         vision_token_id=ids["<|vision_pad|>"], image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"], torch_dtype="float32",
+        video_token_id=ids["<|video_pad|>"], torch_dtype="float32", initializer_range=0.2,
         vision_config={"depth": 2, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 128,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
     )  # fmt: skip

@@ -72,7 +72,7 @@ class MotionStage(Stage):
     pairs: int = option(4, "Frame pairs per clip, evenly spaced over the span.", min=1)
     gap_s: float = option(0.1, "Seconds between the two frames of a pair (at least one frame).", min=0)
     short_side: int = option(128, "Frames are shrunk to this short side before the flow.", min=16)
-    static_threshold: float = option(0.02, "Motion (short sides per second) below which a clip is static.", min=0)
+    static_threshold: float = option(0.01, "Motion (short sides per second) below which a clip is static.", min=0)
     commit_every: int = option(128, "Items per committed part file.", min=1)
 
     @cached_property

@@ -1,0 +1,222 @@
+"""Curated sets: immutable, versioned selections of clips, made by SQL over the manifest.
+
+    <workspace>/sets/<NAME>/v<N>/rows.parquet   one row per clip: what a trainer needs
+    <workspace>/sets/<NAME>/v<N>/card.json      name, version, recipe (name and SQL), row count,
+                                                manifest snapshot (live part files per table), created
+
+`select` runs one read-only SELECT (a recipe from manifests/recipes, `--where` over `clips`, or any
+`--sql` returning `clip_id`) in the query sandbox, completes each row with the set columns from the
+`clips` view (recipe columns of the same name win; other recipe columns are kept after them) and
+writes the next version. A version is never rewritten: files are made read-only and a new select
+writes v<N+1>. `NAME` names the latest version, `NAME@v2` a given one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datakit.workspace import Workspace, WorkspaceError
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "manifests" / "recipes"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+# The columns of every set row (a recipe may add more after them).
+SET_COLUMNS = {
+    "clip_id": "c.clip_id",
+    "video_id": "c.video_id",
+    "media_type": "c.media_type",
+    "source_path": "c.source_path",
+    "path": "c.path",
+    "start_frame": "c.start_frame",
+    "end_frame": "c.end_frame",
+    "num_frames": "c.num_frames",
+    "fps": "c.fps",
+    "height": "c.height",
+    "width": "c.width",
+    "aspect_ratio": "CAST(c.height AS DOUBLE) / c.width",
+    "duration_s": "c.num_frames / c.fps",
+    "caption": "c.caption",
+    "aesthetic": "c.aesthetic",
+    "motion": "c.motion",
+    "static": "c.static",
+    "text_match": "c.text_match",
+    "dup_group": "c.dup_group",
+    "dup_of": "c.dup_of",
+}
+
+
+class SetError(WorkspaceError):
+    """A set that cannot be made or found; printed as `Error: ...` by the CLI."""
+
+
+@dataclass(frozen=True)
+class SetVersion:
+    name: str
+    version: int
+    path: Path  # the v<N> folder
+
+    @property
+    def rows_path(self) -> Path:
+        return self.path / "rows.parquet"
+
+    @property
+    def card(self) -> dict:
+        return json.loads((self.path / "card.json").read_text())
+
+    def read(self) -> pa.Table:
+        return pq.read_table(self.rows_path)
+
+
+def sets_dir(ws: Workspace) -> Path:
+    return ws.root / "sets"
+
+
+def recipe_sql(name: str) -> str:
+    """The SQL of a shipped recipe (`video` or `@video`)."""
+    path = RECIPES_DIR / f"{name.lstrip('@')}.sql"
+    if not path.is_file():
+        names = ", ".join(sorted("@" + p.stem for p in RECIPES_DIR.glob("*.sql")))
+        raise SetError(f"no recipe {name} (recipes: {names})")
+    return path.read_text()
+
+
+def versions(ws: Workspace, name: str) -> list[SetVersion]:
+    folder = sets_dir(ws) / name
+    found = []
+    for d in folder.glob("v*") if folder.is_dir() else []:
+        if re.fullmatch(r"v\d+", d.name) and (d / "card.json").is_file():
+            found.append(SetVersion(name, int(d.name[1:]), d))
+    return sorted(found, key=lambda v: v.version)
+
+
+def resolve(ws: Workspace, spec: str) -> SetVersion:
+    """`NAME` (latest version) or `NAME@vN` -> the set version."""
+    name, _, ver = spec.partition("@")
+    found = versions(ws, name)
+    if not found:
+        known = ", ".join(list_sets(ws)) or "none yet"
+        raise SetError(f"no set named {name!r} in {sets_dir(ws)} (sets: {known})")
+    if not ver:
+        return found[-1]
+    if not re.fullmatch(r"v?\d+", ver):
+        raise SetError(f"bad set version {ver!r} in {spec!r}: use NAME@v2")
+    wanted = int(ver.lstrip("v"))
+    for v in found:
+        if v.version == wanted:
+            return v
+    raise SetError(f"set {name} has no version v{wanted} (versions: {', '.join(f'v{v.version}' for v in found)})")
+
+
+def list_sets(ws: Workspace) -> dict[str, list[SetVersion]]:
+    root = sets_dir(ws)
+    names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    return {n: vs for n in names if (vs := versions(ws, n))}
+
+
+def _select_rows(ws: Workspace, sql: str) -> pa.Table:
+    """Run the user's SELECT in the sandbox and complete its rows with the set columns."""
+    import duckdb
+
+    from datakit.query import check_read_only
+
+    check_read_only(sql)
+
+    def run(con) -> pa.Table:
+        picked = con.sql(sql).to_arrow_table()
+        if "clip_id" not in picked.column_names:
+            raise SetError(f"the selection has no clip_id column (it has {', '.join(picked.column_names)})")
+        picked = picked.append_column("__order", pa.array(range(picked.num_rows), pa.int64()))
+        con.register("__picked", picked)
+        dupes = con.execute("SELECT clip_id, count(*) FROM __picked GROUP BY ALL HAVING count(*) > 1 LIMIT 3").fetchall()
+        if dupes:
+            raise SetError(f"the selection returns a clip more than once, e.g. {dupes[0][0]} x{dupes[0][1]}: "
+                           "a set holds each clip once")  # fmt: skip
+        unknown = con.execute("SELECT count(*), any_value(clip_id) FROM __picked ANTI JOIN clips USING (clip_id)").fetchall()[0]
+        if unknown[0]:
+            raise SetError(f"{unknown[0]} selected clip id(s) are not in the clips view, e.g. {unknown[1]!r}")
+        own = [c for c in picked.column_names if c != "__order"]
+        cols = [f'r."{n}"' if n in own else f'{expr} AS "{n}"' for n, expr in SET_COLUMNS.items()]
+        cols += [f'r."{n}"' for n in own if n not in SET_COLUMNS]
+        return con.sql(
+            f"SELECT {', '.join(cols)} FROM __picked r JOIN clips c USING (clip_id) ORDER BY r.__order"
+        ).to_arrow_table()
+
+    try:
+        return ws.read(run, sandbox=True)
+    except duckdb.Error as exc:
+        raise SetError(f"the selection failed: {exc}") from None
+
+
+def manifest_snapshot(ws: Workspace) -> dict:
+    """The live part files of every table and their row counts (what the set was selected from)."""
+    from manifests.schema import SCHEMA_VERSION, tables
+
+    out: dict = {"schema_version": SCHEMA_VERSION, "tables": {}}
+    for name in tables():
+        parts = ws.live_parts(name)
+        out["tables"][name] = {
+            "parts": [p.name for p in parts],
+            "part_rows": sum(pq.read_metadata(p).num_rows for p in parts),
+        }
+    return out
+
+
+def select(ws: Workspace, name: str, sql: str, *, recipe: str | None = None, kind: str = "sql") -> SetVersion:
+    """Write the next version of set `name` from a SELECT; returns it."""
+    if not NAME_RE.fullmatch(name):
+        raise SetError(f"bad set name {name!r}: letters, digits, '_', '.', '-' (not starting with '.', '_' or '-')")
+    snapshot = manifest_snapshot(ws)
+    rows = _select_rows(ws, sql)
+    folder = sets_dir(ws) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with ws.lock(f"set-{name}"):
+        done = versions(ws, name)
+        version = done[-1].version + 1 if done else 1
+        tmp = folder / f".v{version}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir()
+        try:
+            pq.write_table(rows, tmp / "rows.parquet", compression="zstd")
+            card = {
+                "name": name,
+                "version": version,
+                "recipe": {"name": recipe, "kind": kind, "text": sql},
+                "row_count": rows.num_rows,
+                "columns": rows.column_names,
+                "manifest": snapshot,
+                "workspace": str(ws.root),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "created_unix": time.time(),
+            }
+            (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+            for f in tmp.iterdir():
+                os.chmod(f, 0o444)
+            final = folder / f"v{version}"
+            os.rename(tmp, final)
+            os.chmod(final, 0o555)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return SetVersion(name, version, final)
+
+
+def selection_sql(recipe: str | None, where: str | None, sql: str | None) -> tuple[str, str, str | None]:
+    """(SQL, kind, recipe name) from exactly one of --recipe, --where, --sql."""
+    given = [(k, v) for k, v in (("recipe", recipe), ("where", where), ("sql", sql)) if v]
+    if len(given) != 1:
+        raise SetError("give exactly one of --recipe @NAME, --where CONDITION or --sql SELECT")
+    kind, value = given[0]
+    if kind == "recipe":
+        return recipe_sql(value), kind, "@" + value.lstrip("@")
+    if kind == "where":
+        return f"SELECT * FROM clips WHERE {value}", kind, None
+    return value, kind, None

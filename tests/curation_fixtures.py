@@ -1,0 +1,63 @@
+"""Helpers for the curation tests: manifests written row by row, and score rows written directly.
+
+Writing rows directly (instead of running models) lets a test choose exact scores; the rows are
+the same ones the stages write, checked against the same declared tables.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from datakit.samples import SampleSpec, make_sample
+from datakit.workspace import Workspace
+
+
+def write_clips(ws: Workspace, clips: list[dict]) -> None:
+    """Sources, probes, scene runs and spans for clips given as dicts with clip_id, video_id,
+    start_frame, end_frame, fps, width, height and optionally path (the source file)."""
+    videos = {}
+    for c in clips:
+        videos.setdefault(c["video_id"], c)
+    ws.write("sources", [{"video_id": v, "source": c.get("path") or f"/nonexistent/{v}.mp4", "source_kind": "file",
+                          "path": c.get("path") or f"/nonexistent/{v}.mp4", "status": "ok"}
+                         for v, c in videos.items()])  # fmt: skip
+    ws.write("probes", [{"video_id": v, "status": "ok", "width": c["width"], "height": c["height"], "fps": c["fps"],
+                         "num_frames": 10_000, "media_type": "video"} for v, c in videos.items()])  # fmt: skip
+    ws.write("scene_runs", [{"video_id": v, "status": "ok", "run_key": "run-" + v} for v in videos])
+    ws.write("clip_spans", [
+        {"clip_id": c["clip_id"], "video_id": c["video_id"], "scene_index": i, "start_frame": c["start_frame"],
+         "end_frame": c["end_frame"], "start_s": c["start_frame"] / c["fps"], "end_s": c["end_frame"] / c["fps"],
+         "num_frames": c["end_frame"] - c["start_frame"], "fps": c["fps"], "width": c["width"],
+         "height": c["height"], "run_key": "run-" + c["video_id"]}
+        for i, c in enumerate(clips)
+    ])  # fmt: skip
+
+
+def write_scores(ws: Workspace, scores: dict[str, dict], key: str = "test") -> None:
+    """Score rows per clip id: any of aesthetic, motion, static, caption, caption_status, text_match,
+    dup_group, dup_of (a dedup run row is written when dup_group is given)."""
+    now = time.time()
+
+    def rows(field_names: tuple[str, ...]) -> list[dict]:
+        return [
+            {"row_id": f"{cid}:{key}", "clip_id": cid, "model_key": key, "model": "written by a test",
+             "status": "ok", "scored_at": now, **{f: s[f] for f in field_names if f in s}}
+            for cid, s in scores.items() if any(f in s for f in field_names)
+        ]  # fmt: skip
+
+    ws.write("aesthetic_scores", rows(("aesthetic",)))
+    ws.write("motion_scores", rows(("motion", "static")))
+    ws.write("captions", rows(("caption", "caption_status")))
+    ws.write("text_match_scores", rows(("text_match",)))
+    groups = [{"clip_id": cid, "run_key": f"run-{key}", "dup_group": s["dup_group"], "dup_of": s.get("dup_of")}
+              for cid, s in scores.items() if "dup_group" in s]  # fmt: skip
+    if groups:
+        ws.write("dup_groups", groups)
+        ws.write("dedup_runs", [{"run_key": f"run-{key}", "status": "ok", "finished_at": now}])
+
+
+def small_videos(folder: Path, n: int = 2, fps: int = 12) -> list[Path]:
+    """n tiny H.264 videos of two 30-frame scenes each (two clips each after `scenes`)."""
+    return [Path(make_sample(SampleSpec(f"v{i}", 96, 64, fps, "libx264", "mp4", [30, 30], seed=200 + i), folder).path)
+            for i in range(n)]  # fmt: skip
