@@ -122,12 +122,20 @@ def encode(table: pa.Table, fmt: str) -> bytes:
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:
-    """Lists, structs and maps become JSON text: csv has no nested values."""
-    for i, field in enumerate(table.schema):
-        if pa.types.is_nested(field.type):
-            text = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
-            table = table.set_column(i, field.name, pa.array(text, pa.string()))
-    return table
+    """Lists, structs and maps become JSON text (csv has no nested values); DuckDB writes the JSON."""
+    nested = {i for i, f in enumerate(table.schema) if pa.types.is_nested(f.type)}
+    if not nested:
+        return table
+    names = table.column_names
+    columns = ", ".join(
+        f"to_json(c{i})::VARCHAR AS c{i}" if i in nested else f"c{i}" for i in range(len(names))
+    )
+    con = duckdb.connect(":memory:")
+    try:  # positional names: a result may repeat a column name
+        relation = con.from_arrow(table.rename_columns([f"c{i}" for i in range(len(names))]))
+        return relation.select(columns).to_arrow_table().rename_columns(names)
+    finally:
+        con.close()
 
 
 def format_for(output: Path | None, fmt: str | None) -> str:

@@ -73,12 +73,30 @@ def small_bgr(frame: av.VideoFrame, size: tuple[int, int], interp: str = "linear
     return cv2.cvtColor(cv2.merge((y, v, u)), cv2.COLOR_YCrCb2BGR)
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A shot transition: frames [start, end) belong to neither shot; the next shot starts at `end`.
+    A hard cut has no frames of its own (start == end)."""
+
+    start: int
+    end: int
+    kind: str  # 'hard' or 'gradual'
+    peak: float | None = None  # the detector's highest transition probability in it (TransNetV2)
+
+
 @dataclass
 class Detection:
     cuts: list[int]  # first frame of each new scene (hard cuts)
     gradual: list[tuple[int, int]] = field(default_factory=list)  # [start, end) transition gaps
     analysed_frames: int = 0
     error: str | None = None  # decoding stopped early (the cuts cover the analysed frames)
+    transitions: list[Transition] = field(default_factory=list)  # cuts and gaps, in frame order
+
+    def __post_init__(self) -> None:
+        if not self.transitions:
+            hard = [Transition(c, c, "hard") for c in self.cuts]
+            self.transitions = sorted(hard + [Transition(s, e, "gradual") for s, e in self.gradual],
+                                      key=lambda t: (t.start, t.end))  # fmt: skip
 
 
 def detect_scenes(
@@ -214,6 +232,12 @@ def scenes_from_cuts(
                 out.append((g1, e))
         scenes = out
     return scenes
+
+
+def scenes_from_transitions(transitions: list[Transition], num_frames: int) -> list[tuple[int, int]]:
+    """[start, end) scenes: split at every transition, its own frames left out."""
+    cuts = [t.end for t in transitions if t.kind == "hard"]
+    return scenes_from_cuts(cuts, num_frames, [(t.start, t.end) for t in transitions if t.kind != "hard"])
 
 
 def clip_frames_limits(fps: float, min_clip_s: float, max_clip_s: float | None) -> tuple[int, int | None]:

@@ -88,9 +88,7 @@ class Workspace:
     def __init__(self, root: str | os.PathLike | None = None, *, create: bool = True):
         self.root = Path(root if root is not None else default_workspace()).absolute()
         if not self.meta_path.exists():
-            if (self.root / "tables").is_dir():
-                raise WorkspaceError(f"{self.meta_path} is missing; {self.repair_hint} to rewrite it")
-            if not create:
+            if not create and not (self.root / "tables").is_dir():
                 raise WorkspaceError(f"no datakit workspace at {self.root} (run `datakit ingest` first)")
             self._init()
         self._check()
@@ -135,6 +133,8 @@ class Workspace:
         with self.lock("catalog"):
             if self.meta_path.exists():  # another process won the race
                 return
+            if (self.root / "tables").is_dir():  # _init writes workspace.json last: it was lost
+                raise WorkspaceError(f"{self.meta_path} is missing; {self.repair_hint} to rewrite it")
             for sub in ("media", "clips", "locks", "runs"):
                 (self.root / sub).mkdir(exist_ok=True)
             self.ensure_tables()

@@ -5,9 +5,12 @@ identify every decoded frame by its timestamp (pts -> frame index, see `mediaio.
 B-frames, reordering, variable frame rates and containers with coarse time bases (mkv, webm: 1 ms)
 stay exact. Index modes:
 - 'pts' : the exact packet table of the file (a cached demux pass), exact for VFR too;
-- 'cfr' : timestamp arithmetic from the stream header (no demux pass; exact for constant rates);
+- 'cfr' : timestamp arithmetic from the stream header (no demux pass); a frame off the frame-rate
+  grid (a VFR stream) raises `VideoReadError` rather than being misnumbered;
 - 'sequential' : decode from the first frame and count (for streams without timestamps);
-- 'auto' (default): 'pts', or 'sequential' when the table is unusable.
+- 'auto' (default): 'cfr' when the container's sample index proves a constant rate (MP4/MOV,
+  AVI: no demux pass), else 'pts'; then 'pts' and 'sequential' if timestamps turn out inconsistent
+  before anything was yielded.
 
 `iter_video_frames` yields decoded `av.VideoFrame`s as coded; `iter_frames`/`read_frames` return
 RGB arrays turned upright by the display rotation (see `mediaio.streams.display_rotation`).
@@ -27,9 +30,9 @@ from mediaio.avio import av_open
 from mediaio.errors import VideoReadError
 from mediaio.limits import MAX_PIXELS, check_frame_size, decoder_threads
 from mediaio.streams import display_rotation, displayed_size, pick_video_stream
-from mediaio.timing import SpanPlan, Timing, cfr_timing, plan_span, pts_table
+from mediaio.timing import CfrTiming, SpanPlan, Timing, cfr_timing, exact_timing, plan_span, pts_table
 
-_MODES = {"auto": ("pts", "sequential"), "pts": ("pts",), "cfr": ("cfr",), "sequential": ("sequential",)}
+_MODES = {"auto": ("auto", "pts", "sequential"), "pts": ("pts",), "cfr": ("cfr",), "sequential": ("sequential",)}
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
 
@@ -130,6 +133,8 @@ def _decode_span(
             idx = counter
         else:
             idx = mapping.index_of(frame.pts)
+            if isinstance(mapping, CfrTiming) and not mapping.on_grid(frame.pts, idx):
+                raise _Inconsistent(f"pts {frame.pts} is off the {float(mapping.fps):g} fps grid (variable frame rate)")
         if expected is None:
             check_frame_size(frame.width, frame.height, max_pixels)  # headers may not say
             if idx < 0:
@@ -146,11 +151,11 @@ def _decode_span(
 
 
 def _timing(path: str | os.PathLike, mode: str) -> Timing:
-    if mode == "pts":
-        table = pts_table(path)
-        if table is None:
+    if mode in ("pts", "auto"):
+        timing = pts_table(path) if mode == "pts" else exact_timing(path)
+        if timing is None:
             raise _Inconsistent("some packets have no timestamp")
-        return table
+        return timing
     with av_open(str(path)) as container:
         stream = pick_video_stream(container)
         if stream is None:
@@ -198,10 +203,14 @@ def iter_video_frames(
     if end <= start:
         return
     modes = _MODES[index]
+    tried: list[Timing] = []
     for mode in modes:
         yielded = 0
         try:
             mapping = None if mode == "sequential" else _timing(path, mode)
+            if mapping is not None and any(mapping is t for t in tried):
+                continue  # 'auto' already chose this table
+            tried.append(mapping)
             for item in _read_span(path, mapping, start, end, threads, max_pixels):
                 yielded += 1
                 yield item
@@ -215,7 +224,7 @@ def plan_frames(
     path: str | os.PathLike, start: int, end: int, *, fps: float | None = None, index: str = "auto"
 ) -> SpanPlan:
     """Which source frames make the output of [start, end) at `fps` (see `mediaio.timing.plan_span`)."""
-    mode = "cfr" if index == "cfr" else "pts"
+    mode = index if index in ("cfr", "pts") else "auto"
     try:
         timing = _timing(path, mode)
     except _Inconsistent:

@@ -4,9 +4,11 @@ Frames are numbered in presentation order from 0 (the counting of a sequential d
 probe's `num_frames`). Two pts <-> index mappings:
 
 - `CfrTiming`: index = round((pts - start_pts) * time_base * fps). Needs only the stream header;
-  exact for constant-frame-rate streams only.
+  exact for constant-frame-rate streams only, which `index_timing` proves from an MP4/MOV/AVI
+  sample index without reading the file (readers also check each decoded frame is on the grid).
 - `PtsTable`: the sorted pts of every frame's packet (one demux pass, no decoding). Exact for
   variable frame rate (VFR) too; `pts_table(path)` caches it per file.
+`exact_timing(path)` gives the first when proven, else the second.
 
 A `SpanPlan` says which source frames make the output frames of a span [start, end) and when each
 is shown: a span whose frames are evenly spaced at the video's rate keeps a constant rate; a VFR
@@ -44,6 +46,11 @@ class CfrTiming:
 
     def pts_of(self, index: int) -> int:
         return self.start_pts + math.floor(index / (self.fps * self.time_base))
+
+    def on_grid(self, pts: int, index: int) -> bool:
+        """Whether `pts` lies within a tick of frame `index`'s place on the frame-rate grid (a
+        VFR frame does not; muxers round each timestamp to a tick)."""
+        return abs(pts - self.start_pts - index / (self.fps * self.time_base)) <= 1
 
     def is_uniform(self, start: int, end: int) -> bool:
         return True
@@ -127,6 +134,44 @@ def read_pts_table(container, stream) -> PtsTable | None:
     if last_end is None or last_end <= table[-1]:  # no packet durations: repeat the last gap
         last_end = int(table[-1]) + (int(table[-1] - table[-2]) if len(table) > 1 else math.ceil(1 / (fps * tb)))
     return PtsTable(table, tb, fps, int(last_end))
+
+
+def index_timing(stream) -> CfrTiming | None:
+    """CFR timing proven from the container's sample index, without reading the file: MP4/MOV
+    and AVI list every frame (size, decode timestamp) in their header. None when the index is
+    incomplete (MKV/WebM list keyframes only), has empty samples (dropped frames), or the
+    timestamps are not evenly spaced at the stream's rate. (The index holds decode timestamps:
+    evenly spaced ones are a constant rate with B-frames too, and readers still check every
+    decoded frame's pts against the grid.)"""
+    n = stream.frames
+    entries = stream.index_entries
+    if not n or len(entries) != n:
+        return None
+    dts = np.sort(np.fromiter((e.timestamp for e in entries if e.size > 0), np.int64))
+    if len(dts) != n:
+        return None
+    timing = cfr_timing(stream)
+    nominal = 1 / (timing.fps * timing.time_base)
+    if not np.all(np.abs(np.diff(dts) - float(nominal)) <= 1 + 1e-9):
+        return None
+    return CfrTiming(timing.time_base, timing.fps, timing.start_pts, n)
+
+
+@functools.lru_cache(maxsize=64)
+def _index_timing_cached(path: str, _size: int, _mtime_ns: int) -> CfrTiming | None:
+    with av_open(path) as container:
+        stream = pick_video_stream(container)
+        if stream is None:
+            raise VideoReadError(f"no video stream in {path}")
+        return index_timing(stream)
+
+
+def exact_timing(path: str | os.PathLike) -> Timing | None:
+    """The cheapest exact frame numbering of a file (cached per path, size and mtime): CFR
+    arithmetic when the container's index proves a constant rate (`index_timing`), else the pts
+    table (`pts_table`, a demux pass). None when the stream has packets without pts."""
+    st = os.stat(path)
+    return _index_timing_cached(str(path), st.st_size, st.st_mtime_ns) or pts_table(path)
 
 
 @functools.lru_cache(maxsize=16)

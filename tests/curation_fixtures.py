@@ -12,6 +12,40 @@ from pathlib import Path
 from datakit.samples import SampleSpec, make_sample
 from datakit.workspace import Workspace
 
+GOOD = {"aesthetic": 7.0, "motion": 0.3, "static": False, "caption": "a long and descriptive caption of a scene",
+        "caption_status": "ok", "text_match": 0.3, "dup_group": None, "dup_of": None}  # fmt: skip
+
+# clip id -> (seconds, scores that differ from GOOD): each fails one condition of @video or @hq
+CASES = {
+    "good": (4.0, {}),
+    "fair": (4.0, {"aesthetic": 5.0}),  # @video yes, @hq no (aesthetic < 6)
+    "ugly": (4.0, {"aesthetic": 4.0}),  # below 4.5: out of @video too
+    "short": (1.5, {}),  # under 2 s
+    "long": (20.0, {}),  # over 15 s
+    "still": (4.0, {"static": True, "motion": 0.001}),
+    "unscored": (4.0, {"aesthetic": None}),
+    "refused": (4.0, {"caption_status": "refusal"}),
+    "terse": (4.0, {"caption": "a cat"}),  # @hq wants >= 40 characters
+    "offtopic": (4.0, {"text_match": 0.1}),  # @hq wants >= 0.25
+    "shaky": (4.0, {"motion": 3.0}),  # @hq wants motion <= 1
+    "copy": (4.0, {"dup_of": "good"}),
+    "undeduped": (4.0, {"dup_group": "none"}),
+}
+
+
+def curated_manifest(ws: Workspace) -> None:
+    """One clip per CASES entry, with GOOD scores but for its changes."""
+    fps = 24.0
+    write_clips(ws, [{"clip_id": cid, "video_id": f"v-{cid}", "start_frame": 0, "end_frame": int(sec * fps),
+                      "fps": fps, "width": 320, "height": 240} for cid, (sec, _) in CASES.items()])  # fmt: skip
+    scores = {}
+    for cid, (_, changes) in CASES.items():
+        s = {**GOOD, "dup_group": cid, **changes}
+        if s["dup_group"] == "none":
+            s.pop("dup_group")
+        scores[cid] = {k: v for k, v in s.items() if v is not None or k == "dup_of"}
+    write_scores(ws, scores)
+
 
 def write_clips(ws: Workspace, clips: list[dict]) -> None:
     """Sources, probes, scene runs and spans for clips given as dicts with clip_id, video_id,

@@ -40,24 +40,34 @@ def tiny_vlm(tmp_path_factory) -> Path:
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("tiny-vlm"))
 
 
-@pytest.fixture(scope="module")
-def clips_template(tmp_path_factory) -> Path:
-    """A workspace with two small videos ingested, probed and cut into scenes (4 clips)."""
+def _clips_workspace(videos: Path, root: Path) -> Workspace:
+    """Ingest, probe and cut into scenes the videos of a folder (4 clips for `_videos`)."""
     from datakit.ingest import ingest
-    from datakit.samples import SampleSpec, make_sample
     from datakit.stages.probe import ProbeStage
     from datakit.stages.scenes import SceneStage
 
-    videos = tmp_path_factory.mktemp("videos")
-    make_sample(SampleSpec("walk", 160, 120, 24, scene_frames=[60, 72], seed=7), videos)
-    make_sample(SampleSpec("sea", 192, 108, 25, scene_frames=[75, 60], seed=8), videos)
-    root = tmp_path_factory.mktemp("template") / "ws"
     ws = Workspace(root)
     ingest(ws, [str(videos)])
     run_stage(ws, ProbeStage(), progress=False)
     run_stage(ws, SceneStage(), progress=False)
     assert len(ws.sql("SELECT * FROM clips")) == 4
-    return root
+    return ws
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Two small videos of two scenes each (shared: tests must not change them)."""
+    from datakit.samples import SampleSpec, make_sample
+
+    out = tmp_path_factory.mktemp("videos")
+    make_sample(SampleSpec("walk", 160, 120, 24, scene_frames=[60, 72], seed=7), out)
+    make_sample(SampleSpec("sea", 192, 108, 25, scene_frames=[75, 60], seed=8), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clips_template(videos, tmp_path_factory) -> Path:
+    return _clips_workspace(videos, tmp_path_factory.mktemp("template") / "ws").root
 
 
 @pytest.fixture
@@ -167,8 +177,8 @@ def test_transformers_engine_captions_every_clip(clips_ws, tiny_vlm):
     assert len(rows) == 8 and {r["prompt_id"] for r in rows} == {"video@v1", "short@v1"}, "rows added, none replaced"
 
 
-def test_unreadable_clip_becomes_an_error_row(clips_ws, tiny_vlm):
-    ws = clips_ws
+def test_unreadable_clip_becomes_an_error_row(videos, tiny_vlm, tmp_path):
+    ws = _clips_workspace(shutil.copytree(videos, tmp_path / "videos"), tmp_path / "ws")
     victim = ws.sql("SELECT source_path FROM clips ORDER BY clip_id LIMIT 1")[0]["source_path"]
     Path(victim).write_bytes(b"not a video any more")
     stage = CaptionStage(engine="transformers", model=str(tiny_vlm), frames=2, frame_size=56, max_tokens=4)
@@ -301,10 +311,9 @@ def test_kill_9_stops_the_server_and_a_rerun_resumes(clips_ws, tiny_vlm, tmp_pat
             "--model", str(tiny_vlm), "--vllm-python", str(_stub_vllm_python(tmp_path)), "--frames", "2",
             "--batch-size", "1", "--commit-every", "1", "--concurrency", "1"]  # fmt: skip
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    caption_parts = Path(clips_ws.root) / "tables" / "captions"
     deadline = time.monotonic() + 120
-    while not list(caption_parts.glob("*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while not _captions(clips_ws) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     server_pid = json.loads(record.read_text().splitlines()[0])["pid"]

@@ -29,7 +29,7 @@ def _mad(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ reading
-@pytest.mark.parametrize("index", ["cfr", "pts"])
+@pytest.mark.parametrize("index", ["auto", "cfr", "pts", "sequential"])
 def test_read_frames_equals_sequential_decode(demo_samples, index):
     rng = np.random.default_rng(0)
     for truth in demo_samples:  # mp4/h264 (B-frames), mp4/mpeg4, webm/vp9, avi/mjpeg, mkv/h264

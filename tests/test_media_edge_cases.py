@@ -26,6 +26,7 @@ from datakit.stages.cut import clean_stale_temps, cut_clip
 from datakit.stages.probe import probe_file
 from mediaio import (
     FrameTooLargeError,
+    VideoReadError,
     av_open,
     decoder_threads,
     iter_video_frames,
@@ -106,6 +107,12 @@ def test_vfr_spans_are_frame_exact(vfr, span):
     frames = read_frames(sample.path, a, b)
     assert len(frames) == min(b, 80) - a
     assert all(np.array_equal(f, stored[a + k]) for k, f in enumerate(frames))
+
+
+def test_vfr_is_never_misnumbered_by_frame_rate_arithmetic(vfr):
+    sample, _, _ = vfr
+    with pytest.raises(VideoReadError, match="variable frame rate"):
+        read_frames(sample.path, 0, 10, index="cfr")  # forced arithmetic: an error, not wrong frames
 
 
 @pytest.mark.parametrize("span", [(0, 10), (25, 60), (45, 80)])

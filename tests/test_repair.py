@@ -94,10 +94,13 @@ def test_repair_quarantines_a_parquet_file_that_is_not_a_datakit_part(tmp_path):
     assert Workspace(ws.root).sql("select count(*) n from probes")[0]["n"] == 2
 
 
-@pytest.mark.parametrize("content", ["{garbage", "", "[1, 2]", '{"root": "/x"}'])
+@pytest.mark.parametrize("content", ["{garbage", "", "[1, 2]", '{"root": "/x"}', None])
 def test_unreadable_workspace_json_is_named_and_rewritten(tmp_path, content):
     ws, _ = _workspace(tmp_path / "ws")
-    ws.meta_path.write_text(content)
+    if content is None:
+        ws.meta_path.unlink()
+    else:
+        ws.meta_path.write_text(content)
     with pytest.raises(WorkspaceError, match=f"{ws.meta_path}.*datakit repair"):
         Workspace(ws.root)
     proc = datakit("status", "-w", str(ws.root))

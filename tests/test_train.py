@@ -66,7 +66,7 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     clips = Workspace(ws, create=False).arrow("select * from clips order by clip_id")
     assert clips.num_rows == 10
     captions = pa.array([f"shapes moving, clip {i}" for i in range(clips.num_rows)])
-    curated = clips.append_column("caption", captions)
+    curated = clips.drop([c for c in ("caption",) if c in clips.column_names]).append_column("caption", captions)
     good = curated.filter(pa.array(["broken" not in p for p in curated["source_path"].to_pylist()]))
     write_set(ws, "base", 1, good)
     write_set(ws, "hq", 1, curated)

@@ -229,14 +229,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def test_overfitting_one_batch_lowers_the_loss(one_clip_set, tmp_path):
-    run = run_in_process(one_clip_set, tmp_path / "run", ["train.max_steps=40", "train.val_every=5",
-                                                          "train.ckpt_every=40", "optim.lr=3e-3"])  # fmt: skip
+    run = run_in_process(one_clip_set, tmp_path / "run", ["train.max_steps=30", "train.val_every=10",
+                                                          "train.ckpt_every=30", "optim.lr=3e-3"])  # fmt: skip
     m = read_metrics(run)
     losses = [r["loss"] for r in m]
-    assert len(m) == 40 and all(np.isfinite(losses))
+    assert len(m) == 30 and all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
-    val = [r["val_loss"] for r in m if "val_loss" in r]
-    assert len(val) == 8 and val[-1] < 0.8 * val[0], val
+    val = [r["val_loss"] for r in m if "val_loss" in r]  # fixed timesteps and noise: comparable
+    assert len(val) == 3 and val[-1] < 0.8 * val[0], val
     assert {r["bucket"][0] for r in m} == {1}, "image stage: 1-frame samples"
     card = json.loads((run / "data" / "card.json").read_text())
     assert (card["name"], card["version"], card["row_count"]) == ("one", 1, 2)

@@ -99,7 +99,11 @@ def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int
     return args
 
 
-def build_models(cfg: RunConfig, device: torch.device, compute_dtype: torch.dtype) -> Models:
+def build_models(
+    cfg: RunConfig, device: torch.device, compute_dtype: torch.dtype, resume_args: dict[str, Any] | None = None
+) -> Models:
+    """`resume_args`: the STDiT args of the checkpoint being resumed (its weights load later, so
+    `model.init_from` is neither read nor needed then)."""
     m = cfg.model
     vae_path, t5_path = (m.vae, m.text_encoder) if not m.tiny else ensure_tiny_models(m.tiny_dir)
     encoder_dtype = compute_dtype if device.type == "cuda" else torch.float32
@@ -110,13 +114,12 @@ def build_models(cfg: RunConfig, device: torch.device, compute_dtype: torch.dtyp
         t5_path, model_max_length=m.model_max_length, device=device, dtype=encoder_dtype,
         local_files_only=m.local_files_only,
     )  # fmt: skip
-    patch = int(m.stdit_args.get("patch_size", (1, 2, 2))[1])
-    multiple = vae.spatial_factor * patch
     frames, res = cfg.data.num_frames[0], min(cfg.data.resolution)
     latent = (frames, res // vae.spatial_factor, res // vae.spatial_factor)
-    args = stdit_args_for(cfg, t5.output_dim, latent)
+    args = dict(resume_args) if resume_args is not None else stdit_args_for(cfg, t5.output_dim, latent)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every launch
     stdit = STDiT(**{**args, "patch_size": tuple(args["patch_size"])})
-    if m.init_from:
+    if m.init_from and resume_args is None:
         from models.checkpoint import load_pretrained
 
         report = load_pretrained(stdit, m.init_from, use_ema=m.init_use_ema)
@@ -124,6 +127,7 @@ def build_models(cfg: RunConfig, device: torch.device, compute_dtype: torch.dtyp
     if m.grad_checkpointing:
         stdit.enable_gradient_checkpointing()
     t5.y_embedder = stdit.y_embedder  # the null caption is the model's (as 1.0)
+    multiple = vae.spatial_factor * int(args["patch_size"][1])
     return Models(vae, t5, stdit.to(device), args, multiple)
 
 

@@ -113,9 +113,9 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / "rng" / f"rank-{ctx.rank}.pt")
     if ctx.is_main:
         meta = {"step": str(step)}
-        save_weights(model_weights, tmp / "model.safetensors", metadata=meta)
-        save_weights(ema_weights, tmp / "ema.safetensors", metadata=meta)
-        (tmp / "config.json").write_text(json.dumps(stdit_args, indent=2) + "\n")
+        # save_weights also writes config.json (the STDiT constructor args) beside the weights
+        save_weights(model_weights, tmp / "model.safetensors", metadata=meta, config=stdit_args)
+        save_weights(ema_weights, tmp / "ema.safetensors", metadata=meta, config=stdit_args)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "world_size": ctx.world_size}, indent=2))
     barrier(ctx)
     if ctx.is_main:

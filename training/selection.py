@@ -55,7 +55,10 @@ def read_set(workspace: str | os.PathLike, spec: str) -> tuple[pa.Table, dict[st
     card_path = folder / CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card = {"name": name, "version": version, **card, "source": str(folder)}
-    return pq.read_table(folder / ROWS_FILE), card
+    try:
+        return pq.read_table(folder / ROWS_FILE), card
+    except (OSError, pa.ArrowException) as err:
+        raise SelectionError(f"cannot read {folder / ROWS_FILE}: {err}") from None
 
 
 def run_select(workspace: str | os.PathLike, sql: str) -> tuple[pa.Table, dict[str, Any]]:

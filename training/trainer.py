@@ -21,7 +21,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class TrainState:
     position: int = 0  # sampler steps consumed in this epoch (including skipped ones)
     failed_clips: int = 0  # clips that could not be decoded, summed over ranks
     skipped_steps: int = 0  # steps where some rank had no decodable clip
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def step_seed(*parts: int) -> int:
@@ -106,9 +105,16 @@ def make_booster(cfg: RunConfig, models: Models) -> tuple[Any, Any, Any, Any]:
     if o.name == "hybrid_adam":
         from colossalai.nn.optimizer import HybridAdam
 
-        optimizer = HybridAdam(params, adamw_mode=True, **kwargs)
+        try:
+            optimizer = HybridAdam(params, adamw_mode=True, **kwargs)
+        except Exception as err:  # its kernels are built on first use (CUDA: nvcc and ninja)
+            raise RunError(
+                f"HybridAdam is unavailable here ({type(err).__name__}: {err}); ColossalAI builds its "
+                "kernels on first use and needs nvcc and ninja for that. Use optim.name=adamw instead."
+            ) from err
     else:
-        optimizer = torch.optim.AdamW(params, **kwargs)
+        fused = all(p.is_cuda for p in params)  # torch's fused CUDA AdamW kernel when on GPU
+        optimizer = torch.optim.AdamW(params, fused=fused or None, **kwargs)
     warmup = o.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
@@ -130,10 +136,15 @@ class Trainer:
         seed = cfg.train.seed
         random.seed(seed)
         np.random.seed(seed)
-        torch.manual_seed(seed)  # the same initial weights on every rank
 
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        self.models = build_models(cfg, ctx.device, dtype)
+        self.resume_from = ckpt_io.latest_checkpoint(self.run_dir) if resume else None
+        resume_args = None
+        if self.resume_from is not None:
+            from models.checkpoint import read_model_config
+
+            resume_args = read_model_config(self.resume_from)
+        self.models = build_models(cfg, ctx.device, dtype, resume_args)
         self.diffusion = IDDPM(timestep_respacing="")
 
         train_rows, val_rows = split_validation(rows, cfg)
@@ -169,23 +180,25 @@ class Trainer:
         self.ema = EMA(self.weights.shards())
         self.state = TrainState()
         self.last_ckpt: Path | None = None
-        if resume:
-            self._resume()
+        if self.resume_from is not None:
+            self._resume(self.resume_from)
+        elif resume:
+            log.info("--resume: no checkpoint in %s yet, starting from step 0", self.run_dir)
         self.metrics = MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
 
     # ------------------------------------------------------------------------------ resume
-    def _resume(self) -> None:
-        ckpt = ckpt_io.latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            log.info("--resume: no checkpoint in %s yet, starting from step 0", self.run_dir)
-            return
+    def _resume(self, ckpt: Path) -> None:
         saved = ckpt_io.read_state(ckpt)
         if saved["world_size"] != self.ctx.world_size:
             raise RunError(
                 f"{ckpt} was written by {saved['world_size']} processes; resume with the same number "
                 f"(now {self.ctx.world_size}) so the data order and position mean the same"
             )
-        self.weights.load_full(ckpt_io.load_weights(ckpt, "model"))
+        weights = ckpt_io.load_weights(ckpt, "model")
+        self.weights.load_full(weights)
+        for name, buffer in self.models.stdit.named_buffers():  # the null caption
+            if name in weights:
+                buffer.copy_(weights[name])
         self.ema.load_full(ckpt_io.load_weights(ckpt, "ema"), self.weights)
         with warnings.catch_warnings():  # the Booster's torch.load of its own files warns about pickles
             warnings.simplefilter("ignore", FutureWarning)

@@ -58,7 +58,8 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 @dataclass(kw_only=True)
 class CaptionStage(Stage):
-    """One item per clip and model key; writes one `captions` row."""
+    """Caption clips with a vision-language model: vLLM (started and stopped by datakit), an
+    OpenAI-compatible endpoint, or transformers. One `captions` row per clip and model key."""
 
     name = "caption"
     marker_table = "captions"

@@ -136,6 +136,8 @@ def cut_clip(
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dst)
     try:
+        if end <= start:
+            raise ValueError(f"empty span [{start}, {end})")
         plan = plan_frames(src, start, end, fps=fps)
         if plan.num_frames is not None and end > plan.num_frames:
             raise ValueError(f"span [{start}, {end}) ends after the last frame (the video has {plan.num_frames})")

@@ -1,0 +1,80 @@
+"""Peak memory of probe, scenes and cut on huge frames (one worker, each run in its own process).
+
+    .venv/bin/python bench/bench_media_memory.py [--frames 48]
+
+Generates small H.264 files with enormous frames (cached under bench/out/media/): 8192x4320 (the
+largest common size, allowed) and 8192x8192 (over mediaio's pixel limit). Runs each operation in a
+fresh Python process and prints its peak RSS (`resource.getrusage`, ru_maxrss) and wall time. The
+8192x8192 file is run twice: with the default limit (refused) and with `max_pixels=0` (no limit),
+which shows the decoder/encoder bounds alone. `imports` is the floor: the modules loaded, nothing read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datakit.samples import make_huge_sample  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "media"
+
+RUN = """
+import resource, sys, time
+from datakit.scenes import detect_scenes
+from datakit.stages.cut import cut_clip
+from datakit.stages.probe import probe_file
+op, path, limit, out = sys.argv[1], sys.argv[2], int(sys.argv[3]) if sys.argv[3] else None, sys.argv[4]
+t = time.perf_counter()
+if op == "probe":
+    r = probe_file("v", path, max_pixels=limit)
+    result = r["error"] or "ok"
+elif op == "scenes":
+    try:
+        result = f"{detect_scenes(path, **({} if limit is None else {'max_pixels': limit})).analysed_frames} frames"
+    except Exception as exc:
+        result = str(exc)
+elif op.startswith("cut"):
+    short = int(op.split(":")[1]) if ":" in op else None
+    r = cut_clip(path, out, 0, int(sys.argv[5]), short_side=short, max_pixels=limit)
+    result = r["error"] or f"{r['num_frames']} frames {r['width']}x{r['height']}"
+else:
+    result = "imports only"
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{rss:.0f}\\t{time.perf_counter() - t:.1f}\\t{result[:60]}")
+"""
+
+
+def measure(op: str, path: Path, frames: int, limit: int | None) -> str:
+    args = [sys.executable, "-c", RUN, op, str(path), "" if limit is None else str(limit), str(OUT / "clip.mp4"), str(frames)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        return f"failed: {proc.stderr.strip().splitlines()[-1]}"
+    rss, wall, result = proc.stdout.strip().split("\t")
+    return f"{rss:>6} MiB {wall:>6} s  {result}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=48)
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for width, height, limits in ((8192, 4320, (None,)), (8192, 8192, (None, 0))):
+        path = OUT / f"huge_{width}x{height}.mp4"
+        if not path.exists():
+            make_huge_sample(OUT, width, height, args.frames)
+        cases += [(path, limit) for limit in limits]
+    print(f"{'file':<22} {'max_pixels':<10} {'operation':<12} peak RSS, wall, result")
+    for path, limit in cases:
+        for op in ("imports", "probe", "scenes", "cut", "cut:256"):
+            label = "default" if limit is None else str(limit)
+            print(f"{path.name:<22} {label:<10} {op:<12} {measure(op, path, args.frames, limit)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
