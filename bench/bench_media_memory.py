@@ -4,9 +4,10 @@
 
 Generates small H.264 files with enormous frames (cached under bench/out/media/): 8192x4320 (the
 largest common size, allowed) and 8192x8192 (over mediaio's pixel limit). Runs each operation in a
-fresh Python process and prints its peak RSS (`resource.getrusage`, ru_maxrss) and wall time. The
-8192x8192 file is run twice: with the default limit (refused) and with `max_pixels=0` (no limit),
-which shows the decoder/encoder bounds alone. `imports` is the floor: the modules loaded, nothing read.
+fresh Python process (started from this small one: a child starts from its parent's peak RSS) and
+prints its peak RSS (`resource.getrusage`, ru_maxrss) and wall time. The 8192x8192 file is run
+twice: with the default limit (refused) and with `max_pixels=0` (no limit), which shows the
+decoder/encoder bounds alone. `imports` is the floor: the modules loaded, nothing read.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from datakit.samples import make_huge_sample  # noqa: E402
-
 OUT = ROOT / "bench" / "out" / "media"
 
 RUN = """
@@ -35,13 +32,14 @@ if op == "probe":
     result = r["error"] or "ok"
 elif op == "scenes":
     try:
-        result = f"{detect_scenes(path, **({} if limit is None else {'max_pixels': limit})).analysed_frames} frames"
+        kwargs = {} if limit is None else {"max_pixels": limit}
+        result = f"{detect_scenes(path, **kwargs).analysed_frames} frames"
     except Exception as exc:
         result = str(exc)
 elif op.startswith("cut"):
     short = int(op.split(":")[1]) if ":" in op else None
     r = cut_clip(path, out, 0, int(sys.argv[5]), short_side=short, max_pixels=limit)
-    result = r["error"] or f"{r['num_frames']} frames {r['width']}x{r['height']}"
+    result = r.get("error") or f"{r['num_frames']} frames {r['width']}x{r['height']}"
 else:
     result = "imports only"
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -50,7 +48,16 @@ print(f"{rss:.0f}\\t{time.perf_counter() - t:.1f}\\t{result[:60]}")
 
 
 def measure(op: str, path: Path, frames: int, limit: int | None) -> str:
-    args = [sys.executable, "-c", RUN, op, str(path), "" if limit is None else str(limit), str(OUT / "clip.mp4"), str(frames)]
+    args = [
+        sys.executable,
+        "-c",
+        RUN,
+        op,
+        str(path),
+        "" if limit is None else str(limit),
+        str(OUT / "clip.mp4"),
+        str(frames),
+    ]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         return f"failed: {proc.stderr.strip().splitlines()[-1]}"
@@ -66,8 +73,10 @@ def main() -> None:
     cases = []
     for width, height, limits in ((8192, 4320, (None,)), (8192, 8192, (None, 0))):
         path = OUT / f"huge_{width}x{height}.mp4"
-        if not path.exists():
-            make_huge_sample(OUT, width, height, args.frames)
+        if not path.exists():  # in a process of its own: a child inherits its parent's peak RSS
+            code = "import sys; from datakit.samples import make_huge_sample as m; m(sys.argv[1], *map(int, sys.argv[2:]))"
+            make = [sys.executable, "-c", code, str(OUT), str(width), str(height), str(args.frames)]
+            subprocess.run(make, cwd=ROOT, check=True)
         cases += [(path, limit) for limit in limits]
     print(f"{'file':<22} {'max_pixels':<10} {'operation':<12} peak RSS, wall, result")
     for path, limit in cases:

@@ -141,7 +141,9 @@ def main() -> None:
         print(f"  speedup:                      {loader['speedup']:.1f}x")
         for gpu_rate in (8.4, 10.5):
             workers = math.ceil(gpu_rate / loader["span_clips_per_s"])
-            print(f"  loader workers to feed {gpu_rate} samples/s (XL/2 16×256 per GPU): {workers} (at this CPU's per-core rate)")
+            print(
+                f"  loader workers to feed {gpu_rate} samples/s (XL/2 16×256 per GPU): {workers} (at this CPU's per-core rate)"
+            )
 
         ws = make_workspace(root)
         presets = {

@@ -126,11 +126,16 @@ def query(
 
 
 def print_table(result, max_rows: int = 40, title: str | None = None) -> None:
+    """Values are shown as they are (Text: `[red]` in a value is not rich markup)."""
+    from rich.text import Text
+
     table = Table(title=title, show_lines=False)
     for name in result.column_names:
-        table.add_column(name, overflow="fold")
-    for row in result.slice(0, max_rows).to_pylist():
-        table.add_row(*("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_column(Text(name), overflow="fold")
+    shown = result.slice(0, max_rows)
+    columns = [shown.column(i).to_pylist() for i in range(shown.num_columns)]  # names may repeat
+    for row in zip(*columns, strict=True):
+        table.add_row(*(Text("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row))
     out.print(table)
     if result.num_rows > max_rows:
         out.print(f"... {result.num_rows - max_rows} more rows (use --format csv/json/parquet for all)")

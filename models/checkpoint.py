@@ -332,13 +332,14 @@ def _parse_config(text: str, where: str) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{where} is not valid JSON: {err}") from err
     args = document.get("constructor_args", document) if isinstance(document, dict) else None
-    unknown = sorted(set(args) - set(inspect.signature(STDiT).parameters)) if isinstance(args, dict) else []
-    if not args or not isinstance(args, dict) or unknown or document.get("model_class", "STDiT") != "STDiT":
+    if not isinstance(args, dict) or not args or document.get("model_class", "STDiT") != "STDiT":
         raise ValueError(
             f"{where} is not an STDiT config: expected STDiT constructor arguments, alone or as "
             '{"model_class": "STDiT", "constructor_args": {...}} (as save_weights writes)'
-            + (f"; unknown keys: {unknown}" if unknown else "")
         )
+    unknown = sorted(set(args) - set(inspect.signature(STDiT).parameters))
+    if unknown:
+        raise ValueError(f"{where} is not an STDiT config: unknown constructor arguments {unknown}")
     return args
 
 

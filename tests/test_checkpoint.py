@@ -315,8 +315,11 @@ def test_bad_or_incomplete_checkpoint_of_ours_raises(cfg, stdit_weights, tmp_pat
     (tmp_path / "broken" / "config.json").write_text('{"model_class": "STDiT", "constructor_args": ')
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         STDiT.from_pretrained(tmp_path / "broken")
+    (tmp_path / "broken" / "config.json").write_text('{"model_class": "AutoencoderKL", "constructor_args": {}}')
+    with pytest.raises(ValueError, match="not an STDiT config: expected STDiT constructor arguments"):
+        STDiT.from_pretrained(tmp_path / "broken")
     (tmp_path / "broken" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
-    with pytest.raises(ValueError, match=r"not an STDiT config.*unknown keys: \['_class_name'\]"):
+    with pytest.raises(ValueError, match=r"not an STDiT config: unknown constructor arguments \['_class_name'\]"):
         STDiT.from_pretrained(tmp_path / "broken")
 
     partial = {k: v for k, v in src.state_dict().items() if "blocks.1." not in k}

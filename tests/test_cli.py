@@ -61,6 +61,16 @@ def test_query_formats(probed, demo_samples, tmp_path):
     assert header == ["n_ok"] and values == [str(len(typed))]
 
 
+def test_query_table_shows_values_as_they_are(probed):
+    """Brackets in values are not rich markup, and a repeated column name keeps its own column."""
+    sql = "select '[red]x[/red]' as \"[b]name\", '[/]' as v, [1, 2] as v"
+    proc = datakit("query", "-w", str(probed), sql)
+    shown = proc.stdout.decode()
+    header = [c.strip() for c in next(line for line in shown.splitlines() if "┃" in line).strip("┃").split("┃")]
+    values = [c.strip() for c in next(line for line in shown.splitlines() if "│" in line).strip("│").split("│")]
+    assert header == ["[b]name", "v", "v"] and values == ["[red]x[/red]", "[/]", "[1, 2]"]
+
+
 def test_query_csv_writes_nested_values_as_json(probed):
     sql = "select [1, 2] as ints, {'a': 'x'} as rec, ['p', null] as strs, null::int[] as none"
     rows = list(csv.DictReader(io.StringIO(datakit("query", "-w", str(probed), sql, "-f", "csv").stdout.decode())))

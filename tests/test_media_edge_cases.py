@@ -3,8 +3,11 @@ killed cuts, images named like videos, several video streams. All generated here
 
 from __future__ import annotations
 
+import ast
+import os
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from mediaio import (
     VideoReadError,
     av_open,
     decoder_threads,
+    exact_timing,
     iter_video_frames,
     media_type,
     read_frames,
@@ -72,7 +76,9 @@ def test_reader_returns_upright_frames(rotated):
     rotation, sample = rotated
     frames = read_frames(sample.path, 5, 15)
     assert frames.shape == sample.frames[5:15].shape
-    assert [read_stamp(f) for f in frames] == list(range(5, 15))  # the index band is at the top, left to right
+    assert [read_stamp(f) for f in frames] == list(
+        range(5, 15)
+    )  # the index band is at the top, left to right
     assert max(_mad(a, b) for a, b in zip(frames, sample.frames[5:15], strict=True)) < 4
     small = read_frames(sample.path, 0, 2, size=48)  # an int size is the upright short side
     assert small.shape[1:3] == (80, 48)
@@ -109,6 +115,13 @@ def test_vfr_spans_are_frame_exact(vfr, span):
     assert all(np.array_equal(f, stored[a + k]) for k, f in enumerate(frames))
 
 
+def test_vfr_frame_times(vfr):
+    sample, _, times = vfr
+    timing = exact_timing(sample.path)
+    assert [timing.time_of(i) for i in range(80)] == times
+    assert timing.time_of(80) == times[-1] + Fraction(17, 1000)  # the end of the last frame
+
+
 def test_vfr_is_never_misnumbered_by_frame_rate_arithmetic(vfr):
     sample, _, _ = vfr
     with pytest.raises(VideoReadError, match="variable frame rate"):
@@ -138,7 +151,9 @@ def test_vfr_cut_resampled_shows_the_frame_on_screen(vfr, tmp_path):
     frames, out_times, _ = _decode_as_stored(row["path"])
     t0, ms = sample.times_ms[a], sample.times_ms
     span_ms = ms[b] - t0
-    want = [max(i for i in range(a, b) if ms[i] - t0 <= k * 1000 // fps) for k in range(-(-span_ms * fps // 1000))]
+    want = [
+        max(i for i in range(a, b) if ms[i] - t0 <= k * 1000 // fps) for k in range(-(-span_ms * fps // 1000))
+    ]
     assert [read_stamp(f) for f in frames] == want
     assert out_times == [Fraction(k, fps) for k in range(len(want))]
 
@@ -151,7 +166,9 @@ def huge(tmp_path_factory):
 
 def test_huge_frames_are_refused_before_decoding(huge, tmp_path):
     row = probe_file("v", str(huge))
-    assert row["status"] == "error" and row["error"].startswith("frame too large: 8192x8192 = 67.1 Mpx > max_pixels")
+    assert row["status"] == "error" and row["error"].startswith(
+        "frame too large: 8192x8192 = 67.1 Mpx > max_pixels"
+    )
     assert (row["width"], row["height"]) == (8192, 8192)
     with pytest.raises(FrameTooLargeError):
         read_frames(huge, 0, 1)
@@ -212,7 +229,12 @@ def test_clean_stale_temps_touches_only_cut_temps(tmp_path):
     for name in keep + stale:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert clean_stale_temps(tmp_path) == len(stale)
+    hour_ago = time.time() - 3600
+    for name in stale[1:]:
+        os.utime(tmp_path / name, (hour_ago, hour_ago))
+    assert clean_stale_temps(tmp_path, min_age_s=600) == 2  # a temp written recently may be in use
+    assert (tmp_path / stale[0]).exists()
+    assert clean_stale_temps(tmp_path) == 1
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)
     assert clean_stale_temps(tmp_path) == 0
 
@@ -245,3 +267,20 @@ def test_the_largest_video_stream_is_used(tmp_path):
     assert frames.shape == (8, 128, 192, 3)
     assert [read_stamp(f) for f in frames] == list(range(4, 12))
     assert detect_scenes(sample.path, min_scene_len=5).cuts == [12]
+
+
+def _imported_packages(package: str) -> set[str]:
+    """Top-level packages imported anywhere in a package's sources (function-level imports too)."""
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_mediaio_is_a_leaf_and_models_do_not_import_datakit():
+    assert _imported_packages("mediaio") & {"datakit", "models", "training", "torch"} == set()
+    assert "datakit" not in _imported_packages("models")

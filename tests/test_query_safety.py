@@ -26,7 +26,7 @@ def _snapshot_of_parts(ws: Workspace) -> dict[str, bytes]:
     [
         # EXPLAIN ANALYZE runs what it wraps: this once replaced the sources part with no rows
         "EXPLAIN ANALYZE COPY (SELECT * FROM sources WHERE false) TO '{part}' (FORMAT parquet)",
-        "explain /* c */ analyse copy (select 1) to '{out}'",
+        "explain /* c */ analyse -- note\n copy (select 1) to '{out}'",
         "EXPLAIN (ANALYZE, FORMAT json) COPY (SELECT 1) TO '{out}'",
         "EXPLAIN ANALYZE INSTALL httpfs",
         "EXPLAIN ANALYZE ATTACH '{out}' AS x",
@@ -59,6 +59,7 @@ def test_statements_that_are_not_one_select_are_refused(ws, tmp_path, sql):
         "WITH s AS (SELECT * FROM sources) FROM s SELECT count(*) AS n",
         "EXPLAIN SELECT * FROM clips",
         "EXPLAIN ANALYZE SELECT * FROM videos",
+        "explain analyze -- note\n /* c */ select 1",
         "explain (format json) select 1",
         "DESCRIBE videos",
         "SUMMARIZE sources",

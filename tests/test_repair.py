@@ -126,6 +126,18 @@ def test_a_deleted_table_folder_is_named_and_recreated(tmp_path):
     assert ws.sql("select count(*) n from probes")[0]["n"] == 1
 
 
+def test_a_table_new_to_the_workspace_is_created_not_reported_lost(tmp_path):
+    """A datakit with a new stage opens an older workspace: the new table's folder is made."""
+    ws, _ = _workspace(tmp_path / "ws")
+    meta = json.loads(ws.meta_path.read_text())
+    meta["tables"].remove("cuts")
+    ws.meta_path.write_text(json.dumps(meta))
+    shutil.rmtree(ws.table_dir("cuts"))
+    ws = Workspace(ws.root, create=False)
+    assert ws.sql("select count(*) n from cuts")[0]["n"] == 0
+    assert "cuts" in json.loads(ws.meta_path.read_text())["tables"]
+
+
 @pytest.mark.parametrize("damage", [b"", b"not a database" * 100])
 def test_a_damaged_catalog_is_rebuilt(tmp_path, damage):
     ws, _ = _workspace(tmp_path / "ws")

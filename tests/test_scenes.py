@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
 import pytest
 
-from datakit.ingest import ingest
-from datakit.scenes import apply_clip_policy, clip_frames_limits, detect_scenes, scenes_from_cuts
 from datakit.executors import plan, run_stage
+from datakit.ingest import ingest
+from datakit.scenes import (
+    Detection,
+    Transition,
+    apply_clip_policy,
+    clip_frames_limits,
+    detect_scenes,
+    scenes_from_cuts,
+    scenes_from_transitions,
+)
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.workspace import Workspace
@@ -81,6 +90,53 @@ def test_policy_splits_long_scenes_into_windows():
     assert apply_clip_policy([(0, n)], fps, n, max_clip_s=None) == [(0, 0, n)]
     for _, s, e in apply_clip_policy([(0, 1234)], 24, 1234):
         assert 48 <= e - s <= 360
+
+
+def test_transitions_split_scenes_and_keep_their_frames_out():
+    found = [Transition(40, 40, "hard"), Transition(60, 70, "gradual"), Transition(90, 100, "gradual")]
+    assert scenes_from_transitions(found, 100) == [(0, 40), (40, 60), (70, 90)]
+    # PySceneDetect's cuts and gradual gaps become transitions in frame order
+    det = Detection(cuts=[80, 40], gradual=[(60, 70)], analysed_frames=100)
+    assert det.transitions == [Transition(40, 40, "hard"), Transition(60, 70, "gradual"), Transition(80, 80, "hard")]
+
+
+def _random_transitions(rng: random.Random, n: int) -> list[Transition]:
+    found = []
+    for _ in range(rng.randint(0, 6)):
+        if rng.random() < 0.5:
+            c = rng.randint(1, n - 1)
+            found.append(Transition(c, c, "hard"))
+        else:
+            s = rng.randint(0, n - 1)
+            found.append(Transition(s, min(n, s + rng.randint(1, 40)), "gradual"))
+    return found
+
+
+def test_policy_never_puts_a_transition_frame_in_a_clip():
+    rng = random.Random(9)
+    for _ in range(400):
+        n = rng.randint(2, 700)
+        fps = rng.choice([10, 24, 25, 29.97, 60])
+        min_s, trim = rng.choice([0.0, 0.1, 0.5, 2.0]), rng.randint(0, 2)
+        max_s = rng.choice([m for m in (None, 0.5, 3.0, 15.0) if m is None or m > min_s])
+        found = _random_transitions(rng, n)
+        scenes = scenes_from_transitions(found, n)
+        clips = apply_clip_policy(scenes, fps, n, min_clip_s=min_s, max_clip_s=max_s, trim_frames=trim)
+        min_f, max_f = clip_frames_limits(fps, min_s, max_s)
+        for _, s, e in clips:
+            assert 0 <= s < e <= n and min_f <= e - s and (max_f is None or e - s <= max_f)
+            for t in found:  # at least `trim` frames away from every transition, never across a cut
+                assert e <= t.start - trim or s >= t.end + trim, (t, s, e, trim)
+        # the length rules apply to what remains: in each scene, the clips are consecutive windows
+        # from its (trimmed) start, and only a tail shorter than min_clip_s is left out
+        for i, (s, e) in enumerate(scenes):
+            s, e = s + (trim if s > 0 else 0), e - (trim if e < n else 0)
+            mine = [(a, b) for j, a, b in clips if j == i]
+            if e - s < min_f:
+                assert mine == []
+                continue
+            assert mine[0][0] == s and all(b == a2 for (_, b), (a2, _) in zip(mine, mine[1:], strict=False)), (mine, s, e)
+            assert 0 <= e - mine[-1][1] < min_f
 
 
 # ------------------------------------------------------------------------------------ stage

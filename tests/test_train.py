@@ -38,7 +38,13 @@ def write_set(ws: Path, name: str, version: int, rows: pa.Table) -> None:
     folder = ws / "sets" / name / f"v{version}"
     folder.mkdir(parents=True)
     pq.write_table(rows, folder / "rows.parquet")
-    card = {"name": name, "version": version, "recipe": f"{name}.sql", "row_count": rows.num_rows, "created": "now"}
+    card = {
+        "name": name,
+        "version": version,
+        "recipe": f"{name}.sql",
+        "row_count": rows.num_rows,
+        "created": "now",
+    }
     (folder / "card.json").write_text(json.dumps(card))
 
 
@@ -66,7 +72,9 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     clips = Workspace(ws, create=False).arrow("select * from clips order by clip_id")
     assert clips.num_rows == 10
     captions = pa.array([f"shapes moving, clip {i}" for i in range(clips.num_rows)])
-    curated = clips.drop([c for c in ("caption",) if c in clips.column_names]).append_column("caption", captions)
+    curated = clips.drop([c for c in ("caption",) if c in clips.column_names]).append_column(
+        "caption", captions
+    )
     good = curated.filter(pa.array(["broken" not in p for p in curated["source_path"].to_pylist()]))
     write_set(ws, "base", 1, good)
     write_set(ws, "hq", 1, curated)
@@ -74,9 +82,11 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "ws": ws, "tiny": root / "tiny"}
 
 
-def train(chain: dict[str, Path], run: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+def train(
+    chain: dict[str, Path], run: str, *args: str, torchrun: bool = True, **kwargs
+) -> subprocess.CompletedProcess:
     return cli("train", "--preset", "tiny", "-w", str(chain["ws"]), "--run-dir", str(chain["root"] / run),
-               f"model.tiny_dir={chain['tiny']}", "train.progress=false", *args, torchrun=True, **kwargs)  # fmt: skip
+               f"model.tiny_dir={chain['tiny']}", "train.progress=false", *args, torchrun=torchrun, **kwargs)  # fmt: skip
 
 
 IMAGE_ARGS = ("--stage", "image", "--select", "select * from clips", "--max-steps", "8", "--ckpt-every", "4")
@@ -162,13 +172,24 @@ def test_kill_and_resume_repeats_the_uninterrupted_run_bitwise(chain, image_run)
         assert [r[key] for r in got] == [r[key] for r in want], key
     assert len(json.loads((run_dir / "run.json").read_text())["launches"]) == 2
 
-    changed = train(chain, "killed", *IMAGE_ARGS, "optim.lr=0.5", "--resume", check=False)
+    changed = train(chain, "killed", *IMAGE_ARGS, "optim.lr=0.5", "--resume", check=False, torchrun=False)
     assert changed.returncode == 1 and "optim.lr: run has 0.001, command gives 0.5" in changed.stderr.decode()
 
 
 @pytest.fixture(scope="module")
 def video_run(chain, image_run) -> Path:
-    train(chain, "video", "--stage", "video", "--set", "base@v1", "--init-from", str(image_run), "--max-steps", "4")
+    train(
+        chain,
+        "video",
+        "--stage",
+        "video",
+        "--set",
+        "base@v1",
+        "--init-from",
+        str(image_run),
+        "--max-steps",
+        "4",
+    )
     return chain["root"] / "video"
 
 
@@ -198,9 +219,9 @@ def test_hq_stage_takes_the_latest_set_version(hq_run):
 
 def test_sample_from_the_final_ema_weights(chain, hq_run, tmp_path):
     out = tmp_path / "samples"
-    cli("sample", "-p", "shapes moving", "--ckpt", str(hq_run), "--model", str(hq_run / "config.json"),
-        "--vae", str(chain["tiny"] / "vae"), "--text-encoder", str(chain["tiny"] / "t5"), "--num-frames", "4",
-        "--height", "96", "--width", "96", "--steps", "3", "--device", "cpu", "--out", str(out),
+    # the run folder is a checkpoint: its EMA weights and config.json (so the trained size: 4 × 96 × 96)
+    cli("sample", "-p", "shapes moving", "--ckpt", str(hq_run), "--vae", str(chain["tiny"] / "vae"),
+        "--text-encoder", str(chain["tiny"] / "t5"), "--steps", "3", "--device", "cpu", "--out", str(out),
         "--local-files-only", "--no-progress")  # fmt: skip
     meta = json.loads((out / "samples.json").read_text())
     assert meta["settings"]["ckpt"] == str(hq_run)

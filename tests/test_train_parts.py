@@ -46,10 +46,21 @@ def test_config_layers_and_overrides(tmp_path):
     tiny = resolve_config("hq", tiny=True)
     assert tiny.model.tiny and tiny.data.resolution == [96]
     file = tmp_path / "c.toml"
-    file.write_text('[optim]\nlr = 3e-4\n[data]\nresolution = [512]\n')
-    cfg = resolve_config("hq", config_file=file, overrides=["optim.lr=1e-4", "data.num_frames=8", "model.init_from=x"])
-    assert (cfg.optim.lr, cfg.data.resolution, cfg.data.num_frames, cfg.model.init_from) == (1e-4, [512], [8], "x")
-    assert parse_overrides(["a.b=[1, 2]", "c=true", "d=some text"]) == {"a": {"b": [1, 2]}, "c": True, "d": "some text"}
+    file.write_text("[optim]\nlr = 3e-4\n[data]\nresolution = [512]\n")
+    cfg = resolve_config(
+        "hq", config_file=file, overrides=["optim.lr=1e-4", "data.num_frames=8", "model.init_from=x"]
+    )
+    assert (cfg.optim.lr, cfg.data.resolution, cfg.data.num_frames, cfg.model.init_from) == (
+        1e-4,
+        [512],
+        [8],
+        "x",
+    )
+    assert parse_overrides(["a.b=[1, 2]", "c=true", "d=some text"]) == {
+        "a": {"b": [1, 2]},
+        "c": True,
+        "d": "some text",
+    }
 
 
 @pytest.mark.parametrize(
@@ -159,9 +170,11 @@ def test_read_set_versions_and_missing_files(tmp_path, videos):
         read_set(tmp_path, "nope")
     no_caption = normalise(table.drop(["caption", "clip_id"]))
     assert no_caption["caption"].to_pylist() == [""] and no_caption["clip_id"][0].as_py().endswith("-0-39")
-    gone = [row(tmp_path / f"moved{i}.mp4", 0, 10, 10, 10) for i in range(7)] + [row(videos["wide"], 0, 9, 9, 9)]
+    gone = [row(tmp_path / f"moved{i}.mp4", 0, 10, 10, 10) for i in range(7)] + [
+        row(videos["wide"], 0, 9, 9, 9)
+    ]
     with pytest.raises(SelectionError, match=r"7 of 8 clips have no readable file") as err:
-        check_files(gone, "source")
+        check_files(gone)
     assert "moved0.mp4" in str(err.value) and "and 2 more" in str(err.value)
     with pytest.raises(SelectionError, match="lacks column"):
         normalise(table.drop(["start_frame"]))
@@ -243,7 +256,7 @@ def test_overfitting_one_batch_lowers_the_loss(one_clip_set, tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(one_clip_set, tmp_path):
-    from training.trainer import RunError
+    from training.errors import RunError
 
     run_dir = tmp_path / "nan"
     with pytest.raises(RunError, match=r"non-finite (loss|gradient norm) .* at step 2: stopping") as err:

@@ -29,7 +29,10 @@ def size_for(resolution: int, ratio: float, multiple: int) -> tuple[int, int]:
     """(height, width) with width/height ≈ ratio and area ≈ resolution², multiples of `multiple`."""
     height = resolution / math.sqrt(ratio)
     width = resolution * math.sqrt(ratio)
-    return (max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple))
+    return (
+        max(multiple, round(height / multiple) * multiple),
+        max(multiple, round(width / multiple) * multiple),
+    )
 
 
 def frames_bucket(span: int, num_frames: list[int], interval: int) -> int | None:
@@ -40,7 +43,9 @@ def frames_bucket(span: int, num_frames: list[int], interval: int) -> int | None
 
 def assign_bucket(row: dict[str, Any], cfg: DataConfig, multiple: int) -> Bucket | None:
     """The bucket of a clip, or None when it is too short for the smallest frame count."""
-    frames = frames_bucket(int(row["end_frame"]) - int(row["start_frame"]), cfg.num_frames, cfg.frame_interval)
+    frames = frames_bucket(
+        int(row["end_frame"]) - int(row["start_frame"]), cfg.num_frames, cfg.frame_interval
+    )
     if frames is None:
         return None
     width, height = int(row["width"] or 0), int(row["height"] or 0)

@@ -82,13 +82,17 @@ def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int
 
         args = load_stdit_config(m.stdit)[1]
     else:
-        raise ValueError(f"model.stdit {m.stdit!r} is neither a preset ({sorted(STDIT_PRESETS)}) nor a JSON file")
+        raise ValueError(
+            f"model.stdit {m.stdit!r} is neither a preset ({sorted(STDIT_PRESETS)}) nor a JSON file"
+        )
     args = {k: v for k, v in args.items() if k not in ("dtype", "grad_checkpointing", "freeze")}
     args.update(m.stdit_args)
     args.setdefault("caption_channels", caption_channels)
     args.setdefault("model_max_length", m.model_max_length)
     if args["caption_channels"] != caption_channels:
-        raise ValueError(f"STDiT caption_channels={args['caption_channels']} but the text encoder gives {caption_channels}")
+        raise ValueError(
+            f"STDiT caption_channels={args['caption_channels']} but the text encoder gives {caption_channels}"
+        )
     args.update(
         input_size=list(latent),
         space_scale=m.space_scale if m.space_scale is not None else min(cfg.data.resolution) / 512,
@@ -100,7 +104,10 @@ def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int
 
 
 def build_models(
-    cfg: RunConfig, device: torch.device, compute_dtype: torch.dtype, resume_args: dict[str, Any] | None = None
+    cfg: RunConfig,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    resume_args: dict[str, Any] | None = None,
 ) -> Models:
     """`resume_args`: the STDiT args of the checkpoint being resumed (its weights load later, so
     `model.init_from` is neither read nor needed then)."""
@@ -108,7 +115,10 @@ def build_models(
     vae_path, t5_path = (m.vae, m.text_encoder) if not m.tiny else ensure_tiny_models(m.tiny_dir)
     encoder_dtype = compute_dtype if device.type == "cuda" else torch.float32
     vae = VideoAutoencoderKL(
-        vae_path, micro_batch_size=m.vae_micro_batch_size, dtype=encoder_dtype, local_files_only=m.local_files_only
+        vae_path,
+        micro_batch_size=m.vae_micro_batch_size,
+        dtype=encoder_dtype,
+        local_files_only=m.local_files_only,
     ).to(device)
     t5 = T5Encoder(
         t5_path, model_max_length=m.model_max_length, device=device, dtype=encoder_dtype,

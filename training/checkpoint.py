@@ -1,15 +1,15 @@
 """Training checkpoints: written to a temp folder, then renamed, so a kill never leaves half of one.
 
-    <run>/checkpoints/step-00000120/
-        model.safetensors   fp32 weights (gathered ZeRO master weights)    } what `load_pretrained`
-        ema.safetensors     fp32 EMA weights                               } and `sample` read
-        config.json         STDiT constructor args
-        optimizer.bin       optimizer state (through the Booster)
-        scheduler.bin       LR scheduler state (through the Booster)
-        trainer_state.json  step, epoch, data position, counters
-        rng/rank-<r>.pt     each rank's torch / numpy / python RNG states
-    <run>/checkpoints/latest -> step-00000120
-    <run>/{model,ema}.safetensors, <run>/config.json -> checkpoints/latest/... (so a run folder is a checkpoint)
+<run>/checkpoints/step-00000120/
+    model.safetensors   fp32 weights (gathered ZeRO master weights)    } what `load_pretrained`
+    ema.safetensors     fp32 EMA weights                               } and `sample` read
+    config.json         STDiT constructor args
+    optimizer.bin       optimizer state (through the Booster)
+    scheduler.bin       LR scheduler state (through the Booster)
+    trainer_state.json  step, epoch, data position, counters
+    rng/rank-<r>.pt     each rank's torch / numpy / python RNG states
+<run>/checkpoints/latest -> step-00000120
+<run>/{model,ema}.safetensors, <run>/config.json -> checkpoints/latest/... (so a run folder is a checkpoint)
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -116,7 +118,9 @@ def save_checkpoint(
         # save_weights also writes config.json (the STDiT constructor args) beside the weights
         save_weights(model_weights, tmp / "model.safetensors", metadata=meta, config=stdit_args)
         save_weights(ema_weights, tmp / "ema.safetensors", metadata=meta, config=stdit_args)
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "world_size": ctx.world_size}, indent=2))
+        (tmp / STATE_FILE).write_text(
+            json.dumps({**state, "step": step, "world_size": ctx.world_size}, indent=2)
+        )
     barrier(ctx)
     if ctx.is_main:
         _fsync_tree(tmp)

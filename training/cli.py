@@ -13,20 +13,25 @@ import typer
 
 def train(
     overrides: Annotated[
-        list[str] | None, typer.Argument(help="Config overrides as key=value, e.g. optim.lr=1e-4 data.batch_size=4.")
+        list[str] | None,
+        typer.Argument(help="Config overrides as key=value, e.g. optim.lr=1e-4 data.batch_size=4."),
     ] = None,
     stage: Annotated[str | None, typer.Option(help="image | video | hq (not needed with --resume).")] = None,
     set_spec: Annotated[
         str | None, typer.Option("--set", help="Curated set NAME or NAME@vN (latest version by default).")
     ] = None,
     select: Annotated[
-        str | None, typer.Option(help="SQL over the workspace views, e.g. \"select * from clips\".")
+        str | None, typer.Option(help='SQL over the workspace views, e.g. "select * from clips".')
     ] = None,
     workspace: Annotated[
         Path | None,
-        typer.Option("--workspace", "-w", help="datakit workspace (default $DATAKIT_WORKSPACE or ./workspace)."),
+        typer.Option(
+            "--workspace", "-w", help="datakit workspace (default $DATAKIT_WORKSPACE or ./workspace)."
+        ),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML or JSON file with model/data/optim/train sections.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML or JSON file with model/data/optim/train sections.")
+    ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<stage>-<time>).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     ckpt_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (and at the end).")] = None,
@@ -34,11 +39,14 @@ def train(
         str | None, typer.Option(help="'tiny': tiny random VAE/T5/STDiT built locally, CPU-sized stages.")
     ] = None,
     init_from: Annotated[
-        str | None, typer.Option(help="Start from a previous run folder (its EMA) or PixArt-α/Open-Sora weights.")
+        str | None,
+        typer.Option(help="Start from a previous run folder (its EMA) or PixArt-α/Open-Sora weights."),
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option(help="Continue the run in --run-dir from its last checkpoint (start it if there is none)."),
+        typer.Option(
+            help="Continue the run in --run-dir from its last checkpoint (start it if there is none)."
+        ),
     ] = False,
 ) -> None:
     """Train STDiT on a curated set or a SQL selection (one stage of Open-Sora 1.0's recipe).
@@ -48,9 +56,9 @@ def train(
     from datakit.workspace import default_workspace
 
     from .config import ConfigError, resolve_config
+    from .errors import RunError
     from .run import Source, launch
     from .selection import SelectionError
-    from .trainer import RunError
 
     if preset not in (None, "tiny"):
         raise typer.BadParameter(f"unknown preset {preset!r} (only 'tiny')", param_hint="--preset")
@@ -64,7 +72,9 @@ def train(
     try:
         cfg = source = None
         if stage is not None:
-            cfg = resolve_config(stage, tiny=preset == "tiny", config_file=config, overrides=overrides, extra=flags)
+            cfg = resolve_config(
+                stage, tiny=preset == "tiny", config_file=config, overrides=overrides, extra=flags
+            )
         elif not resume or config or overrides or preset or init_from:
             raise ConfigError("give --stage image|video|hq")
         if set_spec is not None and select is not None:

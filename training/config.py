@@ -44,12 +44,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    num_frames: list[int] = field(default_factory=lambda: [16])  # frame buckets (a clip takes the largest it fills)
+    num_frames: list[int] = field(
+        default_factory=lambda: [16]
+    )  # frame buckets (a clip takes the largest it fills)
     frame_interval: int = 3
     resolution: list[int] = field(default_factory=lambda: [256])  # short-side-equivalent sizes (area R*R)
     aspect_ratios: list[str] = field(default_factory=lambda: ["1:1", "4:3", "3:4", "16:9", "9:16"])
     batch_size: int = 8  # per process
     num_workers: int = 4  # loader processes per training process
+    worker_start: str = "spawn"  # how loader processes start: spawn | forkserver | fork
     flip: bool = True
     prefer: str = "source"  # read spans from the source video ("source") or the cut file ("cut")
     val_fraction: float = 0.01  # held-out slice of the rows, chosen by clip id (stable across runs)
@@ -104,7 +107,10 @@ class RunConfig:
 # it); ours trains 1-frame samples in the same model, with no step count from the recipe.
 STAGE_PRESETS: dict[str, dict[str, Any]] = {
     "image": {"data": {"num_frames": [1], "frame_interval": 1, "batch_size": 64}, "train": {"epochs": 1}},
-    "video": {"data": {"num_frames": [16], "frame_interval": 3, "batch_size": 8}, "train": {"max_steps": 80_000}},
+    "video": {
+        "data": {"num_frames": [16], "frame_interval": 3, "batch_size": 8},
+        "train": {"max_steps": 80_000},
+    },
     "hq": {
         "data": {"num_frames": [16], "frame_interval": 3, "resolution": [256], "batch_size": 8},
         "train": {"max_steps": 24_000},
@@ -213,7 +219,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(f'{where}{k}' for k in unknown)}; known: {sorted(names)}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'{where}{k}' for k in unknown)}; known: {sorted(names)}"
+        )
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -266,13 +274,17 @@ def validate(cfg: RunConfig) -> None:
         (bool(d.resolution) and all(r >= 16 for r in d.resolution), "data.resolution: sizes >= 16"),
         (d.batch_size >= 1 and d.num_workers >= 0, "data.batch_size >= 1 and data.num_workers >= 0"),
         (d.prefer in ("source", "cut"), "data.prefer is 'source' or 'cut'"),
+        (d.worker_start in ("spawn", "forkserver", "fork"), "data.worker_start is spawn, forkserver or fork"),
         (0 <= d.val_fraction < 1, "data.val_fraction in [0, 1)"),
         (o.name in ("auto", "adamw", "hybrid_adam"), "optim.name is auto, adamw or hybrid_adam"),
         (o.lr > 0 and o.warmup_steps >= 0, "optim.lr > 0 and optim.warmup_steps >= 0"),
         (t.plugin in ("auto", "ddp", "zero2"), "train.plugin is auto, ddp or zero2"),
         (t.precision in ("auto", "fp32", "bf16"), "train.precision is auto, fp32 or bf16"),
         (t.backend in ("auto", "gloo", "nccl"), "train.backend is auto, gloo or nccl"),
-        (t.max_steps is not None or t.epochs is not None, "give train.max_steps (--max-steps) or train.epochs"),
+        (
+            t.max_steps is not None or t.epochs is not None,
+            "give train.max_steps (--max-steps) or train.epochs",
+        ),
         (t.ckpt_every >= 1 and t.keep_last >= 1, "train.ckpt_every and train.keep_last must be >= 1"),
         (0 <= t.caption_dropout <= 1 and 0 <= t.ema_decay <= 1, "caption_dropout and ema_decay in [0, 1]"),
         (all(0 <= s < 1000 for s in t.val_timesteps), "train.val_timesteps in [0, 1000)"),

@@ -35,7 +35,9 @@ class ClipDecodeError(RuntimeError):
     pass
 
 
-def window_frames(start: int, end: int, frames: int, interval: int, rng: np.random.Generator | None) -> list[int]:
+def window_frames(
+    start: int, end: int, frames: int, interval: int, rng: np.random.Generator | None
+) -> list[int]:
     """Source frame indices of a sample: `frames` frames `interval` apart inside [start, end).
 
     The window starts at a random offset (`rng`) or, without one, is centred (validation).
@@ -43,7 +45,9 @@ def window_frames(start: int, end: int, frames: int, interval: int, rng: np.rand
     window = (frames - 1) * interval + 1
     slack = end - start - window
     if slack < 0:
-        raise ClipDecodeError(f"span of {end - start} frames is shorter than {frames} frames at interval {interval}")
+        raise ClipDecodeError(
+            f"span of {end - start} frames is shorter than {frames} frames at interval {interval}"
+        )
     offset = int(rng.integers(0, slack + 1)) if rng is not None else slack // 2
     return [start + offset + k * interval for k in range(frames)]
 
@@ -64,7 +68,9 @@ def decode_frames(path: str, indices: Sequence[int]) -> list[np.ndarray]:
     """Upright RGB frames at `indices` (ascending), decoded from the span they cover only."""
     frames = list(iter_frames_at(path, indices))
     if len(frames) != len(indices):
-        raise ClipDecodeError(f"decoded {len(frames)} of {len(indices)} frames in [{indices[0]}, {indices[-1]}]")
+        raise ClipDecodeError(
+            f"decoded {len(frames)} of {len(indices)} frames in [{indices[0]}, {indices[-1]}]"
+        )
     return frames
 
 
@@ -110,7 +116,12 @@ class ClipDataset(Dataset):
             frames = [resize_crop(f, bucket.height, bucket.width) for f in decode_frames(path, indices)]
             if flip:
                 frames = [f[:, ::-1] for f in frames]
-            return {"index": index, "clip_id": row["clip_id"], "caption": row["caption"] or "", "video": to_tensor(frames)}
+            return {
+                "index": index,
+                "clip_id": row["clip_id"],
+                "caption": row["caption"] or "",
+                "video": to_tensor(frames),
+            }
         except Exception as err:  # any decoder failure is data, not a crash
             return {"index": index, "clip_id": row["clip_id"], "error": f"{type(err).__name__}: {err}"}
 

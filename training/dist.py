@@ -93,4 +93,3 @@ def barrier(ctx: DistContext) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-

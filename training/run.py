@@ -1,11 +1,11 @@
 """Start or resume a run: config, process group, run folder, frozen selection, then the trainer.
 
-    runs/<run>/
-        train_config.json    the resolved config (`--resume` reads it back)
-        run.json             launch facts: world size, process-group backend, device, versions, command
-        data/rows.parquet    the frozen selection; data/card.json (name, version, recipe, row count)
-        train.log  metrics.jsonl  tensorboard/ (when tensorboard is installed)
-        checkpoints/step-N/  checkpoints/latest  {model,ema}.safetensors  config.json  (see checkpoint.py)
+runs/<run>/
+    train_config.json    the resolved config (`--resume` reads it back)
+    run.json             launch facts: world size, process-group backend, device, versions, command
+    data/rows.parquet    the frozen selection; data/card.json (name, version, recipe, row count)
+    train.log  metrics.jsonl  tensorboard/ (when tensorboard is installed)
+    checkpoints/step-N/  checkpoints/latest  {model,ema}.safetensors  config.json  (see checkpoint.py)
 """
 
 from __future__ import annotations
@@ -87,11 +87,13 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
 def _prepare_new_run(run_dir: Path, cfg: RunConfig, source: Source, ctx: DistContext) -> None:
     if (run_dir / CONFIG_FILE).exists():
-        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or a new --run-dir")
+        raise FileExistsError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or a new --run-dir"
+        )
     table, card = source.read()
     table = selection.normalise(table)
     rows = table.to_pylist()
-    selection.check_files(rows, cfg.data.prefer)
+    selection.check_files(rows)
     run_dir.mkdir(parents=True, exist_ok=True)
     selection.freeze(run_dir, table, card)
     _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
@@ -116,7 +118,9 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_same_run(saved: RunConfig, given: RunConfig | None, source: Source | None, card: dict[str, Any]) -> None:
+def check_same_run(
+    saved: RunConfig, given: RunConfig | None, source: Source | None, card: dict[str, Any]
+) -> None:
     """`--resume` with the original command line: it must describe the run being resumed."""
     if given is not None:
         old, new = _flatten(saved.to_dict()), _flatten(given.to_dict())
@@ -130,7 +134,9 @@ def check_same_run(saved: RunConfig, given: RunConfig | None, source: Source | N
         if source.select is not None:
             same = card.get("name") == "select" and card.get("recipe") == source.select
         if not same:
-            raise ConfigError(f"--resume: the run was frozen from {card.get('name')}, not from this --set/--select")
+            raise ConfigError(
+                f"--resume: the run was frozen from {card.get('name')}, not from this --set/--select"
+            )
 
 
 def launch(
@@ -170,7 +176,7 @@ def launch(
     setup_logging(run_dir, ctx.rank)
     rows, card = selection.load_frozen(run_dir)
     if resume:
-        on_main(ctx, lambda: selection.check_files(rows, cfg.data.prefer))
+        on_main(ctx, lambda: selection.check_files(rows))
     on_main(ctx, lambda: _record_launch(run_dir / "run.json", _run_facts(ctx, card, resume)))
 
     from .trainer import Trainer

@@ -55,7 +55,10 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
                 indices = rng.permutation(indices)
             n_steps = math.ceil(len(indices) / per_step)
             padded = np.resize(indices, n_steps * per_step)  # wraps around the bucket's own rows
-            steps += [(bucket, chunk.reshape(self.world_size, self.batch_size)) for chunk in np.split(padded, n_steps)]
+            steps += [
+                (bucket, chunk.reshape(self.world_size, self.batch_size))
+                for chunk in np.split(padded, n_steps)
+            ]
         if self.shuffle:
             steps = [steps[i] for i in rng.permutation(len(steps))]
         return steps

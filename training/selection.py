@@ -97,7 +97,9 @@ def normalise(table: pa.Table) -> pa.Table:
         table = table.append_column("caption", pa.array([""] * table.num_rows, pa.string()))
     else:
         table = table.set_column(
-            table.column_names.index("caption"), "caption", pc.fill_null(table["caption"].cast(pa.string()), "")
+            table.column_names.index("caption"),
+            "caption",
+            pc.fill_null(table["caption"].cast(pa.string()), ""),
         )
     if "clip_id" not in table.column_names:
         ids = [
@@ -113,7 +115,17 @@ def normalise(table: pa.Table) -> pa.Table:
         table = table.append_column("clip_id", pa.array(ids, pa.string()))
     if table.num_rows == 0:
         raise SelectionError("the selection is empty")
-    first = ["clip_id", "source_path", "path", "start_frame", "end_frame", "fps", "width", "height", "caption"]
+    first = [
+        "clip_id",
+        "source_path",
+        "path",
+        "start_frame",
+        "end_frame",
+        "fps",
+        "width",
+        "height",
+        "caption",
+    ]
     rest = [c for c in table.column_names if c not in first]
     return table.select(first + rest)
 
@@ -128,11 +140,20 @@ def media_path(row: dict[str, Any], prefer: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def check_files(rows: Sequence[dict[str, Any]], prefer: str, examples: int = 5) -> None:
+def check_files(rows: Sequence[dict[str, Any]], examples: int = 5) -> None:
     """Fail fast, before any model is built, when files of the selection moved or vanished."""
-    lost = [r for r in rows if media_path(r, prefer)[0] is None]
+    exists: dict[str, bool] = {}  # clips share their source files: one stat per file
+
+    def readable(path: str | None) -> bool:
+        if path and path not in exists:
+            exists[path] = os.path.isfile(path)
+        return bool(path) and exists[path]
+
+    lost = [r for r in rows if not (readable(r.get("source_path")) or readable(r.get("path")))]
     if lost:
-        shown = "\n".join(f"  {r['clip_id']}: {r.get('source_path') or r.get('path')}" for r in lost[:examples])
+        shown = "\n".join(
+            f"  {r['clip_id']}: {r.get('source_path') or r.get('path')}" for r in lost[:examples]
+        )
         more = f"\n  ... and {len(lost) - examples} more" if len(lost) > examples else ""
         raise SelectionError(
             f"{len(lost)} of {len(rows)} clips have no readable file (moved or deleted?):\n{shown}{more}"

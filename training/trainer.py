@@ -36,15 +36,12 @@ from .build import Models, build_models, set_latent_shape
 from .config import RunConfig
 from .data import ClipDataset, collate, worker_init
 from .dist import DistContext, all_mean, all_true, barrier
+from .errors import RunError
 from .metrics import MetricsWriter
 from .sampler import BucketBatchSampler
 from .weights import EMA, WeightView
 
 log = logging.getLogger("training")
-
-
-class RunError(RuntimeError):
-    """A run cannot go on (non-finite loss, unusable checkpoint, no usable clips)."""
 
 
 @dataclass
@@ -71,13 +68,18 @@ def split_validation(rows: list[dict[str, Any]], cfg: RunConfig) -> tuple[list[d
     return [r for r in rows if r["clip_id"] not in val_ids], [r for r in rows if r["clip_id"] in val_ids]
 
 
-def make_loader(dataset: ClipDataset, sampler: BucketBatchSampler, workers: int, pin: bool) -> DataLoader:
+def make_loader(
+    dataset: ClipDataset, sampler: BucketBatchSampler, workers: int, pin: bool, start: str = "spawn"
+) -> DataLoader:
+    """Loader processes start fresh (`spawn`) by default: a worker forked from a process that has
+    run threaded decoders or OpenCV (the demo, a notebook) can crash in inherited thread state."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
         worker_init_fn=worker_init,
+        multiprocessing_context=start if workers > 0 else None,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         pin_memory=pin,
@@ -129,7 +131,9 @@ def make_booster(cfg: RunConfig, models: Models) -> tuple[Any, Any, Any, Any]:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, ctx: DistContext, rows: list[dict[str, Any]], resume: bool):
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, ctx: DistContext, rows: list[dict[str, Any]], resume: bool
+    ):
         self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx
         self.zero = cfg.train.plugin == "zero2"
         self.autocast_bf16 = cfg.train.precision == "bf16" and not self.zero
@@ -159,7 +163,9 @@ class Trainer:
                 f"{min(cfg.data.num_frames)} frames at interval {cfg.data.frame_interval}"
             )
         pin = ctx.device.type == "cuda"
-        self.loader = make_loader(self.train_set, self.sampler, cfg.data.num_workers, pin)
+        self.loader = make_loader(
+            self.train_set, self.sampler, cfg.data.num_workers, pin, cfg.data.worker_start
+        )
         self.val_loader = None
         if val_rows:
             val_set = ClipDataset(val_rows, cfg.data, multiple, seed, train=False)
@@ -184,7 +190,9 @@ class Trainer:
             self._resume(self.resume_from)
         elif resume:
             log.info("--resume: no checkpoint in %s yet, starting from step 0", self.run_dir)
-        self.metrics = MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
+        self.metrics = (
+            MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
+        )
 
     # ------------------------------------------------------------------------------ resume
     def _resume(self, ckpt: Path) -> None:
@@ -210,7 +218,11 @@ class Trainer:
         fields = ("step", "epoch", "position", "failed_clips", "skipped_steps")
         self.state = TrainState(**{k: saved[k] for k in fields})
         self.last_ckpt = ckpt
-        log.info("resumed from %s (step %d, epoch %d, batch %d of the epoch)", ckpt, *(saved[k] for k in fields[:3]))
+        log.info(
+            "resumed from %s (step %d, epoch %d, batch %d of the epoch)",
+            ckpt,
+            *(saved[k] for k in fields[:3]),
+        )
 
     def save(self) -> Path:
         s = self.state
@@ -279,7 +291,11 @@ class Trainer:
         return loss.item(), grad_norm, lr
 
     def _nonfinite(self, what: str, value: float) -> str:
-        kept = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint is {self.last_ckpt}"
+            if self.last_ckpt
+            else "no checkpoint was written yet"
+        )
         return (
             f"non-finite {what} ({value}) at step {self.state.step + 1}: stopping; {kept}. "
             f"Lower optim.lr, check the data, or resume from that checkpoint."
@@ -326,7 +342,9 @@ class Trainer:
 
     def done(self) -> bool:
         t, s = self.cfg.train, self.state
-        return (t.max_steps is not None and s.step >= t.max_steps) or (t.epochs is not None and s.epoch >= t.epochs)
+        return (t.max_steps is not None and s.step >= t.max_steps) or (
+            t.epochs is not None and s.epoch >= t.epochs
+        )
 
     def fit(self) -> Path:
         from tqdm import tqdm

@@ -81,7 +81,7 @@ class VllmServer:
         env["TMPDIR"] = self._tmp or tempfile.gettempdir()
         env.setdefault("VLLM_CACHE_ROOT", str(self.log_path.parent / "vllm-cache"))
         # On CPU vLLM sizes its KV cache in GiB (its default takes most of the RAM); GPUs ignore it.
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{self.kv_cache_gib:g}"
         env.pop("PYTHONPATH", None)  # the server must import only its own environment's packages
         return env
 

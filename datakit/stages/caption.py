@@ -58,8 +58,10 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 @dataclass(kw_only=True)
 class CaptionStage(Stage):
-    """Caption clips with a vision-language model: vLLM (started and stopped by datakit), an
-    OpenAI-compatible endpoint, or transformers. One `captions` row per clip and model key."""
+    """Caption each clip with a vision-language model (vLLM, an OpenAI-compatible endpoint, transformers).
+
+    vLLM runs in its own environment as a server that datakit starts and stops. One `captions`
+    row per clip and model key; flagged captions are kept with their QA status."""
 
     name = "caption"
     marker_table = "captions"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,24 @@ def temp_path(dst: Path) -> Path:
     return dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
 
 
-def clean_stale_temps(out_dir: str | os.PathLike) -> int:
+def clean_stale_temps(out_dir: str | os.PathLike, min_age_s: float = 0.0) -> int:
     """Remove the temporary files a killed `cut` left under `out_dir`; returns how many.
 
-    Only names `temp_path` makes (and the `.tmp.mp4` names older versions made) are touched. Call it
-    while no cut writes to `out_dir` (the stage lock guarantees that for the `cut` stage)."""
+    Only names `temp_path` makes (and the `.tmp.mp4` names older versions made) are touched, and
+    only those unmodified for `min_age_s` seconds. 0 is right before any worker starts (the stage
+    lock keeps other runs out); from a worker's setup, while other workers of the run may already
+    be writing, pass a margin (a temp being written is modified at every muxed packet)."""
     removed = 0
+    now = time.time()
     for path in Path(out_dir).rglob(".*"):
-        if _TEMP_NAME.match(path.name) and path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
+        if not _TEMP_NAME.match(path.name):
+            continue
+        try:
+            if path.is_file() and now - path.stat().st_mtime >= min_age_s:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # finished or removed meanwhile
+            pass
     return removed
 
 
@@ -140,7 +149,8 @@ def cut_clip(
             raise ValueError(f"empty span [{start}, {end})")
         plan = plan_frames(src, start, end, fps=fps)
         if plan.num_frames is not None and end > plan.num_frames:
-            raise ValueError(f"span [{start}, {end}) ends after the last frame (the video has {plan.num_frames})")
+            n = plan.num_frames
+            raise ValueError(f"span [{start}, {end}) ends after the last frame (the video has {n})")
         writer = ClipWriter(tmp, time_base=plan.time_base, fps=plan.fps, crf=crf, preset=preset)
         with writer:
             frames = iter_frames_at(src, plan.indices, size=short_side, max_pixels=max_pixels)

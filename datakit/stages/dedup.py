@@ -13,7 +13,6 @@ and recomputes every group; a rerun with nothing new does nothing.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -58,21 +57,31 @@ TABLES = (
 # ----------------------------------------------------------------------------------- algorithm
 def similar_pairs(x: np.ndarray, threshold: float, *, exact_below: int = 20_000, nlist: int | None = None,
                   nprobe: int = 8, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:  # fmt: skip
-    """Pairs (i < j) of unit rows of `x` with inner product >= threshold: (i, j, similarity, index name)."""
+    """Pairs (i < j) of unit rows of `x` with inner product >= threshold: (i, j, similarity, index name).
+
+    Below `exact_below` rows: exact search (flat index). Above: an IVF index with float16 storage,
+    lists of about 256 vectors (`nlist` = n / 256) and an HNSW coarse quantizer, so assigning a
+    vector to its lists costs a graph walk instead of a pass over every centroid; the k-means that
+    places the lists runs briefly on a sample (for near-duplicates any reasonable partition works:
+    a pair this close lands in the same or a neighbouring list, and `nprobe` lists are searched).
+    `x` may be float16; rows are converted to float32 a chunk at a time.
+    """
     import faiss
 
     n, d = x.shape
     if n < exact_below:
         index, name = faiss.IndexFlatIP(d), "flat"
     else:
-        nlist = nlist or int(min(65_536, max(64, 4 * math.sqrt(n))))
-        quantizer = faiss.IndexFlatIP(d)
+        nlist = nlist or max(16, n // 256)
+        quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)  # fmt: skip
-        sample = x[np.random.default_rng(0).choice(n, size=min(n, 40 * nlist), replace=False)]
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        index.cp.niter, index.cp.min_points_per_centroid = 5, 8
+        sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 16 * nlist), replace=False))
+        index.train(np.ascontiguousarray(x[sample], dtype=np.float32))
         index.nprobe = nprobe
-        name = f"ivf{nlist},nprobe={nprobe}"
+        quantizer.hnsw.efSearch = max(64, 2 * nprobe)
+        name = f"ivf{nlist},hnsw,nprobe={nprobe}"
     for start in range(0, n, chunk):
         index.add(np.ascontiguousarray(x[start : start + chunk], dtype=np.float32))
     found_i, found_j, found_s = [], [], []
@@ -109,7 +118,10 @@ def group_rows(clip_ids: list[str], x: np.ndarray, scores: np.ndarray, threshold
     """One row per clip (dup_group, dup_of, similarity) and run statistics; `scores` -inf: unscored."""
     t0 = time.monotonic()
     n = len(clip_ids)
-    i, j, sims, index = similar_pairs(x, threshold, **search) if n > 1 else (*(np.zeros(0, np.int64),) * 2, np.zeros(0), "flat")
+    if n > 1:
+        i, j, sims, index = similar_pairs(x, threshold, **search)
+    else:
+        i, j, sims, index = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), "flat"
     labels = components(n, i, j)
     best = np.full(n, -np.inf)
     np.maximum.at(best, i, sims)
@@ -136,7 +148,7 @@ def group_rows(clip_ids: list[str], x: np.ndarray, scores: np.ndarray, threshold
 
 
 def embedding_matrix(blobs, dim: int) -> np.ndarray:
-    """(N, dim) float32 from an Arrow binary column of little-endian float16 vectors."""
+    """(N, dim) float16 from an Arrow binary column of little-endian float16 vectors."""
     import pyarrow as pa
 
     arr = pa.chunked_array(blobs).combine_chunks() if isinstance(blobs, pa.ChunkedArray) else blobs
@@ -145,7 +157,7 @@ def embedding_matrix(blobs, dim: int) -> np.ndarray:
         raise ValueError(f"embeddings of another size than {dim} values in the compared rows")
     offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-    return data.view("<f2").reshape(len(arr), dim).astype(np.float32)
+    return data.view("<f2").reshape(len(arr), dim).astype(np.float16)
 
 
 # ----------------------------------------------------------------------------------------- stage
@@ -162,7 +174,7 @@ class DedupStage(Stage):
     threshold: float = option(0.98, "Cosine similarity at or above which two clips are near-duplicates.", min=-1, max=1)
     embedding_key: str | None = option(None, "model_key of the embeddings to compare (default: the latest written).")
     exact_below: int = option(20_000, "Exact flat search below this many clips, IVF above.", min=2)
-    nlist: int | None = option(None, "IVF lists (default: 4 x sqrt(clips)).", min=1)
+    nlist: int | None = option(None, "IVF lists (default: clips / 256).", min=1)
     nprobe: int = option(8, "IVF lists probed per query (more: slower, higher recall).", min=1)
 
     def settings(self) -> dict:

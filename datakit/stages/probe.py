@@ -113,7 +113,8 @@ def probe_file(video_id: str, path: str, *, count_frames: bool = True, max_pixel
                 return fail("no video stream: only cover art")
             return fail("audio only: no video stream" if container.streams.audio else "no video stream")
         ctx = stream.codec_context
-        row.update(video_stream=stream.index, media_type=media_type(container), codec=ctx.name, pix_fmt=ctx.pix_fmt)
+        row.update(video_stream=stream.index, media_type=media_type(container))
+        row.update(codec=ctx.name, pix_fmt=ctx.pix_fmt)
         row.update(coded_width=ctx.width or None, coded_height=ctx.height or None)
         row.update(width=row["coded_width"], height=row["coded_height"])
         try:  # before any decoding: a huge frame costs memory as soon as it is decoded

@@ -1,14 +1,24 @@
-"""Scenes: detect cuts in every probed video and write frame-exact clip spans (see datakit.scenes)."""
+"""Scenes: find shot transitions in every probed video and write frame-exact clip spans.
+
+Detectors: PySceneDetect's adaptive/content (see `datakit.scenes`) or TransNetV2 (see
+`datakit.transnet`); `auto` (the default) picks TransNetV2 on a worker with a GPU and adaptive on
+the CPU, and records the one it used. Every transition is stored (`transitions`), and the clip
+policy keeps every clip clear of transition frames."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from datakit.stage import Stage, option
+from datakit.stage import OptionError, Resources, Rows, Stage, WorkerContext, describe, option
 from datakit.tables import Column as C
 from datakit.tables import Table
+
+if TYPE_CHECKING:
+    from datakit.scenes import Detection
 
 TABLES = (
     Table.marker(
@@ -16,10 +26,11 @@ TABLES = (
         C("video_id", "VARCHAR", "id of the video"),
         "One row per video after scene detection; marks the video done (its spans are in clip_spans).",
         (
-            C("detector", "VARCHAR", "'adaptive' or 'content'"),
+            C("detector", "VARCHAR", "detector used: 'adaptive', 'content' or 'transnetv2' (auto resolved)"),
             C("params", "VARCHAR", "JSON of the detector and clip-length settings used"),
             C("num_scenes", "INTEGER", "scenes found before the clip-length policy"),
             C("num_clips", "INTEGER", "clips kept after the policy (rows in clip_spans)"),
+            C("num_transitions", "INTEGER", "transitions found (rows in transitions)"),
             C("analysed_frames", "BIGINT", "frames decoded and analysed"),
             C("run_key", "VARCHAR", "hash of video_id and params; the clips of this run carry it"),
         ),
@@ -43,34 +54,77 @@ TABLES = (
             C("run_key", "VARCHAR", "the scene run that made this span (spans of older runs are hidden in `clips`)"),
         ),
     ),
+    Table(
+        "transitions",
+        "transition_id",
+        "Shot transitions found by scene detection: no clip contains any of their frames.",
+        (
+            C("transition_id", "VARCHAR", "'<video_id>-<start_frame>-<end_frame>'"),
+            C("video_id", "VARCHAR", "id of the source video"),
+            C("start_frame", "BIGINT", "first frame of the transition (a hard cut: of the new shot)"),
+            C("end_frame", "BIGINT", "first frame of the next shot (= start_frame for a hard cut)"),
+            C("kind", "VARCHAR", "'hard' (a cut) or 'gradual' (dissolve, fade: frames of neither shot)"),
+            C("peak_probability", "DOUBLE", "TransNetV2's highest probability in it (null: PySceneDetect)"),
+            C("run_key", "VARCHAR", "the scene run that found it (the latest: join scene_runs on run_key)"),
+        ),
+    ),
 )
 
-DETECTORS = ("adaptive", "content")
+DETECTORS = ("auto", "adaptive", "content", "transnetv2")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(kw_only=True)
 class SceneStage(Stage):
-    """PySceneDetect per video (streamed at analysis size), then the clip-length policy."""
+    """Shot transitions per video (PySceneDetect or TransNetV2), then the clip policy."""
 
     name = "scenes"
     marker_table = "scene_runs"
-    extra_tables = ("clip_spans",)
+    extra_tables = ("transitions", "clip_spans")
     order = 30
 
-    detector: str = option("adaptive", "Scene detector.", choices=DETECTORS)
-    threshold: float | None = option(None, "Detector threshold (default: adaptive 3.0, content 27).", min=0)
-    min_scene_len: int = option(15, "Frames; the detector never reports two cuts closer than this.", min=1)
+    detector: str = option("auto", "Detector; auto: transnetv2 on a GPU worker, adaptive on the CPU.",
+                           choices=DETECTORS)  # fmt: skip
+    threshold: float | None = option(None, "Threshold (adaptive 3.0, content 27, transnetv2 0.5).", min=0)
+    min_scene_len: int = option(15, "Frames; PySceneDetect never reports two cuts closer than this.", min=1)
     min_clip_s: float = option(2.0, "Drop scenes (and tail windows) shorter than this (seconds).", min=0)
-    max_clip_s: float | None = option(15.0, "Split longer scenes into consecutive windows of this length.", min=0.1)
-    trim_frames: int = option(1, "Frames dropped at each scene edge that is a cut.", min=0)
-    analysis_width: int = option(256, "Frames are shrunk to this width before detection.", min=16)
-    analysis_interp: str = option("linear", "Shrinking filter for analysis frames.", choices=("linear", "area"))
-    gradual: bool = option(False, "Extra sparse pass that finds cross-dissolves and fades.")
+    max_clip_s: float | None = option(15.0, "Split longer scenes into consecutive windows of this length.",
+                                      min=0.1)  # fmt: skip
+    trim_frames: int = option(1, "Frames dropped at each scene edge that is a transition.", min=0)
+    analysis_width: int = option(256, "PySceneDetect: frames are shrunk to this width.", min=16)
+    analysis_interp: str = option("linear", "PySceneDetect: shrinking filter for analysis frames.",
+                                  choices=("linear", "area"))  # fmt: skip
+    gradual: bool = option(False, "PySceneDetect: extra sparse pass that finds cross-dissolves and fades.")
     gradual_step: int = option(8, "Frame stride of the gradual pass.", min=1)
     gradual_threshold: float = option(20.0, "ContentDetector threshold of the gradual pass.", min=0)
+    transition_margin: int = option(2, "transnetv2: frames added on each side of a gradual transition.",
+                                    min=0, max=100)  # fmt: skip
+    precision: str = option("auto", "transnetv2 arithmetic; auto: bf16 on a GPU, fp32 on the CPU.",
+                            choices=PRECISIONS)  # fmt: skip
+    windows_per_batch: int = option(8, "transnetv2: 100-frame windows per model call (from several videos).",
+                                    min=1, max=4096)  # fmt: skip
     skip_loop_filter: bool = option(True, "Faster H.264/HEVC decoding for analysis (no effect on spans).")
-    redo: bool = option(False, "Re-detect videos whose last run used other settings (their old clips vanish).")
+    redo: bool = option(False, "Re-detect videos whose last run used other settings (old clips vanish).")
     commit_every: int = option(16, "Items per committed part file.", min=1)
+    batch_size: int = option(4, "Videos per batch (transnetv2 decodes them in parallel).",
+                             min=1)  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.detector in ("auto", "transnetv2"):  # the worker gets a GPU when there is one
+            self.resources = Resources(cpus=1.0, gpus=1.0)
+
+    def check(self) -> None:
+        if self.max_clip_s is not None and self.max_clip_s < self.min_clip_s:
+            raise OptionError(f"scenes: max_clip_s ({self.max_clip_s}) is below min_clip_s "
+                              f"({self.min_clip_s}): no clip could be kept")  # fmt: skip
+        if self.threshold is None:
+            return
+        if self.detector == "auto":
+            raise OptionError("scenes: a threshold needs an explicit detector (adaptive, content or "
+                              "transnetv2): their thresholds are on different scales")  # fmt: skip
+        if self.detector == "transnetv2" and not 0 < self.threshold < 1:
+            raise OptionError(f"scenes: the transnetv2 threshold is a probability in (0, 1), "
+                              f"got {self.threshold}")  # fmt: skip
 
     def items_sql(self) -> str:
         return """
@@ -81,25 +135,61 @@ class SceneStage(Stage):
             WHERE p.status = 'ok'
         """
 
+    # ------------------------------------------------------------------ settings
+    def resolve(self, device: str) -> tuple[str, str | None]:
+        """(detector, precision) a worker on `device` uses (precision only for transnetv2)."""
+        detector = self.detector
+        if detector == "auto":
+            detector = "transnetv2" if device.startswith("cuda") else "adaptive"
+        if detector != "transnetv2":
+            return detector, None
+        from datakit.transnet import resolve_precision
+
+        return detector, resolve_precision(self.precision, device)
+
+    def possible_settings(self) -> list[tuple[str, str | None]]:
+        """Every (detector, precision) some worker may resolve to (a GPU's or the CPU's)."""
+        detectors = ["adaptive", "transnetv2"] if self.detector == "auto" else [self.detector]
+        precisions = ["fp32", "bf16"] if self.precision == "auto" else [self.precision]
+        return [(d, p) for d in detectors for p in (precisions if d == "transnetv2" else [None])]
+
     def stale_sql(self, marker: str) -> str | None:
         if not self.redo:  # a run with other settings does not count as done
             return None
-        return f"{marker}.params IS DISTINCT FROM " + "'" + self.params_json().replace("'", "''") + "'"
+        done = ", ".join("'" + self.params_json(*s).replace("'", "''") + "'"
+                         for s in self.possible_settings())  # fmt: skip
+        return f"coalesce({marker}.params, '') NOT IN ({done})"
 
-    def params_json(self) -> str:
-        return json.dumps(self.params(), sort_keys=True)
+    def params_json(self, detector: str, precision: str | None) -> str:
+        return json.dumps(self.params(detector, precision), sort_keys=True)
 
-    def params(self) -> dict:
+    def params(self, detector: str, precision: str | None = None) -> dict:
+        """What the run used: detector settings (transnetv2: model, weights hash) and the clip policy."""
+        policy = {"min_clip_s": self.min_clip_s, "max_clip_s": self.max_clip_s}
+        policy["trim_frames"] = self.trim_frames
+        if detector == "transnetv2":
+            from datakit import transnet
+
+            return {
+                "detector": detector,
+                "model": transnet.model_name(),
+                "weights_sha256": transnet.weights_sha256(),
+                "threshold": transnet.DEFAULT_THRESHOLD if self.threshold is None else self.threshold,
+                "input": f"{transnet.WIDTH}x{transnet.HEIGHT} rgb24 bicubic",
+                "window": transnet.WINDOW,
+                "step": transnet.STEP,
+                "transition_margin": self.transition_margin,
+                "precision": precision,
+                **policy,
+            }
         from datakit.scenes import DEFAULT_THRESHOLDS
 
-        threshold = DEFAULT_THRESHOLDS.get(self.detector) if self.threshold is None else self.threshold
+        threshold = DEFAULT_THRESHOLDS.get(detector) if self.threshold is None else self.threshold
         p = {
-            "detector": self.detector,
+            "detector": detector,
             "threshold": threshold,
             "min_scene_len": self.min_scene_len,
-            "min_clip_s": self.min_clip_s,
-            "max_clip_s": self.max_clip_s,
-            "trim_frames": self.trim_frames,
+            **policy,
             "analysis_width": self.analysis_width,
             "analysis_interp": self.analysis_interp,
             "gradual": self.gradual,
@@ -108,18 +198,43 @@ class SceneStage(Stage):
             p |= {"gradual_step": self.gradual_step, "gradual_threshold": self.gradual_threshold}
         return p
 
-    def process(self, item: dict) -> dict[str, list[dict]]:
-        from datakit.scenes import apply_clip_policy, detect_scenes, scenes_from_cuts
+    # ------------------------------------------------------------------ work
+    def setup(self, ctx: WorkerContext) -> None:
+        self._settings = self.resolve(ctx.device)
+        self._transnet = None
+        detector, precision = self._settings
+        if detector == "transnetv2":
+            from datakit.transnet import TransNetV2Detector
 
-        video_id = item["video_id"]
-        params = self.params_json()
-        # Clips belong to one run: the `clips` view shows those of the video's latest run only.
-        run_key = hashlib.blake2b(f"{video_id} {params}".encode(), digest_size=8).hexdigest()
-        base = {"video_id": video_id, "detector": self.detector, "params": params, "run_key": run_key}
+            threshold = self.params(detector, precision)["threshold"]
+            self._transnet = TransNetV2Detector(
+                ctx.device,
+                precision=precision,
+                threshold=threshold,
+                margin=self.transition_margin,
+                windows_per_batch=self.windows_per_batch,
+                skip_loop_filter=self.skip_loop_filter,
+            )
+
+    def teardown(self) -> None:
+        self._transnet = None
+
+    def process_batch(self, items: list[dict]) -> list[Rows]:
+        if not hasattr(self, "_settings"):
+            self.setup(WorkerContext.for_workspace(Path("."), self.name))
+        if self._transnet is None:
+            return [self.process(item) for item in items]
+        results = self._transnet.detect_many([str(item["path"]) for item in items])
+        return [self._rows(item, result) for item, result in zip(items, results, strict=True)]
+
+    def process(self, item: dict) -> Rows:
+        from datakit.scenes import detect_scenes
+
+        detector, _ = self._settings
         try:
             det = detect_scenes(
                 item["path"],
-                detector=self.detector,
+                detector=detector,
                 threshold=self.threshold,
                 min_scene_len=self.min_scene_len,
                 analysis_width=self.analysis_width,
@@ -130,27 +245,26 @@ class SceneStage(Stage):
                 skip_loop_filter=self.skip_loop_filter,
             )
         except Exception as exc:  # unreadable from the first frame on: an error row, never a crash
-            return {
-                "scene_runs": [
-                    {
-                        **base,
-                        "status": "error",
-                        "error": f"scene detection failed: {exc}",
-                        "analysed_frames": 0,
-                    }
-                ]
-            }
+            return self._rows(item, exc)
+        return self._rows(item, det)
+
+    def _rows(self, item: dict, det: Detection | BaseException) -> Rows:
+        from datakit.scenes import apply_clip_policy, scenes_from_transitions
+
+        video_id = item["video_id"]
+        detector, precision = self._settings
+        params = self.params_json(detector, precision)
+        # Clips belong to one run: the `clips` view shows those of the video's latest run only.
+        run_key = hashlib.blake2b(f"{video_id} {params}".encode(), digest_size=8).hexdigest()
+        base = {"video_id": video_id, "detector": detector, "params": params, "run_key": run_key}
+        if isinstance(det, BaseException):
+            error = f"scene detection failed: {describe(det)}"
+            return {"scene_runs": [{**base, "status": "error", "error": error, "analysed_frames": 0}]}
         fps = float(item["fps"])
         n = det.analysed_frames  # a partial decode (corrupt tail) ends the video where it stopped
-        scenes = scenes_from_cuts(det.cuts, n, det.gradual)
-        clips = apply_clip_policy(
-            scenes,
-            fps,
-            n,
-            min_clip_s=self.min_clip_s,
-            max_clip_s=self.max_clip_s,
-            trim_frames=self.trim_frames,
-        )
+        scenes = scenes_from_transitions(det.transitions, n)
+        clips = apply_clip_policy(scenes, fps, n, min_clip_s=self.min_clip_s, max_clip_s=self.max_clip_s,
+                                  trim_frames=self.trim_frames)  # fmt: skip
         spans = [
             {
                 "clip_id": f"{video_id}-{s}-{e}",
@@ -168,15 +282,28 @@ class SceneStage(Stage):
             }
             for i, s, e in clips
         ]
+        transitions = [
+            {
+                "transition_id": f"{video_id}-{t.start}-{t.end}",
+                "video_id": video_id,
+                "start_frame": t.start,
+                "end_frame": t.end,
+                "kind": t.kind,
+                "peak_probability": t.peak,
+                "run_key": run_key,
+            }
+            for t in det.transitions
+        ]
         run = {
             **base,
             "status": "ok",
             "error": det.error,
             "num_scenes": len(scenes),
             "num_clips": len(spans),
+            "num_transitions": len(transitions),
             "analysed_frames": n,
         }
-        return {"clip_spans": spans, "scene_runs": [run]}
+        return {"transitions": transitions, "clip_spans": spans, "scene_runs": [run]}
 
 
 STAGE = SceneStage
