@@ -251,6 +251,7 @@ def speed(videos: int, seconds: int, gpu: bool) -> None:
     decode_fps(truths)  # warm the page cache
     rows = [("decode + shrink to 48x27 (PyAV, one thread)", decode_fps(truths), "")]
     rows.append(("datakit scenes --detector adaptive", *stage_fps(truths, detector="adaptive")))
+    rows.append(("datakit scenes --detector adaptive --gradual", *stage_fps(truths, detector="adaptive", gradual=True)))
     rows.append(("datakit scenes --detector auto", *stage_fps(truths, detector="auto")))
     rows.append(
         ("datakit scenes --detector transnetv2 (CPU)", *_cpu(stage_fps, truths, detector="transnetv2"))

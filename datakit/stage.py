@@ -128,6 +128,10 @@ class Stage:
         """Optional SQL condition on the marker row `marker` meaning: done, but under other settings."""
         return None
 
+    def begin_run(self, ctx: WorkerContext) -> None:
+        """Once per run, in the driver under the stage's lock, before workers start (clean up
+        what a killed run left behind)."""
+
     def setup(self, ctx: WorkerContext) -> None:
         """Load models or other heavy state once per worker."""
 

@@ -93,6 +93,7 @@ def _captions(ws: Workspace) -> list[dict]:
         ("...", "stop", "...", "empty"),
         ("I'm sorry, but I cannot help with that.", "stop", "I'm sorry, but I cannot help with that.", "refusal"),
         ("As an AI, I do not have access to the video.", "stop", None, "refusal"),
+        ("I’m sorry, I can’t see the frames.", "stop", None, "refusal"),
         ("A cat a cat a cat a cat a cat a cat.", "stop", None, "repetition"),
         ("the the the the the the the the", "stop", None, "repetition"),
         ("!!!!!!!!!!!!!!!!!!!!!!!!!!!! wow", "stop", None, "repetition"),
@@ -254,6 +255,22 @@ def test_endpoint_rejecting_a_request_costs_only_that_clip(clips_ws):
     rows = _captions(clips_ws)
     assert sorted(r["status"] for r in rows) == ["error", "ok", "ok", "ok"]
     assert "HTTP 400" in next(r["error"] for r in rows if r["status"] == "error")
+
+
+def test_endpoint_urls():
+    from datakit.captioning.openai_engine import base_url
+
+    assert base_url("http://gpu:8000") == base_url("http://gpu:8000/") == "http://gpu:8000/v1"
+    assert base_url("https://api.example.com/openai/v1/") == "https://api.example.com/openai/v1"
+
+
+def test_unreachable_endpoint_fails_before_any_clip(clips_ws):
+    from datakit.captioning.vllm_server import free_port
+
+    stage = CaptionStage(endpoint=f"http://127.0.0.1:{free_port()}/v1", model="m", max_retries=0)
+    with pytest.raises(RuntimeError, match="cannot list the models of http://127.0.0.1:.*APIConnectionError"):
+        run_stage(clips_ws, stage, progress=False)
+    assert _captions(clips_ws) == []
 
 
 def test_endpoint_without_the_model_fails_before_any_clip(clips_ws):

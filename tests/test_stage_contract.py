@@ -90,7 +90,7 @@ def test_gpu_stages_get_one_worker_per_visible_gpu(tmp_path, monkeypatch):
     half.resources = Resources(gpus=0.5)
     assert plan_workers(half, 1) == (4, ["3", "3", "5", "5"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert plan_workers(GpuStage(), 4) == (1, []), "no GPU: one CPU worker"
+    assert plan_workers(GpuStage(), 4) == (4, []), "no GPU: -j CPU workers"
     # Two real worker processes, each seeing only its GPU (the stage never touches CUDA itself).
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     ws = _workspace(tmp_path, 8)
@@ -139,7 +139,7 @@ def test_every_option_is_a_cli_flag_and_a_config_key():
 
     rendered = render_default_config()
     for name, cls in stages().items():
-        out = subprocess.run([PYTHON, "-m", "datakit.cli", name, "--help"], cwd=ROOT, env=cli_env() | {"COLUMNS": "200"},
+        out = subprocess.run([PYTHON, "-m", "datakit.cli", *(cls.cli_path or (name,)), "--help"], cwd=ROOT, env=cli_env() | {"COLUMNS": "200"},
                              capture_output=True, text=True, timeout=60)  # fmt: skip
         assert out.returncode == 0, out.stderr
         for f in cls.options():
@@ -208,5 +208,12 @@ def test_ray_actors_get_real_batches_and_match_a_local_run(tmp_path):
     assert max(batches) == 3, "map_batches handed the actors the stage's batch size"
 
 
+
+def test_pixel_limit_option_defaults_to_mediaio():
+    import mediaio
+    from datakit.stages.cut import CutStage
+    from datakit.stages.probe import ProbeStage
+
+    assert CutStage().max_pixels == ProbeStage().max_pixels == mediaio.MAX_PIXELS
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

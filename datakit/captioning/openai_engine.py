@@ -55,15 +55,15 @@ def base_url(endpoint: str) -> str:
 class OpenAIEngine:
     """Chat completions against `endpoint` with bounded concurrency and retries."""
 
-    def __init__(self, endpoint: str, model: str | None = None, *, api_key: str | None = None,
+    def __init__(self, endpoint: str, model: str, *, api_key: str | None = None,
                  concurrency: int = 8, timeout_s: float = 300.0, max_retries: int = 5, name: str = "openai"):  # fmt: skip
         self.name = name
         self.endpoint = base_url(endpoint)
         self._loop = _LoopThread(f"{name}-client")
         self._concurrency = concurrency
         self._client = self._loop.run(self._connect(api_key or "EMPTY", timeout_s, max_retries))
-        self.served_model = model or self._loop.run(self._only_model())
-        self.model = self.served_model
+        self.served_model = model
+        self.model = model  # what rows record (the vLLM engine adds its version)
 
     async def _connect(self, api_key: str, timeout_s: float, max_retries: int):
         from openai import AsyncOpenAI
@@ -71,19 +71,18 @@ class OpenAIEngine:
         self._semaphore = asyncio.Semaphore(self._concurrency)
         return AsyncOpenAI(base_url=self.endpoint, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
 
-    async def _only_model(self) -> str:
-        names = [m.id async for m in self._client.models.list()]
-        if len(names) != 1:
-            raise ValueError(f"{self.endpoint} serves {len(names)} models ({', '.join(names)}): choose one with --model")
-        return names[0]
-
     def check(self) -> None:
         """Fail fast (before any clip) when the endpoint is unreachable, refuses the key or lacks the model."""
 
         async def served() -> list[str]:
             return [m.id async for m in self._client.models.list()]
 
-        names = self._loop.run(served())
+        import openai
+
+        try:
+            names = self._loop.run(served())
+        except openai.APIError as exc:
+            raise RuntimeError(f"cannot list the models of {self.endpoint}: {_describe(exc)}") from exc
         if self.served_model not in names:
             raise ValueError(f"{self.endpoint} does not serve model {self.served_model!r} (it serves: {', '.join(names)})")
 

@@ -23,7 +23,7 @@ _FILLER = re.compile(
 )
 _LABEL = re.compile(r"^(?:caption|description)\s*:\s*", re.IGNORECASE)
 _REFUSAL = re.compile(
-    r"\b(?:i\s*(?:'m|am)\s+(?:sorry|unable|not able)|i\s+(?:cannot|can't|can\s*not|won't)\b"
+    r"\b(?:i\s*(?:[’']m|am)\s+(?:sorry|unable|not able)|i\s+(?:cannot|can[’']t|can\s*not|won[’']t)\b"
     r"|as an ai\b|i\s+do\s+not\s+have\s+(?:access|the ability)"
     r"|(?:no|cannot see any|there (?:is|are) no)\s+(?:video|images?|frames?)\s+(?:provided|attached|available|shown))",
     re.IGNORECASE,

@@ -6,7 +6,7 @@
   `batch_size` items travel to them, at most two chunks per worker in flight.
 - GPU stages (`resources.gpus > 0`): one worker per visible GPU (`CUDA_VISIBLE_DEVICES`, or what
   torch sees), or `1 / gpus` workers per GPU for fractional GPUs; each worker sees only its GPU.
-  Without a GPU the stage runs on the CPU in this process.
+  Without a GPU the stage runs on the CPU like a CPU stage (`-j N` workers).
 
 Workers exit when the parent dies (a watchdog thread polls the parent's pid), and a worker that
 dies (segfault, OOM killer) turns its items into `retry` rows and is replaced.
@@ -47,8 +47,8 @@ def plan_workers(stage: Stage, workers: int) -> tuple[int, list[str]]:
     if stage.resources.gpus <= 0:
         return max(1, workers), []
     gpus = visible_gpus()
-    if not gpus:
-        return 1, []
+    if not gpus:  # no GPU here: the stage runs on the CPU like any other (`-j N` workers)
+        return max(1, workers), []
     per_gpu = max(1, math.floor(1 / stage.resources.gpus)) if stage.resources.gpus < 1 else 1
     slots = [g for g in gpus for _ in range(per_gpu)]
     return len(slots), slots

@@ -126,6 +126,7 @@ def run_stage(
         stats.plan_seconds = time.monotonic() - t0
         run_dir = _start_run_dir(ws, stage, workers, executor)
         make_ctx = functools.partial(WorkerContext.for_workspace, ws.root, stage.name)
+        stage.begin_run(make_ctx())
         committer = _Committer(ws, stage, items, stats)
         if executor == "ray":
             from datakit.executors.ray import ray_results

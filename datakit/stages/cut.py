@@ -37,6 +37,7 @@ TABLES = (
     ),
 )
 
+MAX_PIXELS_DEFAULT = 8192 * 4352  # mediaio.MAX_PIXELS (not imported here: listing stages stays cheap)
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -54,7 +55,13 @@ class CutStage(Stage):
     short_side: int | None = option(None, "Resize so the short side is this (even sizes); default: keep.", min=2)
     crf: int = option(18, "libx264 quality (lower is better).", min=0, max=51)
     preset: str = option("veryfast", "libx264 speed preset.", choices=PRESETS)
+    max_pixels: int = option(MAX_PIXELS_DEFAULT, "Refuse sources with larger frames (0: no limit).", min=0)
     commit_every: int = option(32, "Items per committed part file.", min=1)
+
+    def begin_run(self, ctx: WorkerContext) -> None:
+        removed = clean_stale_temps(ctx.clips_dir)  # no worker runs yet: every temp is a leftover
+        if removed:
+            print(f"cut: removed {removed} temporary file(s) left by a killed run")
 
     def setup(self, ctx: WorkerContext) -> None:
         self._out_dir = ctx.clips_dir
@@ -76,6 +83,7 @@ class CutStage(Stage):
             short_side=self.short_side,
             crf=self.crf,
             preset=self.preset,
+            max_pixels=self.max_pixels,
         )
         params = json.dumps({"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset})
         return {"cuts": [{"clip_id": item["clip_id"], **row, "params": params}]}

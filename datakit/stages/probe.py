@@ -51,13 +51,14 @@ class ProbeStage(Stage):
     order = 20
 
     count_frames: bool = option(True, "Count packets for the true frame count (false: trust the header; faster).")
+    max_pixels: int = option(8192 * 4352, "Refuse frames larger than this (the largest any H.264/HEVC/AV1 level allows; 0: no limit).", min=0)
     commit_every: int = option(64, "Items per committed part file.", min=1)
 
     def items_sql(self) -> str:
         return PENDING_PATHS
 
     def process(self, item: dict) -> dict[str, list[dict]]:
-        return {"probes": [probe_file(item["video_id"], item["path"], count_frames=self.count_frames)]}
+        return {"probes": [probe_file(item["video_id"], item["path"], count_frames=self.count_frames, max_pixels=self.max_pixels)]}
 
 
 STAGE = ProbeStage
