@@ -30,7 +30,7 @@ def clip_strip(path: str, start: int, end: int, n: int = 3) -> np.ndarray:
 def contact_sheet(ws: Workspace, out: Path, sql: str | None = None, max_clips: int = 24, frames_per_clip: int = 3) -> Path:
     """One row per clip (first, middle, last frame) with its id and span, written as a PNG."""
     sql = sql or "SELECT * FROM clips ORDER BY video_id, start_frame"
-    clips = ws.sql(f"SELECT clip_id, coalesce(path, source_path) AS file, path IS NOT NULL AS is_cut, start_frame, end_frame, start_s, end_s FROM ({sql}) LIMIT {int(max_clips)}")
+    clips = ws.sql(f"SELECT clip_id, coalesce(path, source_path) AS file, path IS NOT NULL AS is_cut, start_frame, end_frame, start_s, end_s FROM ({sql}) LIMIT {int(max_clips)}", sandbox=True)
     rows = []
     for c in clips:
         # an extracted clip file starts at its own frame 0
