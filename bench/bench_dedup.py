@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--threshold", type=float, default=0.98)
-    ap.add_argument("--nprobe", type=int, default=8)
+    ap.add_argument("--nprobe", type=int, default=4)
     args = ap.parse_args()
 
     import faiss

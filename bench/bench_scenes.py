@@ -192,8 +192,21 @@ def make_videos(n: int, seconds: int) -> list[SampleTruth]:
     return make_demo_set(OUT, specs)
 
 
-def stage_fps(truths: list[SampleTruth], **options) -> tuple[float, str]:
-    """frames/s of `datakit scenes` (the stage as run by the CLI, manifest writes included)."""
+class Clock:
+    """Wall and CPU seconds (all threads of this process) of a block: on a shared, loaded machine
+    frames per CPU-second is the steadier figure (an idle 2-core machine gets about twice it)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def stage_fps(truths: list[SampleTruth], **options) -> tuple[float, float, str]:
+    """(frames/s, frames per CPU-second, detector used) of `datakit scenes` on one worker (-j 1,
+    in this process), manifest writes included."""
     from datakit.executors import run_stage
     from datakit.ingest import ingest
     from datakit.stages.probe import ProbeStage
@@ -204,13 +217,14 @@ def stage_fps(truths: list[SampleTruth], **options) -> tuple[float, str]:
         ws = Workspace(Path(tmp) / "ws")
         ingest(ws, [t.path for t in truths])
         run_stage(ws, ProbeStage(), progress=False)
-        stats = run_stage(ws, SceneStage(**options), progress=False)
+        with Clock() as clock:
+            stats = run_stage(ws, SceneStage(**options), progress=False)
         runs = ws.sql("SELECT detector, params, analysed_frames FROM scene_runs")
     assert stats.statuses == {"ok": len(truths)}, stats
     frames = sum(r["analysed_frames"] for r in runs)
     assert frames == sum(t.num_frames for t in truths)
     used = sorted({r["detector"] + (" " + p if (p := _precision(r["params"])) else "") for r in runs})
-    return frames / stats.seconds, ", ".join(used)
+    return frames / clock.wall, frames / clock.cpu, ", ".join(used)
 
 
 def _precision(params: str) -> str:
@@ -219,65 +233,64 @@ def _precision(params: str) -> str:
     return json.loads(params).get("precision") or ""
 
 
-def decode_fps(truths: list[SampleTruth]) -> float:
+def decode_fps(truths: list[SampleTruth]) -> tuple[float, float, str]:
     from datakit.transnet import small_frames
 
-    t0, n = time.perf_counter(), 0
-    for t in truths:
-        n += sum(1 for _ in small_frames(t.path))
-    return n / (time.perf_counter() - t0)
+    with Clock() as clock:
+        n = sum(1 for t in truths for _ in small_frames(t.path))
+    return n / clock.wall, n / clock.cpu, ""
 
 
-def model_fps(device: str, precision: str, batch: int = 8, calls: int = 3) -> float:
+def model_fps(device: str, precision: str, batch: int = 8, calls: int = 3) -> tuple[float, float, str]:
     """New frames/s of the model alone (each window of 100 frames yields 50 new frames)."""
     from datakit.transnet import STEP, TransNetV2Detector
 
     det = TransNetV2Detector(device, precision=precision)
     x = np.random.default_rng(0).integers(0, 256, (batch, 100, 27, 48, 3), dtype=np.uint8)
     det.predict(x)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        det.predict(x)
-    return calls * batch * STEP / (time.perf_counter() - t0)
+    with Clock() as clock:
+        for _ in range(calls):
+            det.predict(x)
+    n = calls * batch * STEP
+    return n / clock.wall, n / clock.cpu, f"{batch} windows per call"
 
 
 def speed(videos: int, seconds: int, gpu: bool) -> None:
     truths = make_videos(videos, seconds)
     frames = sum(t.num_frames for t in truths)
     print(
-        f"speed: {len(truths)} x {seconds} s of 1280x720 30 fps H.264 ({frames} frames), whole stage, "
-        f"one worker (-j 1)"
+        f"speed: {len(truths)} x {seconds} s of 1280x720 30 fps H.264 ({frames} frames); stages on one worker (-j 1)"
     )
     decode_fps(truths)  # warm the page cache
-    rows = [("decode + shrink to 48x27 (PyAV, one thread)", decode_fps(truths), "")]
+    rows = [("decode + shrink to 48x27 (small_frames)", *decode_fps(truths))]
     rows.append(("datakit scenes --detector adaptive", *stage_fps(truths, detector="adaptive")))
-    rows.append(("datakit scenes --detector adaptive --gradual", *stage_fps(truths, detector="adaptive", gradual=True)))
-    rows.append(("datakit scenes --detector auto", *stage_fps(truths, detector="auto")))
+    rows.append(
+        (
+            "datakit scenes --detector adaptive --gradual",
+            *stage_fps(truths, detector="adaptive", gradual=True),
+        )
+    )
+    rows.append(("datakit scenes (auto)", *stage_fps(truths)))
     rows.append(
         ("datakit scenes --detector transnetv2 (CPU)", *_cpu(stage_fps, truths, detector="transnetv2"))
     )
     rows.append(
         ("  same, --precision bf16 (CPU)", *_cpu(stage_fps, truths, detector="transnetv2", precision="bf16"))
     )
-    rows.append(("TransNetV2 model alone, fp32, CPU", _cpu(model_fps, "cpu", "fp32"), ""))
-    rows.append(("TransNetV2 model alone, bf16, CPU", _cpu(model_fps, "cpu", "bf16"), ""))
+    rows.append(("TransNetV2 model alone, fp32, CPU", *_cpu(model_fps, "cpu", "fp32")))
+    rows.append(("TransNetV2 model alone, bf16, CPU", *_cpu(model_fps, "cpu", "bf16")))
     if gpu:
         rows.append(("datakit scenes --detector transnetv2 (GPU)", *stage_fps(truths, detector="transnetv2")))
         for b in (1, 8):
             rows.append(
-                (
-                    f"  same, --batch-size {b} (videos decoded in parallel)",
-                    *stage_fps(truths, detector="transnetv2", batch_size=b),
-                )
+                (f"  same, --batch-size {b}", *stage_fps(truths, detector="transnetv2", batch_size=b))
             )
-        rows.append(
-            ("TransNetV2 model alone, fp32, GPU", model_fps("cuda:0", "fp32", batch=64, calls=20), "")
-        )
-        rows.append(
-            ("TransNetV2 model alone, bf16, GPU", model_fps("cuda:0", "bf16", batch=64, calls=20), "")
-        )
-    for label, fps, used in rows:
-        print(f"  {label:58} {fps:8.0f} frames/s  {used}")
+        rows.append(("  same, --precision fp32", *stage_fps(truths, detector="transnetv2", precision="fp32")))
+        rows.append(("TransNetV2 model alone, fp32, GPU", *model_fps("cuda:0", "fp32", batch=64, calls=20)))
+        rows.append(("TransNetV2 model alone, bf16, GPU", *model_fps("cuda:0", "bf16", batch=64, calls=20)))
+    print(f"  {'':50} {'frames/s':>9} {'per CPU-s':>10}")
+    for label, fps, per_cpu, used in rows:
+        print(f"  {label:50} {fps:9.0f} {per_cpu:10.0f}  {used}")
 
 
 def _cpu(fn, *args, **kwargs):

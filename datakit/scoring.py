@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+_WEIGHT_SUFFIXES = (".json", ".pt", ".pth", ".bin", ".safetensors", ".npz")
 # Consecutive wanted frames at most this far apart are decoded in one pass instead of two seeks.
 _ONE_PASS_GAP = 48
 
@@ -51,6 +52,30 @@ def weights_ref(ref: str | None) -> str | None:
     if ref and os.path.isfile(ref):
         return f"file:{file_digest(ref)}"
     return ref
+
+
+def describe_ref(ref: str | None) -> str:
+    """A weights reference for humans: a file with its content hash, a tag or URL as is; None: RANDOM."""
+    if not ref:
+        return "RANDOM"
+    return f"{ref} (blake2b {file_digest(ref)})" if os.path.isfile(ref) else ref
+
+
+def missing_local_ref(ref: str | None) -> bool:
+    """Whether a model or weights reference names a local file or folder that does not exist.
+
+    Local: `local-dir:PATH`, a path with a separator, or a weights/config file name. Tags, open_clip
+    names, `hf-hub:` names and URLs are not local."""
+    if not ref or ref.startswith(("http://", "https://", "hf-hub:")):
+        return False
+    path = ref.removeprefix("local-dir:")
+    local = ref.startswith("local-dir:") or os.sep in path or path.endswith(_WEIGHT_SUFFIXES)
+    return local and not Path(path).exists()
+
+
+def clip_model_id(model: str) -> str:
+    """An open_clip model as it enters a model key: a config .json by its content, names as they are."""
+    return f"config:{file_digest(model)}" if model.endswith(".json") and os.path.isfile(model) else model
 
 
 def now() -> float:

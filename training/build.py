@@ -31,8 +31,8 @@ ARCH_KEYS = (
 
 @dataclass
 class Models:
-    vae: VideoAutoencoderKL
-    text_encoder: T5Encoder
+    vae: VideoAutoencoderKL | None  # None while training from the feature cache (until sampling)
+    text_encoder: T5Encoder | None
     stdit: STDiT
     stdit_args: dict[str, Any]  # JSON-able constructor args, saved beside every checkpoint
     size_multiple: int  # pixels per latent patch: VAE factor × STDiT spatial patch
@@ -65,16 +65,19 @@ def run_stdit_args(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int, int]) -> dict[str, Any]:
-    """Constructor args: architecture (previous run, tiny, preset or JSON file) + this stage's shape."""
+def stdit_arch(cfg: RunConfig, caption_channels: int | None = None) -> dict[str, Any]:
+    """STDiT architecture args (a previous run's, the tiny one, a preset or a JSON file) with
+    `model.stdit_args` applied; no input size or stage settings yet."""
     m = cfg.model
     previous = run_stdit_args(Path(m.init_from)) if m.init_from else None
     if previous is not None:
         args = {k: v for k, v in previous.items() if k in ARCH_KEYS}
     elif m.tiny:
-        from models.tiny import tiny_stdit_config
+        from models.tiny import TINY_T5_DIM, tiny_stdit_config
 
-        args = tiny_stdit_config(caption_channels=caption_channels, model_max_length=m.model_max_length)
+        args = tiny_stdit_config(
+            caption_channels=caption_channels or TINY_T5_DIM, model_max_length=m.model_max_length
+        )
     elif m.stdit in STDIT_PRESETS:
         args = dict(STDIT_PRESETS[m.stdit])
     elif Path(m.stdit).is_file():
@@ -87,6 +90,14 @@ def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int
         )
     args = {k: v for k, v in args.items() if k not in ("dtype", "grad_checkpointing", "freeze")}
     args.update(m.stdit_args)
+    args["patch_size"] = list(args.get("patch_size", (1, 2, 2)))
+    return args
+
+
+def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int, int]) -> dict[str, Any]:
+    """Constructor args: the architecture (`stdit_arch`) + this stage's shape and settings."""
+    m = cfg.model
+    args = stdit_arch(cfg, caption_channels)
     args.setdefault("caption_channels", caption_channels)
     args.setdefault("model_max_length", m.model_max_length)
     if args["caption_channels"] != caption_channels:
@@ -99,8 +110,47 @@ def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int
         time_scale=m.time_scale,
         class_dropout_prob=cfg.train.caption_dropout,
     )
-    args["patch_size"] = list(args.get("patch_size", (1, 2, 2)))
     return args
+
+
+def encoder_paths(cfg: RunConfig) -> tuple[str, str]:
+    """(VAE, T5): hub ids or local folders (`--preset tiny`: the tiny ones, built on first use)."""
+    m = cfg.model
+    return (m.vae, m.text_encoder) if not m.tiny else ensure_tiny_models(m.tiny_dir)
+
+
+def encoder_dtype(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype:
+    """VAE and T5 run in the compute dtype on CUDA (bf16 by default) and in fp32 on CPU."""
+    return compute_dtype if device.type == "cuda" else torch.float32
+
+
+def build_encoders(
+    cfg: RunConfig, device: torch.device, compute_dtype: torch.dtype
+) -> tuple[VideoAutoencoderKL, T5Encoder]:
+    """The frozen VAE and T5 of a run (the feature cache stage encodes with the same)."""
+    m = cfg.model
+    vae_path, t5_path = encoder_paths(cfg)
+    dtype = encoder_dtype(device, compute_dtype)
+    vae = VideoAutoencoderKL(
+        vae_path, micro_batch_size=m.vae_micro_batch_size, dtype=dtype, local_files_only=m.local_files_only
+    ).to(device)
+    t5 = T5Encoder(
+        t5_path, model_max_length=m.model_max_length, device=device, dtype=dtype,
+        local_files_only=m.local_files_only,
+    )  # fmt: skip
+    return vae, t5
+
+
+def encoder_shapes(cfg: RunConfig) -> tuple[int, int]:
+    """(VAE spatial factor, T5 width) read from the models' config files, loading no weights."""
+    from diffusers.models import AutoencoderKL
+    from transformers import AutoConfig
+
+    vae_path, t5_path = encoder_paths(cfg)
+    local = cfg.model.local_files_only
+    vae_config = AutoencoderKL.load_config(vae_path, local_files_only=local)
+    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)  # as VideoAutoencoderKL derives it
+    return factor, int(AutoConfig.from_pretrained(t5_path, local_files_only=local).d_model)
 
 
 def build_models(
@@ -108,25 +158,21 @@ def build_models(
     device: torch.device,
     compute_dtype: torch.dtype,
     resume_args: dict[str, Any] | None = None,
+    encoders: bool = True,
 ) -> Models:
     """`resume_args`: the STDiT args of the checkpoint being resumed (its weights load later, so
-    `model.init_from` is neither read nor needed then)."""
+    `model.init_from` is neither read nor needed then). `encoders=False` (training from the
+    feature cache) leaves the VAE and T5 unloaded; `load_encoders` adds them when needed."""
     m = cfg.model
-    vae_path, t5_path = (m.vae, m.text_encoder) if not m.tiny else ensure_tiny_models(m.tiny_dir)
-    encoder_dtype = compute_dtype if device.type == "cuda" else torch.float32
-    vae = VideoAutoencoderKL(
-        vae_path,
-        micro_batch_size=m.vae_micro_batch_size,
-        dtype=encoder_dtype,
-        local_files_only=m.local_files_only,
-    ).to(device)
-    t5 = T5Encoder(
-        t5_path, model_max_length=m.model_max_length, device=device, dtype=encoder_dtype,
-        local_files_only=m.local_files_only,
-    )  # fmt: skip
+    vae = t5 = None
+    if encoders:
+        vae, t5 = build_encoders(cfg, device, compute_dtype)
+        factor, caption_channels = vae.spatial_factor, t5.output_dim
+    else:
+        factor, caption_channels = encoder_shapes(cfg)
     frames, res = cfg.data.num_frames[0], min(cfg.data.resolution)
-    latent = (frames, res // vae.spatial_factor, res // vae.spatial_factor)
-    args = dict(resume_args) if resume_args is not None else stdit_args_for(cfg, t5.output_dim, latent)
+    latent = (frames, res // factor, res // factor)
+    args = dict(resume_args) if resume_args is not None else stdit_args_for(cfg, caption_channels, latent)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every launch
     stdit = STDiT(**{**args, "patch_size": tuple(args["patch_size"])})
     if m.init_from and resume_args is None:
@@ -136,9 +182,17 @@ def build_models(
         log.info("init from %s\n%s", m.init_from, report)
     if m.grad_checkpointing:
         stdit.enable_gradient_checkpointing()
-    t5.y_embedder = stdit.y_embedder  # the null caption is the model's (as 1.0)
-    multiple = vae.spatial_factor * int(args["patch_size"][1])
+    if t5 is not None:
+        t5.y_embedder = stdit.y_embedder  # the null caption is the model's (as 1.0)
+    multiple = factor * int(args["patch_size"][1])
     return Models(vae, t5, stdit.to(device), args, multiple)
+
+
+def load_encoders(models: Models, cfg: RunConfig, device: torch.device, compute_dtype: torch.dtype) -> None:
+    """Add the VAE and T5 to models built without them (the first time a sample is drawn)."""
+    if models.vae is None or models.text_encoder is None:
+        models.vae, models.text_encoder = build_encoders(cfg, device, compute_dtype)
+        models.text_encoder.y_embedder = models.stdit.y_embedder
 
 
 def set_latent_shape(model: STDiT, shape: tuple[int, int, int]) -> None:

@@ -55,6 +55,7 @@ class DataConfig:
     worker_start: str = "spawn"  # how loader processes start: spawn | forkserver | fork
     flip: bool = True
     prefer: str = "source"  # read spans from the source video ("source") or the cut file ("cut")
+    source: str = "pixels"  # "pixels": decode + encode online; "features": `datakit features` cache
     val_fraction: float = 0.01  # held-out slice of the rows, chosen by clip id (stable across runs)
     val_max: int = 64
     val_min_rows: int = 8  # no held-out slice below this many rows
@@ -86,6 +87,12 @@ class TrainConfig:
     caption_dropout: float = 0.1
     ema_decay: float = 0.9999
     progress: bool = True
+    sample_every: int = 0  # write mp4 samples of `sample_prompts` every N steps (0: never)
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["a dog running on a beach", "a city street at night, cars passing"]
+    )
+    sample_steps: int = 100  # IDDPM sampling steps
+    sample_cfg_scale: float = 7.0
 
 
 @dataclass
@@ -274,6 +281,7 @@ def validate(cfg: RunConfig) -> None:
         (bool(d.resolution) and all(r >= 16 for r in d.resolution), "data.resolution: sizes >= 16"),
         (d.batch_size >= 1 and d.num_workers >= 0, "data.batch_size >= 1 and data.num_workers >= 0"),
         (d.prefer in ("source", "cut"), "data.prefer is 'source' or 'cut'"),
+        (d.source in ("pixels", "features"), "data.source is 'pixels' or 'features'"),
         (d.worker_start in ("spawn", "forkserver", "fork"), "data.worker_start is spawn, forkserver or fork"),
         (0 <= d.val_fraction < 1, "data.val_fraction in [0, 1)"),
         (o.name in ("auto", "adamw", "hybrid_adam"), "optim.name is auto, adamw or hybrid_adam"),
@@ -288,6 +296,8 @@ def validate(cfg: RunConfig) -> None:
         (t.ckpt_every >= 1 and t.keep_last >= 1, "train.ckpt_every and train.keep_last must be >= 1"),
         (0 <= t.caption_dropout <= 1 and 0 <= t.ema_decay <= 1, "caption_dropout and ema_decay in [0, 1]"),
         (all(0 <= s < 1000 for s in t.val_timesteps), "train.val_timesteps in [0, 1000)"),
+        (t.sample_every >= 0 and t.sample_steps >= 1, "train.sample_every >= 0 and train.sample_steps >= 1"),
+        (t.sample_every == 0 or bool(t.sample_prompts), "train.sample_every needs train.sample_prompts"),
     ]
     for ok, message in checks:
         if not ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import astuple
 from typing import Any, NamedTuple
 
 import cv2
@@ -80,6 +81,27 @@ def to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     return video.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
 
 
+def clip_window(row: dict[str, Any], bucket: Bucket, cfg: DataConfig, rng: np.random.Generator | None) -> list[int]:
+    """Source frame indices of a clip's sample: a random window with `rng`, else the centred one."""
+    return window_frames(int(row["start_frame"]), int(row["end_frame"]), bucket.frames, cfg.frame_interval, rng)
+
+
+def load_clip(
+    row: dict[str, Any], bucket: Bucket, cfg: DataConfig, indices: list[int], flip: bool = False
+) -> torch.Tensor:
+    """(3, T, H, W) in [-1, 1]: the frames at `indices` decoded from their span only, resized to
+    cover the bucket, centre-cropped, optionally flipped."""
+    path, is_cut = media_path(row, cfg.prefer)
+    if path is None:
+        raise ClipDecodeError("file not found")
+    if is_cut:  # a cut file starts at the clip's first frame
+        indices = [i - int(row["start_frame"]) for i in indices]
+    frames = [resize_crop(f, bucket.height, bucket.width) for f in decode_frames(path, indices)]
+    if flip:
+        frames = [f[:, ::-1] for f in frames]
+    return to_tensor(frames)
+
+
 class ClipDataset(Dataset):
     """Rows of a frozen selection as (3, T, H, W) videos in [-1, 1] plus their captions.
 
@@ -105,36 +127,29 @@ class ClipDataset(Dataset):
             if bucket is None:
                 raise ClipDecodeError("too short for the smallest frame count")
             rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
-            start, end = int(row["start_frame"]), int(row["end_frame"])
-            indices = window_frames(start, end, bucket.frames, self.cfg.frame_interval, rng)
+            indices = clip_window(row, bucket, self.cfg, rng)  # drawn before the flip
             flip = self.train and self.cfg.flip and bool(rng.random() < 0.5)
-            path, is_cut = media_path(row, self.cfg.prefer)
-            if path is None:
-                raise ClipDecodeError("file not found")
-            if is_cut:  # a cut file starts at the clip's first frame
-                indices = [i - start for i in indices]
-            frames = [resize_crop(f, bucket.height, bucket.width) for f in decode_frames(path, indices)]
-            if flip:
-                frames = [f[:, ::-1] for f in frames]
-            return {
-                "index": index,
-                "clip_id": row["clip_id"],
-                "caption": row["caption"] or "",
-                "video": to_tensor(frames),
-            }
+            video = load_clip(row, bucket, self.cfg, indices, flip)
+            return {"index": index, "clip_id": row["clip_id"], "caption": row["caption"] or "",
+                    "bucket": bucket, "video": video}  # fmt: skip
         except Exception as err:  # any decoder failure is data, not a crash
             return {"index": index, "clip_id": row["clip_id"], "error": f"{type(err).__name__}: {err}"}
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the decoded samples of a batch; failed ones go to `failed` as (clip_id, error)."""
-    good = [it for it in items if "video" in it]
-    return {
-        "video": torch.stack([it["video"] for it in good]) if good else None,
-        "caption": [it["caption"] for it in good],
-        "clip_id": [it["clip_id"] for it in good],
-        "failed": [(it["clip_id"], it["error"]) for it in items if "error" in it],
+def collate(items: list[dict[str, Any]], tensors: Sequence[str] = ("video",)) -> dict[str, Any]:
+    """Stack the decoded samples of a batch (`tensors`: None when none decoded); failed ones go to
+    `failed` as (clip_id, error). `bucket` is the batch's (frames, height, width) in pixels."""
+    good = [it for it in items if "error" not in it]
+    batch: dict[str, Any] = {
+        name: torch.stack([it[name] for it in good]) if good else None for name in tensors
     }
+    batch.update(
+        caption=[it["caption"] for it in good],
+        clip_id=[it["clip_id"] for it in good],
+        bucket=list(astuple(good[0]["bucket"])) if good else None,
+        failed=[(it["clip_id"], it["error"]) for it in items if "error" in it],
+    )
+    return batch
 
 
 def worker_init(_: int) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 log = logging.getLogger("training")
 
 METRICS_FILE = "metrics.jsonl"
-TB_SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait", "val_loss")
+TB_DIR = "tensorboard"
+TB_SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait", "val_loss")  # as train/<name>
 
 
 def setup_logging(run_dir: Path, rank: int) -> None:
@@ -39,13 +40,11 @@ class MetricsWriter:
         if resume_step is not None and self.path.exists():
             self._truncate(resume_step)
         self.file = open(self.path, "a")
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.info("tensorboard is not installed: no TensorBoard events (metrics.jsonl has every value)")
-        else:
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        from torch.utils.tensorboard import SummaryWriter
+
+        # on resume, TensorBoard drops the earlier launch's events past the checkpoint (written again)
+        purge = resume_step + 1 if resume_step is not None else None
+        self.tb = SummaryWriter(str(Path(run_dir) / TB_DIR), purge_step=purge)
 
     def _truncate(self, step: int) -> None:
         """On resume, drop records after the checkpoint (the resumed run writes them again)."""
@@ -63,12 +62,11 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for key in TB_SCALARS:
-                if record.get(key) is not None:
-                    self.tb.add_scalar(f"train/{key}", record[key], record["step"])
+        for key in TB_SCALARS:
+            if record.get(key) is not None:
+                self.tb.add_scalar(f"train/{key}", record[key], record["step"])
+        self.tb.flush()
 
     def close(self) -> None:
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.tb.close()

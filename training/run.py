@@ -4,7 +4,8 @@ runs/<run>/
     train_config.json    the resolved config (`--resume` reads it back)
     run.json             launch facts: world size, process-group backend, device, versions, command
     data/rows.parquet    the frozen selection; data/card.json (name, version, recipe, row count)
-    train.log  metrics.jsonl  tensorboard/ (when tensorboard is installed)
+    data/features.parquet  with data.source=features: each row's cached features (shard, index, bucket)
+    train.log  metrics.jsonl  tensorboard/  samples/step-N/*.mp4 (train.sample_every)
     checkpoints/step-N/  checkpoints/latest  {model,ema}.safetensors  config.json  (see checkpoint.py)
 """
 
@@ -93,9 +94,14 @@ def _prepare_new_run(run_dir: Path, cfg: RunConfig, source: Source, ctx: DistCon
     table, card = source.read()
     table = selection.normalise(table)
     rows = table.to_pylist()
-    selection.check_files(rows)
+    if cfg.data.source == "pixels":  # from the cache, the shards are checked instead
+        selection.check_files(rows)
     run_dir.mkdir(parents=True, exist_ok=True)
     selection.freeze(run_dir, table, card)
+    if cfg.data.source == "features":
+        from .features import freeze_index
+
+        freeze_index(run_dir, source.workspace, cfg, rows)
     _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
 
 
@@ -176,12 +182,22 @@ def launch(
     setup_logging(run_dir, ctx.rank)
     rows, card = selection.load_frozen(run_dir)
     if resume:
-        on_main(ctx, lambda: selection.check_files(rows))
+        on_main(ctx, lambda: _check_inputs(run_dir, cfg, rows))
     on_main(ctx, lambda: _record_launch(run_dir / "run.json", _run_facts(ctx, card, resume)))
 
     from .trainer import Trainer
 
     return Trainer(cfg, run_dir, ctx, rows, resume=resume).fit()
+
+
+def _check_inputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]]) -> None:
+    """Before a resume builds anything: the media files, or the feature shards, are all there."""
+    if cfg.data.source == "features":
+        from .features import check_shards, load_index
+
+        check_shards(list(load_index(run_dir).values()))
+    else:
+        selection.check_files(rows)
 
 
 def _record_launch(path: Path, facts: dict[str, Any]) -> None:

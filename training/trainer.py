@@ -5,15 +5,17 @@
 3. the ColossalAI Booster: TorchDDP (+ AdamW, fp32 or bf16 autocast) or LowLevelZero stage 2
    (+ HybridAdam, bf16 working weights with fp32 masters), a warmup LR schedule, an fp32 EMA;
 4. `--resume`: weights, EMA, optimizer, scheduler, data position and RNG from the last checkpoint;
-5. per step: decode → VAE latents and T5 embeddings (online, as 1.0) → IDDPM loss at random
-   timesteps with caption dropout → backward, clip, step, EMA → metrics; validation loss at fixed
-   timesteps every `val_every` steps; an atomic checkpoint every `ckpt_every` steps.
+5. per step: decode → VAE latents and T5 embeddings (online, as 1.0; or read from the feature
+   cache with `data.source=features`) → IDDPM loss at random timesteps with caption dropout →
+   backward, clip, step, EMA → metrics; validation loss at fixed timesteps every `val_every` steps;
+   mp4 samples of fixed prompts every `sample_every` steps; an atomic checkpoint every `ckpt_every`.
 All randomness of a step comes from (seed, step, rank), so a resumed run repeats an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -32,7 +34,8 @@ from torch.utils.data import DataLoader
 from models.diffusion import IDDPM
 
 from . import checkpoint as ckpt_io
-from .build import Models, build_models, set_latent_shape
+from . import features
+from .build import Models, build_models, load_encoders, set_latent_shape
 from .config import RunConfig
 from .data import ClipDataset, collate, worker_init
 from .dist import DistContext, all_mean, all_true, barrier
@@ -68,15 +71,23 @@ def split_validation(rows: list[dict[str, Any]], cfg: RunConfig) -> tuple[list[d
     return [r for r in rows if r["clip_id"] not in val_ids], [r for r in rows if r["clip_id"] in val_ids]
 
 
+FEATURE_TENSORS = ("mean", "std", "y", "mask")
+
+
 def make_loader(
-    dataset: ClipDataset, sampler: BucketBatchSampler, workers: int, pin: bool, start: str = "spawn"
+    dataset: ClipDataset | features.FeatureDataset,
+    sampler: BucketBatchSampler,
+    workers: int,
+    pin: bool,
+    start: str = "spawn",
 ) -> DataLoader:
     """Loader processes start fresh (`spawn`) by default: a worker forked from a process that has
     run threaded decoders or OpenCV (the demo, a notebook) can crash in inherited thread state."""
+    cached = isinstance(dataset, features.FeatureDataset)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=functools.partial(collate, tensors=FEATURE_TENSORS) if cached else collate,
         num_workers=workers,
         worker_init_fn=worker_init,
         multiprocessing_context=start if workers > 0 else None,
@@ -141,19 +152,27 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
 
-        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        dtype = self.compute_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        self.cached = cfg.data.source == "features"
         self.resume_from = ckpt_io.latest_checkpoint(self.run_dir) if resume else None
         resume_args = None
         if self.resume_from is not None:
             from models.checkpoint import read_model_config
 
             resume_args = read_model_config(self.resume_from)
-        self.models = build_models(cfg, ctx.device, dtype, resume_args)
+        self.models = build_models(cfg, ctx.device, dtype, resume_args, encoders=not self.cached)
         self.diffusion = IDDPM(timestep_respacing="")
 
         train_rows, val_rows = split_validation(rows, cfg)
         multiple = self.models.size_multiple
-        self.train_set = ClipDataset(train_rows, cfg.data, multiple, seed)
+        index = features.load_index(self.run_dir) if self.cached else {}
+
+        def dataset(part: list[dict[str, Any]], train: bool) -> ClipDataset | features.FeatureDataset:
+            if self.cached:
+                return features.FeatureDataset(part, index)
+            return ClipDataset(part, cfg.data, multiple, seed, train=train)
+
+        self.train_set = dataset(train_rows, True)
         self.sampler = BucketBatchSampler(
             self.train_set.buckets, cfg.data.batch_size, world_size=ctx.world_size, rank=ctx.rank, seed=seed
         )
@@ -168,18 +187,23 @@ class Trainer:
         )
         self.val_loader = None
         if val_rows:
-            val_set = ClipDataset(val_rows, cfg.data, multiple, seed, train=False)
+            val_set = dataset(val_rows, False)
             val_sampler = BucketBatchSampler(
                 val_set.buckets, cfg.data.batch_size, world_size=ctx.world_size, rank=ctx.rank, shuffle=False
             )
             if val_sampler.steps_per_epoch():
                 self.val_loader = make_loader(val_set, val_sampler, 0, pin)
         log.info(
-            "%d training clips in buckets (frames x height x width: clips) %s; %d too short; %d held out "
-            "for validation; %d steps per epoch",
+            "%d training clips in buckets (frames x height x width: clips) %s; %d left out (%s); %d held "
+            "out for validation; %d steps per epoch",
             len(train_rows) - self.sampler.excluded, self.sampler.buckets_used(), self.sampler.excluded,
+            "too short or not encoded by the features stage" if self.cached else "too short",
             len(val_rows), self.sampler.steps_per_epoch(),
         )  # fmt: skip
+        if self.cached:
+            for clip_id, why in self.train_set.excluded()[:5]:
+                log.warning("no features for clip %s: %s", clip_id, why)
+            log.info("reading the feature cache: one centred window per clip, no flips, no VAE/T5 in the step")
 
         self.booster, self.model, self.optimizer, self.scheduler = make_booster(cfg, self.models)
         self.weights = WeightView(self.models.stdit, self.optimizer, zero=self.zero)
@@ -251,8 +275,14 @@ class Trainer:
 
     @torch.no_grad()
     def encode(self, batch: dict[str, Any], gen: torch.Generator | None) -> tuple[torch.Tensor, dict]:
-        """Pixels → VAE latents (posterior sample; its mode without a generator), captions → T5."""
-        video = batch["video"].to(self.ctx.device, non_blocking=True)
+        """Pixels → VAE latents (posterior sample; its mode without a generator), captions → T5;
+        or the same from the feature cache (the posterior sampled with the same draws)."""
+        dev = self.ctx.device
+        if self.cached:
+            mean, std = (batch[k].to(dev, non_blocking=True) for k in ("mean", "std"))
+            x0 = features.sample_latents(mean, std, gen).float()
+            return x0, {"y": batch["y"].to(dev)[:, None], "mask": batch["mask"].to(dev)}
+        video = batch["video"].to(dev, non_blocking=True)
         x0 = self.models.vae.encode(video, sample_posterior=gen is not None, generator=gen).float()
         text = self.models.text_encoder.encode(batch["caption"])
         return x0, {"y": text["y"], "mask": text["mask"]}
@@ -290,6 +320,18 @@ class Trainer:
         self.ema.update(self.weights.shards(), c.train.ema_decay)
         return loss.item(), grad_norm, lr
 
+    def write_samples(self) -> None:
+        """mp4 samples of `train.sample_prompts` from the current weights (rank 0; the global RNG
+        is restored afterwards, so sampling never changes what training does)."""
+        if not self.ctx.is_main:
+            return
+        from .samples import write_samples
+
+        load_encoders(self.models, self.cfg, self.ctx.device, self.compute_dtype)
+        with self._autocast():
+            paths = write_samples(self.models, self.cfg, self.run_dir, self.state.step, self.ctx.device)
+        log.info("samples at step %d: %s", self.state.step, ", ".join(str(p) for p in paths))
+
     def _nonfinite(self, what: str, value: float) -> str:
         kept = (
             f"the last good checkpoint is {self.last_ckpt}"
@@ -310,7 +352,7 @@ class Trainer:
         stdit.eval()
         total, count = 0.0, 0
         for i, batch in enumerate(self.val_loader):
-            if batch["video"] is None:
+            if not batch["clip_id"]:
                 continue
             x0, cond = self.encode(batch, None)
             set_latent_shape(stdit, tuple(x0.shape[2:]))
@@ -361,7 +403,7 @@ class Trainer:
                 s.position += 1
                 for clip_id, error in batch["failed"]:
                     log.warning("skipped clip %s: %s", clip_id, error)
-                if not all_true(batch["video"] is not None, ctx):  # every rank skips together
+                if not all_true(bool(batch["clip_id"]), ctx):  # every rank skips together
                     s.failed_clips += round(all_mean([len(batch["failed"])], ctx)[0] * ctx.world_size)
                     s.skipped_steps += 1
                     continue
@@ -376,7 +418,7 @@ class Trainer:
                 record = {
                     "step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                     "samples_per_s": n * ctx.world_size / elapsed, "data_wait": wait / elapsed,
-                    "step_time": elapsed, "bucket": list(batch["video"].shape[2:]), "failed_clips": s.failed_clips,
+                    "step_time": elapsed, "bucket": batch["bucket"], "failed_clips": s.failed_clips,
                 }  # fmt: skip
                 if s.step % c.train.val_every == 0 or self.done():
                     record["val_loss"] = self.validate()
@@ -384,6 +426,8 @@ class Trainer:
                     self.metrics.write(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if c.train.sample_every and s.step % c.train.sample_every == 0:
+                    self.write_samples()
                 if s.step % c.train.ckpt_every == 0 or self.done():
                     self.save()
                     saved_at = s.step

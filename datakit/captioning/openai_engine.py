@@ -7,8 +7,10 @@ timeouts and dropped connections are retried by the client with exponential back
 so its clip is marked `retry` and a later run tries it again. A rejected request (400: too many
 tokens, an image the server refuses) is an error for that clip only.
 
-The client lives on an event loop in a thread of its own, so `generate` can be called from the
-stage's synchronous `process_batch` while connections are kept between batches.
+The client lives on an event loop in a thread of its own. `submit` sends a request at once and
+returns a future, so the stage can send each clip as soon as its frames are decoded (from its
+prepare threads) and collect the answers in `process_batch`: requests stream to the server
+without a pause at batch boundaries, and connections are kept between batches.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from datakit.captioning.base import Generation, Sampling, chat_messages
@@ -106,20 +109,38 @@ class OpenAIEngine:
             output_tokens=usage.completion_tokens if usage else None,
         )
 
-    def generate(self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling) -> list[Generation | Exception]:
-        async def all_clips() -> list[Generation | BaseException]:
-            return await asyncio.gather(*(self._one(c, prompt, sampling) for c in clips), return_exceptions=True)
+    def submit(self, frames: list[bytes], prompt: Prompt, sampling: Sampling) -> Future:
+        """Send one clip's request now (it waits for a free slot of `concurrency`); a future of its answer."""
+        return asyncio.run_coroutine_threadsafe(self._one(frames, prompt, sampling), self._loop.loop)
 
-        return [_as_clip_error(r) if isinstance(r, BaseException) else r for r in self._loop.run(all_clips())]
+    @staticmethod
+    def result(future: Future) -> Generation | Exception:
+        """The answer of a submitted request, or the exception its clip's row records."""
+        try:
+            return future.result()
+        except Exception as exc:
+            return _as_clip_error(exc)
+
+    def generate(self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling) -> list[Generation | Exception]:
+        futures = [self.submit(frames, prompt, sampling) for frames in clips]
+        return [self.result(f) for f in futures]
 
     def close(self) -> None:
         try:
-            self._loop.run(self._client.close())
+            self._loop.run(self._shutdown())
         finally:
             self._loop.close()
 
+    async def _shutdown(self) -> None:
+        """Cancel requests nobody will collect (a run that stopped early), then close the client."""
+        current = asyncio.current_task()
+        for task in asyncio.all_tasks():
+            if task is not current:
+                task.cancel()
+        await self._client.close()
 
-def _as_clip_error(exc: BaseException) -> Exception:
+
+def _as_clip_error(exc: Exception) -> Exception:
     """A failed request as the exception its clip's row records (transient ones get a retry row)."""
     import openai
 
@@ -128,9 +149,7 @@ def _as_clip_error(exc: BaseException) -> Exception:
         return TransientError(f"endpoint still failing after retries: {_describe(exc)}")
     if isinstance(exc, openai.APIStatusError):
         return ValueError(f"endpoint refused the request: {_describe(exc)}")
-    if isinstance(exc, Exception):
-        return exc
-    raise exc  # KeyboardInterrupt, CancelledError: not a clip's fault
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,12 +13,14 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import version
-from pathlib import Path
 
 from datakit.scoring import (
     CLIP_ITEMS_SQL,
     clip_file,
+    clip_model_id,
+    describe_ref,
     frame_positions,
+    missing_local_ref,
     model_key,
     now,
     read_frames_at,
@@ -69,6 +71,7 @@ TABLES = (
     ),
 )
 
+
 def clip_frames(item: dict, fractions: list[float]) -> tuple[str, list[int], str]:
     """(file, frame indices, 'source' or 'cut') for a clip row of CLIP_ITEMS_SQL."""
     path, start, end, _, kind = clip_file(item)
@@ -99,32 +102,28 @@ class AestheticStage(Stage):
         if not self.frames or any(not 0 <= f < 1 for f in self.frames):
             raise OptionError(f"{self.name}: frames must be fractions in [0, 1), got {self.frames}")
         for label, ref in (("model", self.model), ("pretrained", self.pretrained), ("head", self.head)):
-            looks_local = ref and not ref.startswith(("http://", "https://", "hf-hub:")) and (
-                "/" in ref.removeprefix("local-dir:") or ref.endswith((".json", ".pt", ".pth", ".bin", ".safetensors"))
-            )
-            if looks_local and not Path(ref.removeprefix("local-dir:")).exists():
-                raise OptionError(f"{self.name}: {label} file not found: {ref}")
+            if missing_local_ref(ref):
+                raise OptionError(f"{self.name}: {label} not found: {ref}")
 
     # ------------------------------------------------------------------ keys
     @cached_property
     def embed_key(self) -> str:
-        return model_key(model=self.model_id, pretrained=weights_ref(self.pretrained), frames=self.frames,
+        return model_key(model=clip_model_id(self.model), pretrained=weights_ref(self.pretrained), frames=self.frames,
                          version=SCORER_VERSION)  # fmt: skip
 
     @cached_property
     def score_key(self) -> str:
         return model_key(embedding=self.embed_key, head=weights_ref(self.head), version=SCORER_VERSION)
 
-    @property
-    def model_id(self) -> str:
-        """The model as it enters the key: a config file by its content, names as they are."""
-        if self.model.endswith(".json") and Path(self.model).is_file():
-            return f"config:{weights_ref(self.model)}"
-        return self.model
+    @cached_property
+    def clip_description(self) -> str:
+        """Readable model of an embedding row: CLIP, its weights (files with their hash), package version."""
+        return (f"open_clip {self.model} pretrained={describe_ref(self.pretrained)} "
+                f"(open_clip {version('open_clip_torch')}); frames {self.frames}")  # fmt: skip
 
-    def describe_model(self, with_head: bool = True) -> str:
-        text = f"open_clip {self.model} pretrained={self.pretrained or 'RANDOM'} (open_clip {version('open_clip_torch')})"
-        return text + (f"; head {Path(self.head).name}" if with_head else "") + f"; frames {self.frames}"
+    @cached_property
+    def score_description(self) -> str:
+        return f"{self.clip_description}; head {describe_ref(self.head)}"
 
     def items_sql(self) -> str:
         return f"SELECT *, clip_id || ':' || {sql_str(self.score_key)} AS row_id FROM ({CLIP_ITEMS_SQL})"
@@ -169,13 +168,13 @@ class AestheticStage(Stage):
             base = {"clip_id": item["clip_id"], "scored_at": t}
             out.append({
                 "aesthetic_scores": [{
-                    **base, "row_id": item["row_id"], "model_key": self.score_key, "model": self.describe_model(),
+                    **base, "row_id": item["row_id"], "model_key": self.score_key, "model": self.score_description,
                     "status": "ok", "aesthetic": float(np.mean(frame_scores)),
                     "frame_scores": [float(s) for s in frame_scores], "frames": json.dumps(item["frames_read"]),
                 }],
                 "clip_embeddings": [{
                     **base, "row_id": f"{item['clip_id']}:{self.embed_key}", "model_key": self.embed_key,
-                    "model": self.describe_model(with_head=False), "dim": len(mean),
+                    "model": self.clip_description, "dim": len(mean),
                     "embedding": mean.astype("<f2").tobytes(),
                 }],
             })  # fmt: skip
@@ -184,7 +183,7 @@ class AestheticStage(Stage):
     def failure_rows(self, item: dict, exc: BaseException) -> dict:
         rows = super().failure_rows(item, exc)
         for row in rows[self.marker_table]:
-            row.update(clip_id=item["clip_id"], model_key=self.score_key, model=self.describe_model(), scored_at=now())
+            row.update(clip_id=item["clip_id"], model_key=self.score_key, model=self.score_description, scored_at=now())
         return rows
 
     def teardown(self) -> None:

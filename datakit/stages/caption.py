@@ -78,7 +78,7 @@ class CaptionStage(Stage):
     max_tokens: int = option(256, "Most tokens generated per caption (a caption cut there is 'truncated').", min=1)
     temperature: float = option(0.0, "Sampling temperature (0: greedy, reproducible).", min=0.0, max=2.0)
     seed: int = option(0, "Sampling seed (used when temperature > 0).", min=0)
-    concurrency: int = option(16, "Requests in flight (openai and vllm engines).", min=1)
+    concurrency: int = option(32, "Requests in flight (openai and vllm engines).", min=1)
     request_timeout_s: float = option(300.0, "Seconds before one request times out (it is retried).", min=1.0)
     max_retries: int = option(5, "Retries of a request (429, 5xx, timeouts) with exponential backoff.", min=0)
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the endpoint's API key (never stored).")
@@ -87,7 +87,7 @@ class CaptionStage(Stage):
     max_model_len: int | None = option(None, "vLLM context length (default: the model's).", min=256)
     kv_cache_gib: float = option(1.0, "vLLM KV cache size on the CPU, GiB (GPUs size it themselves).", min=0.25)
     server_timeout_s: float = option(900.0, "Seconds to wait for the vLLM server to become ready.", min=10.0)
-    batch_size: int = option(32, "Clips per model call (requests sent together, or one generate batch).", min=1)
+    batch_size: int = option(16, "Clips per generate call (transformers); clips collected per step (servers).", min=1)
 
     # ------------------------------------------------------------------ options
     @property
@@ -212,16 +212,23 @@ class CaptionStage(Stage):
     def prepare(self, item: dict) -> dict:
         from datakit.captioning.frames import clip_frames
 
-        return {**item, "frames": clip_frames(item, self.frames, self.frame_size)}
+        frames = clip_frames(item, self.frames, self.frame_size)
+        submit = getattr(getattr(self, "_engine", None), "submit", None)
+        if submit is None:  # transformers, or a prepare step without the engine (Ray): generate in batches
+            return {**item, "frames": frames}
+        # Server engines: send the request now, so that the server generates while the next clips
+        # are decoded and never waits at a batch boundary (at most `concurrency` in flight).
+        return {**item, "frames": frames, "request": submit(frames, self._prompt, self._sampling)}
 
     def process_batch(self, items: list[dict]) -> list[Rows]:
         from datakit.stage import TransientError
 
-        if self._server is not None and self._server.process is None:
-            raise TransientError("the vLLM server is not running")
-        if self._server is not None and self._server.process.poll() is not None:
-            raise TransientError(f"the vLLM server exited; see {self._server.log_path}")
-        results = self._engine.generate([i["frames"] for i in items], self._prompt, self._sampling)
+        server = self._server
+        if server is not None and (server.process is None or server.process.poll() is not None):
+            raise TransientError(f"the vLLM server is not running; see {server.log_path}")
+        unsent = [i for i in items if "request" not in i]
+        generated = iter(self._engine.generate([i["frames"] for i in unsent], self._prompt, self._sampling) if unsent else [])
+        results = [self._engine.result(i["request"]) if "request" in i else next(generated) for i in items]
         return [self.failure_rows(item, r) if isinstance(r, Exception) else {"captions": [self._row(item, r)]}
                 for item, r in zip(items, results, strict=True)]  # fmt: skip
 

@@ -13,6 +13,7 @@ and recomputes every group; a rerun with nothing new does nothing.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -56,14 +57,14 @@ TABLES = (
 
 # ----------------------------------------------------------------------------------- algorithm
 def similar_pairs(x: np.ndarray, threshold: float, *, exact_below: int = 20_000, nlist: int | None = None,
-                  nprobe: int = 8, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:  # fmt: skip
+                  nprobe: int = 4, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:  # fmt: skip
     """Pairs (i < j) of unit rows of `x` with inner product >= threshold: (i, j, similarity, index name).
 
-    Below `exact_below` rows: exact search (flat index). Above: an IVF index with float16 storage,
-    lists of about 256 vectors (`nlist` = n / 256) and an HNSW coarse quantizer, so assigning a
-    vector to its lists costs a graph walk instead of a pass over every centroid; the k-means that
-    places the lists runs briefly on a sample (for near-duplicates any reasonable partition works:
-    a pair this close lands in the same or a neighbouring list, and `nprobe` lists are searched).
+    Below `exact_below` rows: exact search (flat index). Above: an IVF index (float16 storage) of
+    `nlist` = sqrt(nprobe * n) lists, which balances the two costs of a query (comparing it with
+    every list centroid, one matrix product, and scanning `nprobe` lists of n / nlist vectors). The
+    k-means placing the lists runs briefly on a sample: a pair this close lands in the same or a
+    neighbouring list whatever the partition, and `nprobe` lists are searched per vector.
     `x` may be float16; rows are converted to float32 a chunk at a time.
     """
     import faiss
@@ -72,16 +73,14 @@ def similar_pairs(x: np.ndarray, threshold: float, *, exact_below: int = 20_000,
     if n < exact_below:
         index, name = faiss.IndexFlatIP(d), "flat"
     else:
-        nlist = nlist or max(16, n // 256)
-        quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16,
+        nlist = nlist or max(16, int(math.sqrt(nprobe * n)))
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)  # fmt: skip
-        index.cp.niter, index.cp.min_points_per_centroid = 5, 8
+        index.cp.niter, index.cp.min_points_per_centroid = 4, 1
         sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 16 * nlist), replace=False))
         index.train(np.ascontiguousarray(x[sample], dtype=np.float32))
         index.nprobe = nprobe
-        quantizer.hnsw.efSearch = max(64, 2 * nprobe)
-        name = f"ivf{nlist},hnsw,nprobe={nprobe}"
+        name = f"ivf{nlist},nprobe={nprobe}"
     for start in range(0, n, chunk):
         index.add(np.ascontiguousarray(x[start : start + chunk], dtype=np.float32))
     found_i, found_j, found_s = [], [], []
@@ -174,8 +173,8 @@ class DedupStage(Stage):
     threshold: float = option(0.98, "Cosine similarity at or above which two clips are near-duplicates.", min=-1, max=1)
     embedding_key: str | None = option(None, "model_key of the embeddings to compare (default: the latest written).")
     exact_below: int = option(20_000, "Exact flat search below this many clips, IVF above.", min=2)
-    nlist: int | None = option(None, "IVF lists (default: clips / 256).", min=1)
-    nprobe: int = option(8, "IVF lists probed per query (more: slower, higher recall).", min=1)
+    nlist: int | None = option(None, "IVF lists (default: sqrt(nprobe x clips)).", min=1)
+    nprobe: int = option(4, "IVF lists searched per clip (more: slower, higher recall).", min=1)
 
     def settings(self) -> dict:
         return {"threshold": self.threshold, "exact_below": self.exact_below, "nlist": self.nlist, "nprobe": self.nprobe}

@@ -80,7 +80,8 @@ class MotionStage(Stage):
         return model_key(method="farneback", pairs=self.pairs, gap_s=self.gap_s, short_side=self.short_side,
                          static_threshold=self.static_threshold, version=SCORER_VERSION)  # fmt: skip
 
-    def describe_model(self) -> str:
+    @cached_property
+    def description(self) -> str:
         import cv2
 
         return (f"farneback (OpenCV {cv2.__version__}) pairs={self.pairs} gap_s={self.gap_s} "
@@ -105,7 +106,7 @@ class MotionStage(Stage):
         motion = sum(per_pair) / len(per_pair)
         row = {
             "row_id": item["row_id"], "clip_id": item["clip_id"], "model_key": self.settings_key,
-            "model": self.describe_model(), "status": "ok", "motion": motion,
+            "model": self.description, "status": "ok", "motion": motion,
             "static": motion < self.static_threshold, "pair_motion": per_pair,
             "frames": json.dumps({"file": kind, "pairs": pairs}), "scored_at": now(),
         }  # fmt: skip
@@ -114,7 +115,7 @@ class MotionStage(Stage):
     def failure_rows(self, item: dict, exc: BaseException) -> dict:
         rows = super().failure_rows(item, exc)
         for row in rows[self.marker_table]:
-            row.update(clip_id=item["clip_id"], model_key=self.settings_key, model=self.describe_model(), scored_at=now())
+            row.update(clip_id=item["clip_id"], model_key=self.settings_key, model=self.description, scored_at=now())
         return rows
 
 

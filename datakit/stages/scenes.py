@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,6 +75,16 @@ DETECTORS = ("auto", "adaptive", "content", "transnetv2")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def gpu_present() -> bool:
+    """Whether this process may use a CUDA GPU, checked without importing torch (the executors
+    place workers on GPUs with torch's count)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",") if d.strip()]
+        return bool(ids) and ids[0] != "-1"
+    return any(Path("/proc/driver/nvidia/gpus").glob("*"))
+
+
 @dataclass(kw_only=True)
 class SceneStage(Stage):
     """Shot transitions per video (PySceneDetect or TransNetV2), then the clip policy."""
@@ -110,7 +121,9 @@ class SceneStage(Stage):
                              min=1)  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.detector in ("auto", "transnetv2"):  # the worker gets a GPU when there is one
+        # transnetv2 asks for a GPU (one worker on the CPU without one, like other model stages);
+        # auto asks for one only where there is one, else it is PySceneDetect with -j N workers.
+        if self.detector == "transnetv2" or (self.detector == "auto" and gpu_present()):
             self.resources = Resources(cpus=1.0, gpus=1.0)
 
     def check(self) -> None:

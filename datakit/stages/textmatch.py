@@ -7,13 +7,23 @@ The CLIP model options are the aesthetic stage's (same defaults: ViT-L-14, opena
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import version
-from pathlib import Path
 
-from datakit.scoring import CLIP_ITEMS_SQL, clip_file, frame_positions, model_key, now, read_frames_at, sql_str, weights_ref
+from datakit.scoring import (
+    CLIP_ITEMS_SQL,
+    clip_file,
+    clip_model_id,
+    describe_ref,
+    frame_positions,
+    missing_local_ref,
+    model_key,
+    now,
+    read_frames_at,
+    sql_str,
+    weights_ref,
+)
 from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
 from datakit.tables import Column as C
 from datakit.tables import Table
@@ -57,16 +67,17 @@ class TextMatchStage(Stage):
 
     def check(self) -> None:
         for label, ref in (("model", self.model), ("pretrained", self.pretrained)):
-            if ref and ref.endswith((".json", ".pt", ".pth", ".bin", ".safetensors")) and not Path(ref).exists():
-                raise OptionError(f"{self.name}: {label} file not found: {ref}")
+            if missing_local_ref(ref):
+                raise OptionError(f"{self.name}: {label} not found: {ref}")
 
     @cached_property
     def match_key(self) -> str:
-        model = f"config:{weights_ref(self.model)}" if self.model.endswith(".json") else self.model
-        return model_key(model=model, pretrained=weights_ref(self.pretrained), frame=0.5, version=SCORER_VERSION)
+        return model_key(model=clip_model_id(self.model), pretrained=weights_ref(self.pretrained), frame=0.5,
+                         version=SCORER_VERSION)  # fmt: skip
 
-    def describe_model(self) -> str:
-        return f"open_clip {self.model} pretrained={self.pretrained or 'RANDOM'} (open_clip {version('open_clip_torch')})"
+    @cached_property
+    def description(self) -> str:
+        return f"open_clip {self.model} pretrained={describe_ref(self.pretrained)} (open_clip {version('open_clip_torch')})"
 
     def items_sql(self) -> str:
         return f"""
@@ -102,7 +113,7 @@ class TextMatchStage(Stage):
         return [
             {"text_match_scores": [{
                 "row_id": item["row_id"], "clip_id": item["clip_id"], "model_key": self.match_key,
-                "model": self.describe_model(), "status": "ok", "text_match": sim,
+                "model": self.description, "status": "ok", "text_match": sim,
                 "caption_md5": item["caption_md5"], "frame": item["frame"], "scored_at": t,
             }]}
             for item, sim in zip(items, sims, strict=True)
@@ -111,17 +122,12 @@ class TextMatchStage(Stage):
     def failure_rows(self, item: dict, exc: BaseException) -> dict:
         rows = super().failure_rows(item, exc)
         for row in rows[self.marker_table]:
-            row.update(clip_id=item["clip_id"], model_key=self.match_key, model=self.describe_model(),
+            row.update(clip_id=item["clip_id"], model_key=self.match_key, model=self.description,
                        caption_md5=item.get("caption_md5"), scored_at=now())  # fmt: skip
         return rows
 
     def teardown(self) -> None:
         self._clip = None
-
-
-def caption_md5(caption: str) -> str:
-    """The hash stored in `caption_md5` (DuckDB's md5 of the UTF-8 text)."""
-    return hashlib.md5(caption.encode()).hexdigest()
 
 
 STAGE = TextMatchStage
