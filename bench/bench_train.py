@@ -7,8 +7,10 @@ whole training steps (tiny and a mid-size preset) through the real trainer.
    the per-worker rate also gives the loader workers a GPU step needs.
 2. Steps: `training.run.launch` in this process (one rank, gloo) on a generated workspace; mean
    step time, samples/s and data-wait fraction over the steps after the first two.
+3. Feature cache: `datakit features` over the tiny run's frozen rows (clips/s encoded), then the
+   same tiny run with `data.source=features` (no decoding, VAE or T5 in the step).
 
-    .venv/bin/python bench/bench_train.py [--clips 24] [--steps 12]
+    .venv/bin/python bench/bench_train.py [--clips 24] [--steps 12] [--parts loader,steps,mid,features]
 """
 
 from __future__ import annotations
@@ -123,40 +125,75 @@ def bench_steps(ws: Path, root: Path, name: str, stage: str, steps: int, overrid
     }
 
 
+def bench_features(ws: Path, root: Path, steps: int) -> tuple[dict, dict]:
+    """Cache the tiny run's rows (`run0`), then train the same stage from the cache."""
+    from datakit.executors import run_stage
+    from datakit.stages.features import FeaturesStage
+    from datakit.workspace import Workspace
+
+    stage = FeaturesStage(selection=str(root / "run0"), train_stage="video", preset="tiny",
+                          overrides=[f"model.tiny_dir={root / 'tiny'}"])  # fmt: skip
+    t0 = time.perf_counter()
+    stats = run_stage(Workspace(ws, create=False), stage, progress=False)
+    cache = {"clips": stats.processed, "clips_per_s": stats.processed / (time.perf_counter() - t0)}
+    return cache, bench_steps(ws, root, "run-features", "video", steps, ["data.source=features"])
+
+
+PARTS = ("loader", "steps", "mid", "features")
+
+
+def print_loader(n_clips: int, root: Path) -> None:
+    print(f"sources: {', '.join(f'{s[0]} ({s[4]} s)' for s in SOURCES)}")
+    t0 = time.perf_counter()
+    sources = make_sources(root / "sources")
+    print(f"  generated in {time.perf_counter() - t0:.0f} s")
+    loader = bench_loader(sources, n_clips)
+    print("loader, 16 frames at interval 3 → 256×256, one process:")
+    print(f"  span decoding (trainer):      {loader['span_clips_per_s']:.2f} clips/s")
+    print(f"  whole-file decoding (1.0):    {loader['whole_file_clips_per_s']:.2f} clips/s")
+    print(f"  speedup:                      {loader['speedup']:.1f}x")
+    for gpu_rate in (8.4, 10.5):
+        workers = math.ceil(gpu_rate / loader["span_clips_per_s"])
+        print(f"  loader workers to feed {gpu_rate} samples/s (XL/2 16×256 per GPU): {workers} "
+              "(at this CPU's per-core rate)")  # fmt: skip
+
+
+def print_steps(label: str, r: dict) -> None:
+    print(f"{label}: {r['step_s']:.3f} s/step, {r['samples_per_s']:.2f} samples/s, "
+          f"data wait {100 * r['data_wait']:.1f}% of the step")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {','.join(PARTS)} (features needs steps)")  # fmt: skip
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS) or ("features" in parts and "steps" not in parts):
+        parser.error(f"--parts: a subset of {','.join(PARTS)}; features needs steps")
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        print(f"sources: {', '.join(f'{s[0]} ({s[4]} s)' for s in SOURCES)}")
-        t0 = time.perf_counter()
-        sources = make_sources(root / "sources")
-        print(f"  generated in {time.perf_counter() - t0:.0f} s")
-        loader = bench_loader(sources, args.clips)
-        print("loader, 16 frames at interval 3 → 256×256, one process:")
-        print(f"  span decoding (trainer):      {loader['span_clips_per_s']:.2f} clips/s")
-        print(f"  whole-file decoding (1.0):    {loader['whole_file_clips_per_s']:.2f} clips/s")
-        print(f"  speedup:                      {loader['speedup']:.1f}x")
-        for gpu_rate in (8.4, 10.5):
-            workers = math.ceil(gpu_rate / loader["span_clips_per_s"])
-            print(
-                f"  loader workers to feed {gpu_rate} samples/s (XL/2 16×256 per GPU): {workers} (at this CPU's per-core rate)"
-            )
-
-        ws = make_workspace(root)
-        presets = {
-            "tiny video (hidden 32, depth 2; 4×64 px, batch 2)": ("video", []),
-            "mid video (hidden 384, depth 4; 8×128 px, batch 2)": (
-                "video", ["model.stdit_args={hidden_size=384, depth=4, num_heads=6}", "data.num_frames=[8]",
-                          "data.resolution=[128]", "data.frame_interval=2"],
-            ),
-        }  # fmt: skip
-        for i, (label, (stage, overrides)) in enumerate(presets.items()):
-            r = bench_steps(ws, root, f"run{i}", stage, args.steps, overrides)
-            print(f"{label}: {r['step_s']:.3f} s/step, {r['samples_per_s']:.2f} samples/s, "
-                  f"data wait {100 * r['data_wait']:.1f}% of the step")  # fmt: skip
+        if "loader" in parts:
+            print_loader(args.clips, root)
+        if parts & {"steps", "mid"}:
+            ws = make_workspace(root)
+        online = None
+        if "steps" in parts:
+            online = bench_steps(ws, root, "run0", "video", args.steps, [])
+            print_steps("tiny video (hidden 32, depth 2; 4×64 px, batch 2), online", online)
+        if "features" in parts:
+            cache, cached = bench_features(ws, root, args.steps)
+            print(f"feature cache for it: {cache['clips']} clips at {cache['clips_per_s']:.2f} clips/s "
+                  "(decode + VAE + T5, one process)")  # fmt: skip
+            print_steps("tiny video from the feature cache", cached)
+            print(f"  step time from the cache: {cached['step_s'] / online['step_s']:.2f}x the online step")
+        if "mid" in parts:
+            overrides = ["model.stdit_args={hidden_size=384, depth=4, num_heads=6}", "data.num_frames=[8]",
+                         "data.resolution=[128]", "data.frame_interval=2"]  # fmt: skip
+            print_steps("mid video (hidden 384, depth 4; 8×128 px, batch 2)",
+                        bench_steps(ws, root, "run-mid", "video", args.steps, overrides))  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

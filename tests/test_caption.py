@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -161,7 +162,7 @@ def test_transformers_engine_captions_every_clip(clips_ws, tiny_vlm):
     for r in rows:
         assert r["row_id"] == f"{r['clip_id']}:{stage.model_key}"
         assert (r["engine"], r["prompt_id"], r["num_frames"]) == ("transformers", "video@v1", 3)
-        assert str(tiny_vlm) in r["model"] and "transformers 4." in r["model"] and "[random weights]" in r["model"]
+        assert re.fullmatch(rf"{re.escape(str(tiny_vlm))} \(transformers \d[\w.]*\) \[random weights\]", r["model"])
         assert r["prompt_tokens"] > 3 * 4, "the prompt holds the text and the frames' vision tokens"
         assert 1 <= r["output_tokens"] <= 12
         assert r["caption_status"] in QA_STATUSES and r["caption"] == clean_caption(r["raw_caption"])
@@ -200,15 +201,15 @@ def test_endpoint_engine_retries_bounds_concurrency_and_flags_captions(clips_ws)
         ("I'm sorry, I cannot describe this video.", "stop"),
         ("A boat a boat a boat a boat a boat a boat", "stop"),
     ]
-    fake = FakeVLM(script, failures={0: 429, 1: 500, 2: 503}, hold_first=4).start()
+    fake = FakeVLM(script, failures={0: 429, 1: 500, 2: 503}, hold_first=2).start()
     try:
         stage = CaptionStage(endpoint=fake.url, model="fake-vlm", frames=3, frame_size=64, max_tokens=40,
-                             concurrency=4, batch_size=4, max_retries=3)  # fmt: skip
+                             concurrency=2, batch_size=4, max_retries=3)  # fmt: skip
         stats = run_stage(clips_ws, stage, progress=False)
     finally:
         fake.stop()
     assert stats.statuses == {"ok": 4}
-    assert fake.max_in_flight == 4, "four requests in flight together, never more"
+    assert fake.max_in_flight == 2, "two requests in flight together (the server held them), never more"
     assert fake.statuses.count(429) == 1 and fake.statuses.count(500) == 1 and fake.statuses.count(503) == 1
     assert len(fake.requests) == 4 + 3, "each failed request was retried"
     from PIL import Image

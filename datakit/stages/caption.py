@@ -212,7 +212,9 @@ class CaptionStage(Stage):
     def prepare(self, item: dict) -> dict:
         from datakit.captioning.frames import clip_frames
 
-        frames = clip_frames(item, self.frames, self.frame_size)
+        return self._with_request(item, clip_frames(item, self.frames, self.frame_size))
+
+    def _with_request(self, item: dict, frames: list[bytes]) -> dict:
         submit = getattr(getattr(self, "_engine", None), "submit", None)
         if submit is None:  # transformers, or a prepare step without the engine (Ray): generate in batches
             return {**item, "frames": frames}

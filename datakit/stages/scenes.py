@@ -188,7 +188,7 @@ class SceneStage(Stage):
                 "model": transnet.model_name(),
                 "weights_sha256": transnet.weights_sha256(),
                 "threshold": transnet.DEFAULT_THRESHOLD if self.threshold is None else self.threshold,
-                "input": f"{transnet.WIDTH}x{transnet.HEIGHT} rgb24 bicubic",
+                "input": f"{transnet.WIDTH}x{transnet.HEIGHT} rgb24 {transnet.INTERPOLATION.lower()}",
                 "window": transnet.WINDOW,
                 "step": transnet.STEP,
                 "transition_margin": self.transition_margin,
@@ -233,8 +233,6 @@ class SceneStage(Stage):
         self._transnet = None
 
     def process_batch(self, items: list[dict]) -> list[Rows]:
-        if not hasattr(self, "_settings"):
-            self.setup(WorkerContext.for_workspace(Path("."), self.name))
         if self._transnet is None:
             return [self.process(item) for item in items]
         results = self._transnet.detect_many([str(item["path"]) for item in items])
