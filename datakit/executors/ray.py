@@ -31,7 +31,7 @@ class _StageActor:
         import ray
 
         self.stage = stage
-        gpu_ids = ray.get_gpu_ids() if stage.resources.gpus else []
+        gpu_ids = ray.get_gpu_ids()
         device = "cuda:0" if gpu_ids else "cpu"
         # Ray does not number actors: a stable hash of the actor id stands in for the rank.
         rank = int(ray.get_runtime_context().get_actor_id()[-8:], 16) % max(1, world_size)
@@ -79,9 +79,10 @@ def ray_results(stage: Stage, items: list[dict], make_ctx: ContextFactory, *, wo
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False  # datakit shows its own
     res = stage.resources
-    if res.gpus > 0:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        actors = workers or max(1, int(gpus // res.gpus)) if gpus else 1
+    gpus_here = ray.cluster_resources().get("GPU", 0)
+    num_gpus = res.gpus if res.gpus > 0 and gpus_here else None  # no GPU in the cluster: run on CPUs
+    if num_gpus:
+        actors = workers or max(1, int(gpus_here // num_gpus))
     else:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         actors = workers or max(1, int(cpus // max(res.cpus, 0.001)))
@@ -95,7 +96,7 @@ def ray_results(stage: Stage, items: list[dict], make_ctx: ContextFactory, *, wo
         batch_size=stage.batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=res.cpus,
-        num_gpus=res.gpus or None,
+        num_gpus=num_gpus,
     )
     for batch in results.iter_batches(batch_size=1, batch_format="numpy"):
         for blob in batch["rows"]:
