@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,10 +117,11 @@ def bench_steps(ws: Path, root: Path, name: str, stage: str, steps: int, overrid
     finally:
         shutdown()
     m = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][2:]
-    return {
-        "step_s": statistics.mean(r["step_time"] for r in m),
-        "samples_per_s": statistics.mean(r["samples_per_s"] for r in m),
-        "data_wait": statistics.mean(r["data_wait"] for r in m),
+    seconds = sum(r["step_time"] for r in m)
+    return {  # totals over the steps, so that samples/s = batch / (s/step)
+        "step_s": seconds / len(m),
+        "samples_per_s": sum(r["samples_per_s"] * r["step_time"] for r in m) / seconds,
+        "data_wait": sum(r["data_wait"] * r["step_time"] for r in m) / seconds,
     }
 
 

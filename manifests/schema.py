@@ -68,7 +68,7 @@ VIEWS: dict[str, tuple[str, str]] = {
         """,
     ),
     "clips": (
-        "One row per clip span (an image is a one-frame clip: frames [0, 1), no fps), with the extracted "
+        "One row per clip span (an image is a one-frame clip: frames [0, 1), start_s = end_s = 0, no fps), with the extracted "
         "file when `cut` made one and the latest score of each kind (null until its stage has run).",
         """
         WITH spans AS (
@@ -77,7 +77,7 @@ VIEWS: dict[str, tuple[str, str]] = {
             FROM _latest_clip_spans c
             JOIN (SELECT video_id, run_key FROM _latest_scene_runs) r USING (video_id, run_key)
             UNION ALL
-            SELECT video_id || '-0-1', video_id, 0, 0, 1, 0.0, NULL, 1, NULL, width, height, 'image'
+            SELECT video_id || '-0-1', video_id, 0, 0, 1, 0.0, 0.0, 1, NULL, width, height, 'image'
             FROM _latest_probes WHERE status = 'ok' AND media_type = 'image'
         ),
         latest_dedup AS (

@@ -46,16 +46,19 @@ def cache(tmp_path_factory) -> dict:
     shapes = {"wide": (320, 180), "tall": (180, 320)}
     rows = []
     for seed, (name, (w, h)) in enumerate(shapes.items()):
-        path = make_sample(SampleSpec(name, w, h, 24, "libx264", "mp4", [30], seed=31 + seed), root / "videos").path
-        rows += [dict(clip_id=f"{name}-{s}", source_path=path, path=None, start_frame=s, end_frame=s + 7, fps=24.0,
-                      width=w, height=h, caption=f"{name} shapes, clip {s}") for s in (0, 10, 20)]  # fmt: skip
+        path = make_sample(
+            SampleSpec(name, w, h, 24, "libx264", "mp4", [30], seed=31 + seed), root / "videos"
+        ).path
+        rows += [dict(clip_id=f"{name}-{s}", source_path=path, path=None, start_frame=s, end_frame=s + 7,
+                      fps=24.0, width=w, height=h, caption=f"{name} shapes, clip {s}") for s in (0, 10, 20)]  # fmt: skip
     rows.append({**rows[0], "clip_id": "short", "end_frame": 3})
     ws = Workspace(root / "ws")
     write_set(ws.root, "s", 1, rows)
     overrides = [f"model.tiny_dir={root / 'tiny'}"]
     proc = subprocess.run(
-        [PYTHON, str(ROOT / "cli.py"), "datakit", "features", "-w", str(ws.root), "--selection", str(ws.root / "sets" / "s"),
-         "--train-stage", "video", "--preset", "tiny", "--batch-size", "2", "--commit-every", "2",
+        [PYTHON, str(ROOT / "cli.py"), "datakit", "features", "-w", str(ws.root),
+         "--selection", str(ws.root / "sets" / "s"), "--train-stage", "video", "--preset", "tiny",
+         "--batch-size", "2", "--commit-every", "2",
          "-o", f"overrides={json.dumps(overrides)}"],
         env=cli_env(), capture_output=True, text=True,
     )  # fmt: skip
@@ -85,7 +88,8 @@ def test_the_stage_caches_each_clips_posterior_and_caption_embedding(cache):
     assert "7/7 items (1 error, 6 ok)" in cache["log"]
     got = table(ws)
     assert got["short"]["status"] == "error" and "too short: 3 frames" in got["short"]["error"]
-    assert {(r["frames"], r["height"], r["width"]) for k, r in got.items() if k != "short"} == {(4, 48, 80), (4, 80, 48)}
+    buckets = {(r["frames"], r["height"], r["width"]) for k, r in got.items() if k != "short"}
+    assert buckets == {(4, 48, 80), (4, 80, 48)}
     assert len({r["model_key"] for r in got.values()}) == 1 and got["wide-0"]["dtype"] == "float32"
 
     cfg = resolve_config("video", tiny=True, overrides=[f"model.tiny_dir={cache['tiny']}"])
@@ -99,8 +103,9 @@ def test_the_stage_caches_each_clips_posterior_and_caption_embedding(cache):
         torch.testing.assert_close(cached["mean"], mean[0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cached["std"], std[0], atol=1e-5, rtol=1e-4)
         text = t5.encode([rows[clip_id]["caption"]])
-        assert cached["mask"].tolist() == text["mask"][0].tolist() and int(cached["mask"].sum()) == row["tokens"]
-        torch.testing.assert_close(cached["text"], text["y"][0, 0][text["mask"][0].bool()], atol=1e-5, rtol=1e-4)
+        valid = text["mask"][0].bool()
+        assert cached["mask"].tolist() == text["mask"][0].tolist() and int(valid.sum()) == row["tokens"]
+        torch.testing.assert_close(cached["text"], text["y"][0, 0][valid], atol=1e-5, rtol=1e-4)
     assert plan(ws, FeaturesStage(**cache["opts"])) == [], "a rerun has nothing to do"
 
 
@@ -117,7 +122,9 @@ def test_a_changed_caption_recomputes_that_clip_and_blocks_training_until_then(c
     write_set(ws.root, "s2", 1, changed)
     stage = FeaturesStage(**{**cache["opts"], "selection": str(ws.root / "sets" / "s2")})
     assert sorted(i["clip_id"] for i in plan(ws, stage)) == ["never-cached", changed[1]["clip_id"]]
-    cfg = resolve_config("video", tiny=True, overrides=[f"model.tiny_dir={cache['tiny']}", "data.source=features"])
+    cfg = resolve_config(
+        "video", tiny=True, overrides=[f"model.tiny_dir={cache['tiny']}", "data.source=features"]
+    )
     with pytest.raises(SelectionError) as err:
         try:
             launch(cfg, run_dir=tmp_path / "run", source=Source(ws.root, set_spec="s2"), resume=False)
@@ -134,7 +141,13 @@ def test_selection_forms(cache, form):
     run = cache["root"] / "a-run"
     (run / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(cache["rows"]), run / "data" / "rows.parquet")
-    spec = {"set": sets, "set@v1": f"{sets}@v1", "version": sets / "v1", "run": run, "file": sets / "v1" / "rows.parquet"}[form]
+    spec = {
+        "set": sets,
+        "set@v1": f"{sets}@v1",
+        "version": sets / "v1",
+        "run": run,
+        "file": sets / "v1" / "rows.parquet",
+    }[form]
     assert resolve_selection(str(spec)) == (run / "data" if form == "run" else sets / "v1") / "rows.parquet"
     with pytest.raises(OptionError, match="not a rows .parquet file"):
         resolve_selection(str(cache["root"] / "nothing"))
@@ -169,8 +182,20 @@ def test_sigkill_between_a_shard_and_its_commit_then_rerun_gives_the_same_table(
     stats = run_stage(ws, FeaturesStage(**opts), progress=False)
     assert stats.planned == 7 - len(committed)
     got, want = table(ws), table(cache["ws"])
-    columns = ("status", "error", "model_key", "frames", "height", "width", "tokens", "caption_md5", "frames_read")
-    assert {k: [r[c] for c in columns] for k, r in got.items()} == {k: [r[c] for c in columns] for k, r in want.items()}
+    columns = (
+        "status",
+        "error",
+        "model_key",
+        "frames",
+        "height",
+        "width",
+        "tokens",
+        "caption_md5",
+        "frames_read",
+    )
+    assert {k: [r[c] for c in columns] for k, r in got.items()} == {
+        k: [r[c] for c in columns] for k, r in want.items()
+    }
     for clip_id, row in got.items():
         if row["status"] == "ok":
             a, b = entry(ws, row), entry(cache["ws"], want[clip_id])
@@ -186,9 +211,13 @@ def launch_run(cache: dict, name: str, overrides: list[str]) -> Path:
     from training.dist import shutdown
     from training.run import Source, launch
 
-    cfg = resolve_config("video", tiny=True, overrides=[f"model.tiny_dir={cache['tiny']}", *TRAIN, *overrides])
+    cfg = resolve_config(
+        "video", tiny=True, overrides=[f"model.tiny_dir={cache['tiny']}", *TRAIN, *overrides]
+    )
     try:
-        return launch(cfg, run_dir=cache["root"] / name, source=Source(cache["ws"].root, set_spec="s@v1"), resume=False)
+        return launch(
+            cfg, run_dir=cache["root"] / name, source=Source(cache["ws"].root, set_spec="s@v1"), resume=False
+        )
     finally:
         shutdown()
 
@@ -213,7 +242,11 @@ def test_training_from_the_cache_equals_training_from_pixels(runs):
     assert [r["step"] for r in cached] == [1, 2, 3, 4]
     assert [r["bucket"] for r in cached] == [r["bucket"] for r in pixels]
     assert len({tuple(r["bucket"]) for r in cached}) == 2, "both shapes trained"
-    assert [r["step"] for r in cached if "val_loss" in r] == [r["step"] for r in pixels if "val_loss" in r] == [2, 4]
+    assert (
+        [r["step"] for r in cached if "val_loss" in r]
+        == [r["step"] for r in pixels if "val_loss" in r]
+        == [2, 4]
+    )
     for key in ("loss", "grad_norm", "val_loss"):
         want = [r[key] for r in pixels if key in r]
         assert [r[key] for r in cached if key in r] == pytest.approx(want, rel=1e-5), key
@@ -241,7 +274,10 @@ def test_periodic_samples_are_playable_mp4s_at_their_steps(runs, run, steps):
     assert [f.name for f in folders] == [f"step-{s:08d}" for s in steps]
     for folder in folders:
         files = sorted(folder.glob("*.mp4"))
-        assert [f.name for f in files] == ["00-a-dog-running-on-a-beach.mp4", "01-a-city-street-at-night-cars-passing.mp4"]
+        assert [f.name for f in files] == [
+            "00-a-dog-running-on-a-beach.mp4",
+            "01-a-city-street-at-night-cars-passing.mp4",
+        ]
         for file in files:
             with av.open(str(file)) as container:
                 frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]

@@ -81,9 +81,12 @@ def to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     return video.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def clip_window(row: dict[str, Any], bucket: Bucket, cfg: DataConfig, rng: np.random.Generator | None) -> list[int]:
+def clip_window(
+    row: dict[str, Any], bucket: Bucket, cfg: DataConfig, rng: np.random.Generator | None
+) -> list[int]:
     """Source frame indices of a clip's sample: a random window with `rng`, else the centred one."""
-    return window_frames(int(row["start_frame"]), int(row["end_frame"]), bucket.frames, cfg.frame_interval, rng)
+    start, end = int(row["start_frame"]), int(row["end_frame"])
+    return window_frames(start, end, bucket.frames, cfg.frame_interval, rng)
 
 
 def load_clip(

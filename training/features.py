@@ -73,10 +73,11 @@ def shard_name(key: str, clip_ids: Sequence[str]) -> str:
 
 
 def write_shard(path: Path, entries: Sequence[dict[str, torch.Tensor]], metadata: dict[str, str]) -> None:
-    """One safetensors file, `<i>/<tensor>` per clip; written to a temp name, synced, renamed."""
+    """One safetensors file, `<i>/<tensor>` per clip (CPU tensors that share no storage); written
+    to a temp name, synced, renamed."""
     from safetensors.torch import save_file
 
-    tensors = {f"{i}/{name}": t.detach().cpu().contiguous() for i, e in enumerate(entries) for name, t in e.items()}
+    tensors = {f"{i}/{name}": t.contiguous() for i, e in enumerate(entries) for name, t in e.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -128,7 +129,8 @@ def freeze_index(run_dir: Path, workspace: Path, cfg: RunConfig, rows: Sequence[
     key = features_key(cfg)
     try:
         ws = Workspace(workspace, create=False)
-        found = ws.sql(f"SELECT {', '.join(INDEX_COLUMNS)}, caption_md5 FROM features WHERE model_key = ?", [key])
+        columns = ", ".join(INDEX_COLUMNS)
+        found = ws.sql(f"SELECT {columns}, caption_md5 FROM features WHERE model_key = ?", [key])
     except WorkspaceError as err:
         raise SelectionError(f"data.source=features: {err}") from None
     by_clip = {r["clip_id"]: r for r in found}
@@ -136,18 +138,22 @@ def freeze_index(run_dir: Path, workspace: Path, cfg: RunConfig, rows: Sequence[
     stale = [r["clip_id"] for r in rows if r["clip_id"] in by_clip
              and by_clip[r["clip_id"]]["caption_md5"] != caption_md5(r.get("caption"))]  # fmt: skip
     if missing or stale:
-        problems = [f"{len(missing)} have none" if missing else "", f"{len(stale)} were cached for an older caption" if stale else ""]
-        tiny = " --preset tiny" if cfg.model.tiny else ""
+        counts = [f"{len(missing)} have none"] if missing else []
+        counts += [f"{len(stale)} were cached for an older caption"] if stale else []
+        selection = Path(run_dir) / "data" / "rows.parquet"
+        command = (
+            f"python cli.py datakit features -w {ws.root} --selection {selection} "
+            f"--train-stage {cfg.stage}{' --preset tiny' if cfg.model.tiny else ''}"
+        )
         raise SelectionError(
-            f"data.source=features: of the {len(rows)} clips, {' and '.join(p for p in problems if p)} under "
-            f"this config's features key {key} (e.g. {', '.join((missing + stale)[:3])}). Compute them with\n"
-            f"  python cli.py datakit features -w {ws.root} --selection {Path(run_dir) / 'data' / 'rows.parquet'} "
-            f"--train-stage {cfg.stage}{tiny}\nplus this launch's --config/overrides as --train-config/-o overrides=[...], "
+            f"data.source=features: of the {len(rows)} clips, {' and '.join(counts)} under this config's "
+            f"features key {key} (e.g. {', '.join((missing + stale)[:3])}). Compute them with\n  {command}\n"
+            "plus this launch's --config / overrides as --train-config / -o 'overrides=[...]', "
             "then launch again."
         )
     stage_dir = ws.root / "data" / "features"
-    index = [{**{k: by_clip[r["clip_id"]][k] for k in INDEX_COLUMNS}} for r in rows]
-    for entry in index:
+    index = [{k: by_clip[r["clip_id"]][k] for k in INDEX_COLUMNS} for r in rows]
+    for entry in index:  # absolute paths: the run does not need the workspace again
         entry["shard"] = str(stage_dir / entry["shard"]) if entry["shard"] else None
     check_shards(index)
     tmp = Path(run_dir) / "data" / f".{INDEX_FILE}.tmp"
@@ -169,7 +175,9 @@ def check_shards(index: Sequence[dict[str, Any]], examples: int = 5) -> None:
     lost = sorted({e["shard"] for e in index if e["shard"] and not os.path.isfile(e["shard"])})
     if lost:
         shown = "\n".join(f"  {p}" for p in lost[:examples])
-        raise SelectionError(f"{len(lost)} feature shard(s) of this run are missing (moved or deleted?):\n{shown}")
+        raise SelectionError(
+            f"{len(lost)} feature shard(s) of this run are missing (moved or deleted?):\n{shown}"
+        )
 
 
 # ------------------------------------------------------------------------------------ the dataset
@@ -193,8 +201,8 @@ class FeatureDataset(Dataset):
         index = key if isinstance(key, int) else key.index
         row, entry = self.rows[index], self.entries[index]
         try:
-            if self.buckets[index] is None:
-                raise SelectionError(f"no features: {entry['error'] or entry['status']}")
+            if self.buckets[index] is None:  # the sampler never asks for these
+                raise ValueError(f"no features: {entry['error'] or entry['status']}")
             t = read_entry(entry["shard"], entry["shard_index"])
             return {"index": index, "clip_id": row["clip_id"], "caption": row["caption"],
                     "bucket": self.buckets[index], "mean": t["mean"], "std": t["std"],
@@ -204,4 +212,8 @@ class FeatureDataset(Dataset):
 
     def excluded(self) -> list[tuple[str, str]]:
         """(clip_id, why) of the clips the features stage could not encode."""
-        return [(r["clip_id"], e["error"] or e["status"]) for r, e, b in zip(self.rows, self.entries, self.buckets, strict=True) if b is None]
+        return [
+            (r["clip_id"], e["error"] or e["status"])
+            for r, e, b in zip(self.rows, self.entries, self.buckets, strict=True)
+            if b is None
+        ]

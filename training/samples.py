@@ -27,7 +27,9 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 @torch.no_grad()
-def write_samples(models: Models, cfg: RunConfig, run_dir: Path, step: int, device: torch.device) -> list[Path]:
+def write_samples(
+    models: Models, cfg: RunConfig, run_dir: Path, step: int, device: torch.device
+) -> list[Path]:
     from models.diffusion import IDDPM
     from models.pipeline import TextToVideoPipeline, save_mp4
 

@@ -39,10 +39,23 @@ TABLES = (
         "`train ... data.source=features`. Written by `features`.",
         (
             C("clip_id", "VARCHAR", "id of the clip"),
-            C("model_key", "VARCHAR", "features key: hash of the VAE, T5, caption length, frame and size buckets, version"),
+            C(
+                "model_key",
+                "VARCHAR",
+                "features key: hash of the VAE, T5, caption length, frame and size buckets, version",
+            ),
             C("model", "VARCHAR", "readable: encoders and training settings the features were made with"),
-            C("shard", "VARCHAR", "safetensors file under <workspace>/data/features/: '<model_key>/<hash>.safetensors'"),
-            C("shard_index", "INTEGER", "the clip's i in the shard: '<i>/mean', '<i>/std' (C, T, h, w, scaled like latents), '<i>/text' (valid tokens, d), '<i>/mask' (L,)"),
+            C(
+                "shard",
+                "VARCHAR",
+                "safetensors file under <workspace>/data/features/: '<model_key>/<hash>.safetensors'",
+            ),
+            C(
+                "shard_index",
+                "INTEGER",
+                "the clip's i in the shard: tensors '<i>/mean', '<i>/std' (C, T, h, w; scaled like latents), "
+                "'<i>/text' (valid tokens, d) and '<i>/mask' (L,)",
+            ),
             C("frames", "INTEGER", "bucket: frames of the window"),
             C("height", "INTEGER", "bucket: height in pixels"),
             C("width", "INTEGER", "bucket: width in pixels"),
@@ -68,10 +81,16 @@ def resolve_selection(spec: str) -> Path:
     for candidate in (path / "rows.parquet", path / "data" / "rows.parquet"):
         if candidate.is_file():
             return candidate.resolve()
-    versions = sorted((int(p.name[1:]), p) for p in path.glob("v*") if p.name[1:].isdigit() and (p / "rows.parquet").is_file())
+    versions = sorted(
+        (int(p.name[1:]), p)
+        for p in path.glob("v*")
+        if p.name[1:].isdigit() and (p / "rows.parquet").is_file()
+    )
     if versions:
         return (versions[-1][1] / "rows.parquet").resolve()
-    raise OptionError(f"features: selection {spec!r} is not a rows .parquet file, a set (version) folder or a run folder")
+    raise OptionError(
+        f"features: selection {spec!r} is not a rows .parquet file, a set (version) folder or a run folder"
+    )
 
 
 @dataclass(kw_only=True)
@@ -84,11 +103,23 @@ class FeaturesStage(Stage):
     resources = Resources(cpus=1, gpus=1)
     run_by_default = False
 
-    selection: str | None = option(None, "Clips to encode: a curated set folder (<workspace>/sets/NAME, latest version; NAME@vN), a set version folder, a training run folder or a rows .parquet file.")
-    train_stage: str = option("video", "Training stage whose settings the cache is for (image, video, hq).", choices=TRAIN_STAGES)
-    preset: str | None = option(None, "'tiny': the tiny random encoders and sizes of `train --preset tiny`.", choices=("tiny",))
-    train_config: str | None = option(None, "Training config file as given to `train --config` (a run's train_config.json works too).")
-    overrides: list[str] = option([], "Training config overrides as given to `train`, e.g. [\"data.resolution=[512]\"].")
+    selection: str | None = option(
+        None,
+        "Clips to encode: a curated set folder (<workspace>/sets/NAME, latest version; NAME@vN), "
+        "a set version folder, a training run folder or a rows .parquet file.",
+    )
+    train_stage: str = option(
+        "video", "Training stage whose settings the cache is for (image, video, hq).", choices=TRAIN_STAGES
+    )
+    preset: str | None = option(
+        None, "'tiny': the tiny random encoders and sizes of `train --preset tiny`.", choices=("tiny",)
+    )
+    train_config: str | None = option(
+        None, "Training config file as given to `train --config` (a run's train_config.json works too)."
+    )
+    overrides: list[str] = option(
+        [], 'Training config overrides as given to `train`, e.g. ["data.resolution=[512]"].'
+    )
     batch_size: int = option(8, "Clips per model call, and per shard file.", min=1)
     commit_every: int = option(64, "Items per committed part file.", min=1)
 
@@ -115,7 +146,9 @@ class FeaturesStage(Stage):
 
     def check(self) -> None:
         if not self.selection:
-            raise OptionError(f"{self.name}: give --selection (a curated set folder, a run folder or a rows .parquet file)")
+            raise OptionError(
+                f"{self.name}: give --selection (a curated set folder, a run folder or a rows .parquet file)"
+            )
         import pyarrow.parquet as pq
 
         columns = set(pq.read_schema(self.rows_file).names)
@@ -131,10 +164,13 @@ class FeaturesStage(Stage):
         import pyarrow.parquet as pq
 
         columns = set(pq.read_schema(self.rows_file).names)
-        optional = {name: f"r.{name}" if name in columns else "NULL" for name in ("source_path", "path", "caption")}
+        optional = {
+            name: f"r.{name}" if name in columns else "NULL" for name in ("source_path", "path", "caption")
+        }
         return (
             f"SELECT DISTINCT ON (r.clip_id) r.clip_id, r.start_frame, r.end_frame, r.width, r.height, "
-            f"CAST({optional['source_path']} AS VARCHAR) AS source_path, CAST({optional['path']} AS VARCHAR) AS path, "
+            f"CAST({optional['source_path']} AS VARCHAR) AS source_path, "
+            f"CAST({optional['path']} AS VARCHAR) AS path, "
             f"coalesce(CAST({optional['caption']} AS VARCHAR), '') AS caption "
             f"FROM read_parquet({sql_str(str(self.rows_file))}) r"
         )
@@ -143,7 +179,10 @@ class FeaturesStage(Stage):
         if not self.selection:  # nothing to do (e.g. `datakit status` with the defaults)
             return "SELECT NULL::VARCHAR AS row_id, NULL::VARCHAR AS clip_id WHERE false"
         key = sql_str(self.features_key)
-        return f"SELECT s.*, md5(s.caption) AS caption_md5, s.clip_id || ':' || {key} AS row_id FROM ({self._rows_sql()}) s"
+        return (
+            f"SELECT s.*, md5(s.caption) AS caption_md5, s.clip_id || ':' || {key} AS row_id "
+            f"FROM ({self._rows_sql()}) s"
+        )
 
     def stale_sql(self, marker: str) -> str | None:
         """Done, but for another caption than the selection's now."""
@@ -161,7 +200,9 @@ class FeaturesStage(Stage):
             tmp.unlink(missing_ok=True)
         from datakit.workspace import Workspace
 
-        rows = Workspace(ctx.workspace, create=False).sql("SELECT DISTINCT shard FROM features WHERE shard IS NOT NULL")
+        rows = Workspace(ctx.workspace, create=False).sql(
+            "SELECT DISTINCT shard FROM features WHERE shard IS NOT NULL"
+        )
         used = {r["shard"] for r in rows}
         for shard in root.glob("*/*.safetensors"):
             if shard.relative_to(root).as_posix() not in used:
@@ -183,8 +224,10 @@ class FeaturesStage(Stage):
     def describe_model(self) -> str:
         m, d = self.run_config.model, self.run_config.data
         vae, t5 = ("tiny", "tiny") if m.tiny else (m.vae, m.text_encoder)
-        return (f"VAE {vae}, T5 {t5} ({m.model_max_length} tokens); {self.train_stage} stage: frames {d.num_frames} "
-                f"at interval {d.frame_interval}, resolution {d.resolution}, ratios {d.aspect_ratios}")  # fmt: skip
+        return (
+            f"VAE {vae}, T5 {t5} ({m.model_max_length} tokens); {self.train_stage} stage: frames "
+            f"{d.num_frames} at interval {d.frame_interval}, resolution {d.resolution}, ratios {d.aspect_ratios}"
+        )
 
     def prepare(self, item: dict) -> dict:
         from training.buckets import assign_bucket
@@ -194,7 +237,9 @@ class FeaturesStage(Stage):
         bucket = assign_bucket(item, d, self._multiple)
         if bucket is None:
             span = int(item["end_frame"]) - int(item["start_frame"])
-            raise ValueError(f"too short: {span} frames hold no {min(d.num_frames)} frames at interval {d.frame_interval}")
+            raise ValueError(
+                f"too short: {span} frames hold no {min(d.num_frames)} frames at interval {d.frame_interval}"
+            )
         indices = clip_window(item, bucket, d, None)
         video = load_clip(item, bucket, d, indices)
         kind = "cut" if media_path(item, d.prefer)[1] else "source"
@@ -221,15 +266,18 @@ class FeaturesStage(Stage):
         entries = [{k: v.detach().to("cpu", copy=True) for k, v in e.items()} for e in entries]
         ids = [it["clip_id"] for it in items]
         shard = shard_name(self.features_key, ids)
-        write_shard(self._stage_dir / shard, entries, {"model_key": self.features_key, "clips": json.dumps(ids)})
+        write_shard(
+            self._stage_dir / shard, entries, {"model_key": self.features_key, "clips": json.dumps(ids)}
+        )
         t, model = now(), self.describe_model()
         return [
             {"features": [{
-                "row_id": it["row_id"], "clip_id": it["clip_id"], "model_key": self.features_key, "model": model,
-                "status": "ok", "shard": shard, "shard_index": i, "frames": it["bucket"].frames,
-                "height": it["bucket"].height, "width": it["bucket"].width, "tokens": int(e["mask"].sum()),
-                "caption_md5": it["caption_md5"], "frames_read": json.dumps(it["frames_read"]),
-                "dtype": str(e["mean"].dtype).removeprefix("torch."), "computed_at": t,
+                "row_id": it["row_id"], "clip_id": it["clip_id"], "model_key": self.features_key,
+                "model": model, "status": "ok", "shard": shard, "shard_index": i,
+                "frames": it["bucket"].frames, "height": it["bucket"].height, "width": it["bucket"].width,
+                "tokens": int(e["mask"].sum()), "caption_md5": it["caption_md5"],
+                "frames_read": json.dumps(it["frames_read"]), "dtype": str(e["mean"].dtype).removeprefix("torch."),
+                "computed_at": t,
             }]}
             for i, (it, e) in enumerate(zip(items, entries, strict=True))
         ]  # fmt: skip
