@@ -5,12 +5,14 @@ whole training steps (tiny and a mid-size preset) through the real trainer.
    (`training.data.ClipDataset`: seek, decode the 46-frame span only) and as Open-Sora 1.0 did
    (decode the whole file to RGB, then take the window), from 20-60 s H.264 sources. One process;
    the per-worker rate also gives the loader workers a GPU step needs.
-2. Steps: `training.run.launch` in this process (one rank, gloo) on a generated workspace; mean
-   step time, samples/s and data-wait fraction over the steps after the first two.
-3. Feature cache: `datakit features` over the tiny run's frozen rows (clips/s encoded), then the
-   same tiny run with `data.source=features` (no decoding, VAE or T5 in the step).
+2. Steps: `training.run.launch` in this process (one rank, gloo) on a generated workspace; median
+   step time (samples/s from it) and data-wait fraction over the steps after the first two.
+   Parts `steps` (tiny) and `mid`.
+3. Feature cache (`features`): `datakit features` over the tiny run's frozen rows (clips/s
+   encoded), then the same tiny run with `data.source=features` (no decoding, VAE or T5 in the step).
+4. `encode`: an SD-sized VAE encoding 256×256 frames against reading their cached posterior.
 
-    .venv/bin/python bench/bench_train.py [--clips 24] [--steps 12] [--parts loader,steps,mid,features]
+    .venv/bin/python bench/bench_train.py [--clips 24] [--steps 12] [--parts loader,steps,mid,features,encode]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,11 +120,11 @@ def bench_steps(ws: Path, root: Path, name: str, stage: str, steps: int, overrid
     finally:
         shutdown()
     m = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][2:]
-    seconds = sum(r["step_time"] for r in m)
-    return {  # totals over the steps, so that samples/s = batch / (s/step)
-        "step_s": seconds / len(m),
-        "samples_per_s": sum(r["samples_per_s"] * r["step_time"] for r in m) / seconds,
-        "data_wait": sum(r["data_wait"] * r["step_time"] for r in m) / seconds,
+    step_s = statistics.median(r["step_time"] for r in m)  # the median: robust to a busy shared machine
+    return {
+        "step_s": step_s,
+        "samples_per_s": m[0]["samples_per_s"] * m[0]["step_time"] / step_s,  # samples per step / step_s
+        "data_wait": sum(r["data_wait"] * r["step_time"] for r in m) / sum(r["step_time"] for r in m),
     }
 
 
@@ -139,7 +142,39 @@ def bench_features(ws: Path, root: Path, steps: int) -> tuple[dict, dict]:
     return cache, bench_steps(ws, root, "run-features", "video", steps, ["data.source=features"])
 
 
-PARTS = ("loader", "steps", "mid", "features")
+def bench_encode_vs_cache(root: Path, frames: int = 4) -> dict:
+    """What the cache takes out of a real-size step: an SD-sized VAE (random weights: the cost is the
+    architecture's) encoding `frames` 256×256 frames, against reading a cached entry (posterior and
+    a 60-token T5-XXL-wide caption) from a shard and drawing the latents. Per frame; T5-XXL itself
+    is left out (too large for this machine)."""
+    import torch
+    from diffusers.models import AutoencoderKL
+
+    from models.vae import VideoAutoencoderKL
+    from training.features import read_entry, sample_latents, write_shard
+
+    torch.manual_seed(0)
+    sd = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                       block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                       sample_size=256)  # fmt: skip
+    sd.save_pretrained(root / "sd-vae")
+    vae = VideoAutoencoderKL(str(root / "sd-vae"))
+    video = torch.rand(1, 3, frames, 256, 256) * 2 - 1
+    t0 = time.perf_counter()
+    mean, std = vae.posterior(video)
+    encode = (time.perf_counter() - t0) / frames
+    mask = torch.zeros(120, dtype=torch.uint8)
+    mask[:60] = 1
+    entry = {"mean": mean[0].clone(), "std": std[0].clone(), "text": torch.randn(60, 4096), "mask": mask}
+    write_shard(root / "shard.safetensors", [entry], {})
+    t0 = time.perf_counter()
+    for _ in range(20):
+        cached = read_entry(root / "shard.safetensors", 0)
+        sample_latents(cached["mean"][None], cached["std"][None], torch.Generator().manual_seed(0))
+    return {"encode_s_per_frame": encode, "cache_s_per_frame": (time.perf_counter() - t0) / 20 / frames}
+
+
+PARTS = ("loader", "steps", "mid", "features", "encode")
 
 
 def print_loader(n_clips: int, root: Path) -> None:
@@ -189,6 +224,11 @@ def main() -> None:
                   "(decode + VAE + T5, one process)")  # fmt: skip
             print_steps("tiny video from the feature cache", cached)
             print(f"  step time from the cache: {cached['step_s'] / online['step_s']:.2f}x the online step")
+        if "encode" in parts:
+            r = bench_encode_vs_cache(root)
+            print(f"SD-sized VAE encode at 256×256, online: {r['encode_s_per_frame']:.2f} s/frame "
+                  f"({16 * r['encode_s_per_frame']:.1f} s per 16-frame clip); from the cache: "
+                  f"{1000 * r['cache_s_per_frame']:.2f} ms/frame")  # fmt: skip
         if "mid" in parts:
             overrides = ["model.stdit_args={hidden_size=384, depth=4, num_heads=6}", "data.num_frames=[8]",
                          "data.resolution=[128]", "data.frame_interval=2"]  # fmt: skip

@@ -216,7 +216,7 @@ class TransNetV2Detector:
         precision: str = "auto",
         threshold: float = DEFAULT_THRESHOLD,
         margin: int = 2,
-        windows_per_batch: int = 8,
+        windows_per_batch: int = 4,
         skip_loop_filter: bool = True,
         model=None,
     ):

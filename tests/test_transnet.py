@@ -17,8 +17,10 @@ import torch
 from datakit import transnet
 from datakit.executors import plan, run_stage
 from datakit.ingest import ingest
+from datakit.pipeline import build_stage
 from datakit.samples import TRANSITION_SPECS, make_transition_set, write_video
 from datakit.scenes import Transition
+from datakit.stage import OptionError
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.transnet import TransitionTracker, TransNetV2Detector, small_frames, windows
@@ -227,30 +229,32 @@ def test_bad_scene_options_exit_2_and_write_nothing(tmp_path, demo_samples):
 
     assert datakit("ingest", str(demo_samples[0].path)).returncode == 0
     assert datakit("probe").returncode == 0
-    cases = {
-        ("--detector", "transnetv2x"): "unknown detector 'transnetv2x'",
-        ("--detector", "transnetv2", "--threshold", "3"): "probability in (0, 1)",
-        ("--threshold", "0.5"): "threshold needs an explicit detector",
-        ("--precision", "fp16"): "unknown precision 'fp16'",
-        ("--windows-per-batch", "0"): "windows_per_batch must be >= 1",
-        ("--transition-margin", "-1"): "transition_margin must be >= 0",
-        ("--min-clip-s", "3", "--max-clip-s", "2"): "max_clip_s (2.0) is below min_clip_s (3.0)",
-    }
-    for args, message in cases.items():
-        bad = datakit("scenes", *args)
-        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
-    assert not (ws / "runs").exists() or not any((ws / "runs").glob("*-scenes-*")), "no scenes run started"
+    bad = datakit("scenes", "--detector", "transnetv2x")
+    assert bad.returncode == 2 and "unknown detector 'transnetv2x'" in bad.stderr, bad.stderr
+    bad = datakit("scenes", "--detector", "transnetv2", "--threshold", "3")
+    assert bad.returncode == 2 and "probability in (0, 1)" in bad.stderr, bad.stderr
+    assert not any((ws / "runs").glob("*-scenes-*")), "no scenes run started"
     assert Workspace(ws).sql("SELECT count(*) AS n FROM scene_runs")[0]["n"] == 0
+    cases = {
+        "threshold needs an explicit detector": {"threshold": 0.5},
+        "unknown precision 'fp16'": {"precision": "fp16"},
+        "windows_per_batch must be >= 1": {"windows_per_batch": 0},
+        "transition_margin must be >= 0": {"transition_margin": -1},
+        r"max_clip_s \(2.0\) is below min_clip_s \(3.0\)": {"min_clip_s": 3.0, "max_clip_s": 2.0},
+    }
+    for message, options in cases.items():
+        with pytest.raises(OptionError, match=message):
+            build_stage("scenes", options)
 
 
-def test_unreadable_and_truncated_videos_fail_alone(tmp_path, transition_samples):
+def test_unreadable_and_truncated_videos_fail_alone(tmp_path, transition_samples, model):
     truth = next(t for t in transition_samples if t.path.endswith(".mkv"))
     data = Path(truth.path).read_bytes()
     truncated = tmp_path / "truncated.mkv"
     truncated.write_bytes(data[: len(data) // 2])  # mkv: a playable prefix, then EOF
     broken = tmp_path / "not_a_video.mp4"
     broken.write_bytes(b"plain text, not a video\n" * 10)
-    bad, partial = TransNetV2Detector("cpu").detect_many([str(broken), str(truncated)])
+    bad, partial = TransNetV2Detector("cpu", model=model).detect_many([str(broken), str(truncated)])
     assert isinstance(bad, Exception)
     assert 0 < partial.analysed_frames < truth.num_frames
     assert all(t.end <= partial.analysed_frames for t in partial.transitions)

@@ -112,7 +112,7 @@ class SceneStage(Stage):
                                     min=0, max=100)  # fmt: skip
     precision: str = option("auto", "transnetv2 arithmetic; auto: bf16 on a GPU, fp32 on the CPU.",
                             choices=PRECISIONS)  # fmt: skip
-    windows_per_batch: int = option(8, "transnetv2: 100-frame windows per model call (from several videos).",
+    windows_per_batch: int = option(4, "transnetv2: 100-frame windows per model call (from several videos).",
                                     min=1, max=4096)  # fmt: skip
     skip_loop_filter: bool = option(True, "Faster H.264/HEVC decoding for analysis (no effect on spans).")
     redo: bool = option(False, "Re-detect videos whose last run used other settings (old clips vanish).")
