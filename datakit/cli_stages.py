@@ -103,8 +103,15 @@ def run_stage_command(name: str, *, workspace: Path, workers: int | None, limit:
     except WorkspaceError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    stats = run_stage(ws, stage, workers=workers or run["workers"], limit=limit, executor=executor or run["executor"],
-                      ray_address=ray_address, retry_errors=retry_errors)  # fmt: skip
+    from datakit.executors.local import StageSetupError
+
+    try:
+        stats = run_stage(ws, stage, workers=workers or run["workers"], limit=limit,
+                          executor=executor or run["executor"], ray_address=ray_address,
+                          retry_errors=retry_errors)  # fmt: skip
+    except StageSetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     typer.echo(stats.summary())
 
 

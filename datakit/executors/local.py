@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from pathlib import Path
 
 from datakit.executors.work import iter_results
 from datakit.stage import Rows, Stage, WorkerContext
@@ -35,6 +36,8 @@ def visible_gpus() -> list[str]:
     if env is not None:
         ids = [d.strip() for d in env.split(",") if d.strip()]
         return [] if not ids or ids[0] == "-1" else ids
+    if not any(Path("/dev").glob("nvidia[0-9]*")):  # no NVIDIA device node: skip importing torch
+        return []
     try:
         import torch
     except ImportError:
@@ -63,14 +66,14 @@ def local_results(stage: Stage, items: list[dict], workers: int, make_ctx: Conte
         return
     device = "cpu"
     if n <= 1 or len(items) == 1:
-        stage.setup(make_ctx(rank=0, world_size=1, device=device))
+        _setup(stage, make_ctx(rank=0, world_size=1, device=device))
         try:
             yield from iter_results(stage, items)
         finally:
             stage.teardown()
         return
     if stage.io_bound:
-        stage.setup(make_ctx(rank=0, world_size=1, device=device))
+        _setup(stage, make_ctx(rank=0, world_size=1, device=device))
         try:
             with ThreadPoolExecutor(n, thread_name_prefix=stage.name) as pool:
                 yield from _bounded(pool, lambda chunk: list(iter_results(stage, chunk)), items, stage, n)
@@ -78,6 +81,17 @@ def local_results(stage: Stage, items: list[dict], workers: int, make_ctx: Conte
             stage.teardown()
         return
     yield from _process_pool(stage, items, n, make_ctx, [])
+
+
+class StageSetupError(RuntimeError):
+    """`setup` failed (a model that does not load, a server that does not start): nothing ran."""
+
+
+def _setup(stage: Stage, ctx: WorkerContext) -> None:
+    try:
+        stage.setup(ctx)
+    except Exception as exc:
+        raise StageSetupError(f"{stage.name}: setup failed: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- process pool
