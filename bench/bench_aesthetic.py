@@ -74,6 +74,7 @@ def main() -> None:
         opts = {**models, "head": str(head), "batch_size": args.batch_size, "prepare_threads": args.prepare_threads}
         root = make_workspace(tmp / "a", args.videos)
         stage = AestheticStage(**opts)
+        torch.manual_seed(0)  # random weights: the same ones on both sides
         stage.setup(WorkerContext.for_workspace(root, stage.name))
         items = [stage.prepare(i) for i in plan(Workspace(root), stage)]
         n, frames = len(items), sum(len(i["pixels"]) for i in items)
@@ -93,6 +94,7 @@ def main() -> None:
 
             def timed_setup(ctx) -> None:
                 t = time.monotonic()
+                torch.manual_seed(0)
                 setup(ctx)
                 loads.append(time.monotonic() - t)
 
