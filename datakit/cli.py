@@ -212,11 +212,13 @@ def preview(
 def samples(
     out_dir: Annotated[Path, typer.Argument(help="Where to write the synthetic sample videos.")] = Path("samples"),
     bad: Annotated[bool, typer.Option(help="Also write a gallery of bad inputs (empty, corrupt, ...).")] = False,
+    transitions: Annotated[bool, typer.Option(help="Also write short shots and dissolves of several lengths.")] = True,
 ) -> None:
-    """Generate synthetic sample videos with known cuts (several codecs and sizes)."""
-    from datakit.samples import make_bad_inputs, make_demo_set
+    """Generate synthetic sample videos with known cuts (several codecs and sizes), each with its truth."""
+    from datakit.samples import make_bad_inputs, make_demo_set, make_transition_set
 
-    for truth in make_demo_set(out_dir):
+    truths = make_demo_set(out_dir) + (make_transition_set(out_dir / "transitions") if transitions else [])
+    for truth in truths:
         out.print(f"{truth.path}: {truth.num_frames} frames, cuts {truth.hard_cuts}, dissolves {truth.dissolves}")
     if bad:
         for name, path in make_bad_inputs(out_dir / "bad").items():
