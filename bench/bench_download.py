@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datakit.ids import url_video_id  # noqa: E402
 from datakit.executors import run_stage  # noqa: E402
+from datakit.ids import url_video_id  # noqa: E402
 from datakit.stages.download import DownloadStage, needs_ytdlp  # noqa: E402
 from datakit.workspace import Workspace  # noqa: E402
 

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datakit.pipeline import status  # noqa: E402
 from datakit.executors import plan  # noqa: E402
+from datakit.pipeline import status  # noqa: E402
 from datakit.stages.cut import CutStage  # noqa: E402
 from datakit.stages.scenes import SceneStage  # noqa: E402
 from datakit.workspace import Workspace  # noqa: E402

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from datakit.tables import WRITTEN_COLUMN, Column, Table
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "TABLES", "VIEWS", "WRITTEN_COLUMN", "Column", "Table", "arrow_schema"]
+# TABLES is served by the module's __getattr__ (gathered lazily from the stage registry).
+__all__ = ["SCHEMA_VERSION", "STATUSES", "TABLES", "VIEWS", "WRITTEN_COLUMN", "Column", "Table", "arrow_schema"]  # noqa: F822
 
 # 2: tables declared by their stages; every marker table has attempts and retry_at; probes gained
 #    rotation, coded size, media type and the stream used.
