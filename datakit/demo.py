@@ -17,6 +17,7 @@ def demo(
     workers: Annotated[int, typer.Option("--workers", "-j", help="Parallel workers per stage.")] = 2,
     models: Annotated[bool, typer.Option(help="Also run text→video with tiny random models (smoke run).")] = True,
     train: Annotated[bool, typer.Option(help="Also train image → video → hq with tiny random models, then sample.")] = True,
+    curate: Annotated[bool, typer.Option(help="Also score, dedup, caption, select the curated sets and write the report.")] = True,
 ) -> None:
     """Generate sample videos (and some bad inputs), then ingest, probe, detect scenes, cut clips,
     show the per-stage status and a SQL query over the manifest; then sample a video with tiny
@@ -68,10 +69,37 @@ def demo(
     )
     console.print(f"or: python cli.py datakit query -w {ws.root} \"select * from clips limit 5\"", highlight=False)
 
+    sets: dict[str, int] = {}
+    if curate:
+        sets = _curation(ws, workspace, workers)
     if models:
         _models_smoke_run(workspace)
     if train:
-        _training_smoke_run(ws.root, workspace)
+        _training_smoke_run(ws.root, workspace, sets)
+
+
+def _curation(ws, workspace: Path, workers: int) -> dict[str, int]:
+    """Scores, dedup, captions, text match, the three curated sets and the report (tiny RANDOM models)."""
+    from datakit.captioning.tiny import build_tiny_qwen2vl
+    from datakit.curation_demo import curation_demo
+    from datakit.executors import run_stage
+    from datakit.stages.caption import CaptionStage
+
+    console.rule("[bold]5. curation: aesthetic, motion, dedup, captions, text match, sets, report (tiny RANDOM models)")
+    folder = workspace / "curation"
+
+    def caption() -> None:
+        model = folder / "tiny-random-vlm"
+        if not (model / "config.json").exists():
+            build_tiny_qwen2vl(model)
+        stage = CaptionStage(engine="transformers", model=str(model), frames=2, frame_size=56, max_tokens=24)
+        console.print(run_stage(ws, stage, workers=1, progress=False).summary())
+
+    report = curation_demo(ws, folder, console=console, caption=caption)
+    console.print(f"  open {report} in a browser (random models: the scores and captions are noise)", highlight=False)
+    from datakit.sets import list_sets
+
+    return {name: versions[-1].card["row_count"] for name, versions in list_sets(ws).items() if versions}
 
 
 def _models_smoke_run(workspace: Path) -> None:
@@ -79,7 +107,7 @@ def _models_smoke_run(workspace: Path) -> None:
     from models.sample_cli import sample
     from models.tiny import save_tiny_stdit, save_tiny_t5, save_tiny_vae_x8
 
-    console.rule("[bold]5. models: text → video with tiny RANDOM models (a smoke run; the video is noise)")
+    console.rule("[bold]6. models: text → video with tiny RANDOM models (a smoke run; the video is noise)")
     tiny = workspace / "tiny-random-models"
     tiny.mkdir(parents=True, exist_ok=True)
     vae, t5 = save_tiny_vae_x8(tiny / "vae"), save_tiny_t5(tiny / "t5")
@@ -98,7 +126,7 @@ def _models_smoke_run(workspace: Path) -> None:
     )
 
 
-def _training_smoke_run(manifest: Path, workspace: Path) -> None:
+def _training_smoke_run(manifest: Path, workspace: Path, sets: dict[str, int]) -> None:
     """The three training stages on the demo's clips (tiny RANDOM models, one process), then a sample."""
     import json
 
@@ -107,15 +135,19 @@ def _training_smoke_run(manifest: Path, workspace: Path) -> None:
     from training.dist import shutdown
     from training.run import Source, launch
 
-    console.rule("[bold]6. training: image → video → hq on the clips (tiny RANDOM models, one process)")
+    console.rule("[bold]7. training: image → video → hq on the curated sets (tiny RANDOM models, one process)")
     runs, previous = workspace / "runs", None
     for stage, steps in (("image", 6), ("video", 4), ("hq", 4)):
         overrides = [f"model.tiny_dir={runs / 'tiny-random-models'}", "train.progress=false"]
         overrides += [f"train.max_steps={steps}"] + ([f"model.init_from={previous}"] if previous else [])
         run_dir = runs / stage
+        # Each stage trains on its curated set; a set the random scores left empty falls back to all clips.
+        source = Source(manifest, set_spec=stage) if sets.get(stage) else Source(manifest, select="select * from clips")
+        console.print(f"  {stage:<5} from {'set ' + stage if source.set_spec else 'all clips (its set is empty)'}",
+                      highlight=False)  # fmt: skip
         try:  # resume=True: a second demo run finds the finished runs and does nothing
-            launch(resolve_config(stage, tiny=True, overrides=overrides), run_dir=run_dir,
-                   source=Source(manifest, select="select * from clips"), resume=True)  # fmt: skip
+            launch(resolve_config(stage, tiny=True, overrides=overrides), run_dir=run_dir, source=source,
+                   resume=True)  # fmt: skip
         finally:
             shutdown()
         losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

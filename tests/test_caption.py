@@ -24,6 +24,7 @@ import pytest
 from datakit.captioning.prompts import PromptError, load_prompt
 from datakit.captioning.qa import check_caption, clean_caption
 from datakit.executors import plan, run_stage
+from datakit.executors.local import StageSetupError
 from datakit.stage import OptionError
 from datakit.stages.caption import CaptionStage
 from datakit.workspace import Workspace
@@ -277,7 +278,7 @@ def test_unreachable_endpoint_fails_before_any_clip(clips_ws):
 def test_endpoint_without_the_model_fails_before_any_clip(clips_ws):
     fake = FakeVLM(model="other").start()
     try:
-        with pytest.raises(ValueError, match="does not serve model 'fake-vlm'.*other"):
+        with pytest.raises(StageSetupError, match="caption: setup failed: .*does not serve model 'fake-vlm'.*other"):
             run_stage(clips_ws, CaptionStage(endpoint=fake.url, model="fake-vlm"), progress=False)
     finally:
         fake.stop()
