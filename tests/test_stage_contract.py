@@ -226,3 +226,22 @@ def test_pixel_limit_option_defaults_to_mediaio():
     assert CutStage().max_pixels == ProbeStage().max_pixels == mediaio.MAX_PIXELS
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_images_are_one_clip_each_and_skip_scenes_and_cut(tmp_path, demo_samples):
+    from PIL import Image
+
+    from datakit.ingest import ingest
+    from datakit.stages.cut import CutStage
+    from datakit.stages.probe import ProbeStage
+    from datakit.stages.scenes import SceneStage
+
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "still.png")
+    ws = Workspace(tmp_path / "ws")
+    ingest(ws, [str(tmp_path / "still.png"), str(demo_samples[0].path)])
+    run_stage(ws, ProbeStage(), progress=False)
+    scenes = run_stage(ws, SceneStage(), progress=False)
+    cut = run_stage(ws, CutStage(), progress=False)
+    assert scenes.statuses == {"ok": 1} and set(cut.statuses) == {"ok"}, "no error row for the image"
+    images = ws.sql("SELECT * FROM clips WHERE media_type = 'image'")
+    assert len(images) == 1 and images[0]["clip_id"].endswith("-0-1") and images[0]["cut_status"] is None

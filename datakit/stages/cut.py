@@ -70,6 +70,7 @@ class CutStage(Stage):
         return """
             SELECT clip_id, video_id, start_frame, end_frame, fps, width, height, source_path AS path
             FROM clips
+            WHERE coalesce(media_type, 'video') = 'video'  -- images need no clip file
         """
 
     def process(self, item: dict) -> dict[str, list[dict]]:

@@ -145,7 +145,7 @@ class SceneStage(Stage):
             FROM _latest_probes p
             JOIN _latest_sources s USING (video_id)
             LEFT JOIN _latest_downloads d USING (video_id)
-            WHERE p.status = 'ok'
+            WHERE p.status = 'ok' AND coalesce(p.media_type, 'video') = 'video'  -- an image is its own clip
         """
 
     # ------------------------------------------------------------------ settings
