@@ -150,6 +150,17 @@ def detect_scenes(
     return Detection(cuts, gaps, n, error)
 
 
+def put_until_stopped(q: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
+    """Put `entry` on a bounded queue, waiting while it is full; False if `stop` is set first."""
+    while not stop.is_set():
+        try:
+            q.put(entry, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def prefetched(produce: Callable[[], Iterator[T]], depth: int = 32) -> Iterator[T]:
     """Items of `produce()`, computed in a thread up to `depth` ahead of the consumer.
 
@@ -159,13 +170,7 @@ def prefetched(produce: Callable[[], Iterator[T]], depth: int = 32) -> Iterator[
     stop = threading.Event()
 
     def put(entry: tuple) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_stopped(q, entry, stop)
 
     def run() -> None:
         try:

