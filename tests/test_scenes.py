@@ -11,7 +11,7 @@ import pytest
 
 from datakit.executors import plan, run_stage
 from datakit.ingest import ingest
-from datakit.scenes import (
+from datakit.shot_detection import (
     Detection,
     Transition,
     apply_clip_policy,
@@ -252,7 +252,7 @@ def test_redo_with_new_settings_replaces_the_clips(probed_workspace, demo_sample
 def test_prefetched_passes_items_errors_and_stops_early():
     import threading
 
-    from datakit.scenes import prefetched
+    from datakit.shot_detection import prefetched
 
     assert list(prefetched(lambda: iter(range(100)), depth=4)) == list(range(100))
 

@@ -1,6 +1,6 @@
 """Scenes: find shot transitions in every probed video and write frame-exact clip spans.
 
-Detectors: PySceneDetect's adaptive/content (see `datakit.scenes`) or TransNetV2 (see
+Detectors: PySceneDetect's adaptive/content (see `datakit.shot_detection`) or TransNetV2 (see
 `datakit.transnet`); `auto` (the default) picks TransNetV2 on a worker with a GPU and adaptive on
 the CPU, and records the one it used. Every transition is stored (`transitions`), and the clip
 policy keeps every clip clear of transition frames."""
@@ -19,7 +19,7 @@ from datakit.tables import Column as C
 from datakit.tables import Table
 
 if TYPE_CHECKING:
-    from datakit.scenes import Detection
+    from datakit.shot_detection import Detection
 
 TABLES = (
     Table.marker(
@@ -195,7 +195,7 @@ class SceneStage(Stage):
                 "precision": precision,
                 **policy,
             }
-        from datakit.scenes import DEFAULT_THRESHOLDS
+        from datakit.shot_detection import DEFAULT_THRESHOLDS
 
         threshold = DEFAULT_THRESHOLDS.get(detector) if self.threshold is None else self.threshold
         p = {
@@ -239,7 +239,7 @@ class SceneStage(Stage):
         return [self._rows(item, result) for item, result in zip(items, results, strict=True)]
 
     def process(self, item: dict) -> Rows:
-        from datakit.scenes import detect_scenes
+        from datakit.shot_detection import detect_scenes
 
         detector, _ = self._settings
         try:
@@ -260,7 +260,7 @@ class SceneStage(Stage):
         return self._rows(item, det)
 
     def _rows(self, item: dict, det: Detection | BaseException) -> Rows:
-        from datakit.scenes import apply_clip_policy, scenes_from_transitions
+        from datakit.shot_detection import apply_clip_policy, scenes_from_transitions
 
         video_id = item["video_id"]
         detector, precision = self._settings
