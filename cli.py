@@ -13,7 +13,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Open-Sora 1.
 
 
 def _register() -> None:
-    from datakit.demo import demo
+    from demo.run import demo
     from models.sample_cli import sample
 
     app.command("sample", help="Text to video with an STDiT checkpoint, a VAE and a T5 encoder.")(sample)
@@ -26,18 +26,24 @@ def _register() -> None:
 
 
 def main() -> None:
-    from datakit.cli import main_group
-
     _register()
     group = typer.main.get_command(app)
-    group.add_command(main_group(), "datakit")
+    group.add_command(_datakit_group(), "datakit")
     group()
 
 
-def datakit_main() -> None:
+def _datakit_group():
+    """datakit's commands plus `samples` (the sample generator lives above datakit, in demo/)."""
     from datakit.cli import main_group
+    from demo.cli import samples_command
 
-    main_group()()
+    group = main_group()
+    group.add_command(samples_command(), "samples")
+    return group
+
+
+def datakit_main() -> None:
+    _datakit_group()()
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def make_workspace(root: Path, videos: int) -> Path:
     from datakit.executors import run_stage
     from datakit.ingest import ingest
-    from datakit.samples import SampleSpec, make_sample
     from datakit.stages.probe import ProbeStage
     from datakit.stages.scenes import SceneStage
     from datakit.workspace import Workspace
+    from demo.samples import SampleSpec, make_sample
 
     for i in range(videos):
         make_sample(SampleSpec(f"b{i}", 320, 240, 24, "libx264", "mp4", [60, 60, 60, 60], seed=300 + i), root / "media")

@@ -74,9 +74,9 @@ def clip_items(template: Path, n_clips: int) -> list[dict]:
 def clips_workspace(n_clips: int) -> Path:
     """A template workspace with `n_clips` clips (4 scenes per 160x120 video), cached under bench/out."""
     from datakit.ingest import ingest
-    from datakit.samples import SampleSpec, make_demo_set
     from datakit.stages.probe import ProbeStage
     from datakit.stages.scenes import SceneStage
+    from demo.samples import SampleSpec, make_demo_set
 
     root = OUT / f"template-{n_clips}"
     if (root / "ready").exists():

@@ -74,7 +74,7 @@ def main() -> None:
     for width, height, limits in ((8192, 4320, (None,)), (8192, 8192, (None, 0))):
         path = OUT / f"huge_{width}x{height}.mp4"
         if not path.exists():  # in a process of its own: a child inherits its parent's peak RSS
-            code = "import sys; from datakit.samples import make_huge_sample as m; m(sys.argv[1], *map(int, sys.argv[2:]))"
+            code = "import sys; from demo.samples import make_huge_sample as m; m(sys.argv[1], *map(int, sys.argv[2:]))"
             make = [sys.executable, "-c", code, str(OUT), str(width), str(height), str(args.frames)]
             subprocess.run(make, cwd=ROOT, check=True)
         cases += [(path, limit) for limit in limits]

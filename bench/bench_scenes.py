@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_scenes.py --parts memory  # peak RSS of transnetv2 on a long video
     .venv/bin/python bench/bench_scenes.py --parts cli     # our PySceneDetect path vs its CLI
 
-accuracy: the demo videos and the transition set (`datakit.samples.TRANSITION_SPECS`: 8-frame
+accuracy: the demo videos and the transition set (`demo.samples.TRANSITION_SPECS`: 8-frame
   shots, dissolves of 4-48 frames) for adaptive, content, adaptive with the gradual pass and
   transnetv2. Hard cuts: precision/recall/F1 with +-2 frames; dissolves: found (a detected gradual
   transition overlaps it), share of its frames covered, frames lost outside it; and, what matters
@@ -32,7 +32,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datakit.samples import SampleSpec, SampleTruth, make_demo_set, make_transition_set  # noqa: E402
 from datakit.shot_detection import (  # noqa: E402
     Detection,
     Transition,
@@ -42,6 +41,8 @@ from datakit.shot_detection import (  # noqa: E402
     scenes_from_transitions,
     small_bgr,
 )
+
+from demo.samples import SampleSpec, SampleTruth, make_demo_set, make_transition_set  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "scenes"
 SCENEDETECT = Path(sys.executable).with_name("scenedetect")

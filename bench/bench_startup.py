@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datakit.samples import SampleSpec, make_demo_set  # noqa: E402
+from demo.samples import SampleSpec, make_demo_set  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OUT = ROOT / "bench" / "out" / "startup"

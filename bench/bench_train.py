@@ -41,7 +41,7 @@ SOURCES = [  # (name, width, height, fps, seconds)
 
 
 def make_sources(out: Path) -> list[dict]:
-    from datakit.samples import SampleSpec, make_sample
+    from demo.samples import SampleSpec, make_sample
 
     rows = []
     for name, w, h, fps, seconds in SOURCES:
@@ -93,7 +93,7 @@ def bench_loader(sources: list[dict], n_clips: int) -> dict:
 
 def make_workspace(root: Path) -> Path:
     """Three short videos of three shapes, scanned into a datakit workspace with the CLI."""
-    from datakit.samples import SampleSpec, make_sample
+    from demo.samples import SampleSpec, make_sample
 
     specs = [SampleSpec(f"v{i}", w, h, 24, "libx264", "mp4", [72, 72], seed=40 + i)
              for i, (w, h) in enumerate([(320, 180), (320, 240), (240, 320)])]  # fmt: skip

@@ -209,25 +209,6 @@ def preview(
 
 
 @app.command()
-def samples(
-    out_dir: Annotated[Path, typer.Argument(help="Where to write the synthetic sample videos.")] = Path("samples"),
-    bad: Annotated[bool, typer.Option(help="Also write a gallery of bad inputs (empty, corrupt, ...).")] = False,
-    transitions: Annotated[bool, typer.Option(help="Also write short shots and dissolves of several lengths.")] = True,
-) -> None:
-    """Generate synthetic sample videos with known cuts (several codecs and sizes), each with its truth."""
-    from datakit.samples import make_bad_inputs, make_demo_set, make_transition_set
-
-    truths = make_demo_set(out_dir) + (make_transition_set(out_dir / "transitions") if transitions else [])
-    for truth in truths:
-        out.print(f"{truth.path}: {truth.num_frames} frames, cuts {truth.hard_cuts}, dissolves {truth.dissolves}")
-    if bad:
-        for name, path in make_bad_inputs(out_dir / "bad").items():
-            out.print(f"bad input {name}: {path}", highlight=False)
-
-
-
-
-@app.command()
 def select(
     name: Annotated[str, typer.Argument(help="Set name; each select writes its next version (NAME@v1, @v2, ...).")],
     recipe: Annotated[str | None, typer.Option(help="A recipe of manifests/recipes: @image, @video, @hq, ...")] = None,

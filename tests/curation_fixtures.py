@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from datakit.samples import SampleSpec, make_sample
 from datakit.workspace import Workspace
+from demo.samples import SampleSpec, make_sample
 
 GOOD = {"aesthetic": 7.0, "motion": 0.3, "static": False, "caption": "a long and descriptive caption of a scene",
         "caption_status": "ok", "text_match": 0.3, "dup_group": None, "dup_of": None}  # fmt: skip

@@ -13,9 +13,9 @@ from datakit.credentials import CREDENTIALS_PATH, load_credentials, redact_text,
 from datakit.executors import run_stage
 from datakit.ids import url_video_id
 from datakit.ingest import ingest
-from datakit.samples import SampleSpec, make_sample
 from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace
+from demo.samples import SampleSpec, make_sample
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from datakit.shot_detection import detect_scenes
 
-from datakit.samples import (
+from datakit.stages.cut import clean_stale_temps, cut_clip
+from datakit.stages.probe import probe_file
+from demo.samples import (
     make_huge_sample,
     make_image_as_video,
     make_rotated_sample,
@@ -24,9 +27,6 @@ from datakit.samples import (
     read_stamp,
     write_video,
 )
-from datakit.shot_detection import detect_scenes
-from datakit.stages.cut import clean_stale_temps, cut_clip
-from datakit.stages.probe import probe_file
 from mediaio import (
     FrameTooLargeError,
     VideoReadError,

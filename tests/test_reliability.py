@@ -13,9 +13,9 @@ import pytest
 
 from datakit.executors import run_stage
 from datakit.ingest import ingest
-from datakit.samples import SampleSpec, make_sample
 from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace
+from demo.samples import SampleSpec, make_sample
 from tests.conftest import PYTHON, ROOT, cli_env
 
 N_VIDEOS = 60

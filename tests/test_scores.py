@@ -25,7 +25,6 @@ from PIL import Image
 from datakit.clip_models import image_transform, load_aesthetic_head, save_tiny_aesthetic_head, save_tiny_clip
 from datakit.executors import plan, run_stage
 from datakit.ingest import ingest
-from datakit.samples import write_video
 from datakit.stages.aesthetic import AestheticStage
 from datakit.stages.dedup import DedupStage
 from datakit.stages.motion import MotionStage
@@ -33,6 +32,7 @@ from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.stages.textmatch import TextMatchStage
 from datakit.workspace import Workspace
+from demo.samples import write_video
 from tests.conftest import PYTHON, ROOT, cli_env
 from tests.curation_fixtures import small_videos, write_clips, write_scores
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datakit.samples import SampleSpec, make_sample
+from demo.samples import SampleSpec, make_sample
 from mediaio import read_frames
 from training.buckets import Bucket, assign_bucket, size_for
 from training.config import ConfigError, DataConfig, parse_overrides, resolve_config

@@ -24,8 +24,8 @@ def demo(
     random models to show the model stack runs (its output is noise: no weights ship)."""
     from datakit.cli import print_table
     from datakit.pipeline import load_config, run_pipeline, status
-    from datakit.samples import make_bad_inputs, make_demo_set
     from datakit.workspace import Workspace
+    from demo.samples import make_bad_inputs, make_demo_set
 
     samples = workspace / "samples"
     console.rule("[bold]1. sample videos (synthetic, with known cuts)")
@@ -81,9 +81,9 @@ def demo(
 def _curation(ws, workspace: Path, workers: int) -> dict[str, int]:
     """Scores, dedup, captions, text match, the three curated sets and the report (tiny RANDOM models)."""
     from datakit.captioning.tiny import build_tiny_qwen2vl
-    from datakit.curation_demo import curation_demo
     from datakit.executors import run_stage
     from datakit.stages.caption import CaptionStage
+    from demo.curation import curation_demo
 
     console.rule("[bold]5. curation: aesthetic, motion, dedup, captions, text match, sets, report (tiny RANDOM models)")
     folder = workspace / "curation"

@@ -7,7 +7,7 @@ select something, the random head is rescaled on the demo clips' own CLIP embedd
 5 +- 1.5): the first aesthetic pass stays in `aesthetic_scores` under its own model key, which also
 shows how another model's scores are added rather than overwritten.
 
-`datakit.demo` calls `curation_demo(ws, folder, console=..., caption=...)`, where `caption` runs
+`demo.run` calls `curation_demo(ws, folder, console=..., caption=...)`, where `caption` runs
 the captioning step between dedup and the text match.
 """
 
