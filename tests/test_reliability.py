@@ -126,3 +126,43 @@ def test_two_commands_at_once_do_not_corrupt(tmp_path, many_videos):
     stats = [json.loads(f.read_text()) for f in (ws / "runs").glob("*/stats.json")]
     waits = sorted(s["lock_wait_seconds"] for s in stats if s["stage"] == "probe")
     assert len(waits) == 2 and waits[0] < waits[1] and waits[1] > 0
+
+
+# ------------------------------------------------------------------------------- dedup on its own
+def _embedded_clips(ws: Workspace, blobs: list[bytes], dim: int) -> None:
+    from tests.curation_fixtures import write_clips
+
+    ids = [f"vid{k:04d}-0-48" for k in range(len(blobs))]
+    write_clips(ws, [{"clip_id": cid, "video_id": cid[:7], "start_frame": 0, "end_frame": 48, "fps": 24.0,
+                      "width": 64, "height": 48} for cid in ids])  # fmt: skip
+    ws.write("clip_embeddings", [{"row_id": f"{cid}:e", "clip_id": cid, "model_key": "e", "dim": dim,
+                                  "embedding": blob, "scored_at": 1.0} for cid, blob in zip(ids, blobs, strict=True)])  # fmt: skip
+
+
+def _datakit(*args: str) -> subprocess.CompletedProcess:
+    """A datakit command in a fresh process, as a user runs it (no module imported beforehand)."""
+    cmd = [PYTHON, str(ROOT / "cli.py"), "datakit", *args]
+    return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_standalone_dedup_in_a_fresh_process_groups_the_clips(tmp_path):
+    import numpy as np
+
+    x = np.eye(8, dtype="<f2")[[0, 1, 2, 0]]  # unit rows; clip 3 is a copy of clip 0
+    ws = tmp_path / "ws"
+    _embedded_clips(Workspace(ws), [row.tobytes() for row in x], 8)
+    done = _datakit("dedup", "-w", str(ws))
+    assert done.returncode == 0, done.stderr
+    assert "(1 ok)" in done.stdout
+    dups = Workspace(ws).sql("SELECT clip_id, dup_of FROM clips WHERE dup_of IS NOT NULL")
+    assert dups == [{"clip_id": "vid0003-0-48", "dup_of": "vid0000-0-48"}]
+
+
+def test_a_stage_run_whose_items_all_end_in_error_exits_non_zero(tmp_path):
+    ws = tmp_path / "ws"
+    _embedded_clips(Workspace(ws), [b"\0" * 6, b"\0" * 6], 8)  # 3 values where 8 are declared
+    done = _datakit("dedup", "-w", str(ws))
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "(1 error)" in done.stdout
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert "every item of dedup ended in error (1)" in line and "another size than 8" in line

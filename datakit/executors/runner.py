@@ -34,10 +34,18 @@ class StageStats:
     lock_wait_seconds: float = 0.0
     plan_seconds: float = 0.0
     seconds: float = 0.0
+    first_error: str | None = None  # the error message of the first item that ended in error
 
     def summary(self) -> str:
         parts = ", ".join(f"{v} {k}" for k, v in sorted(self.statuses.items())) or "nothing to do"
         return f"{self.stage}: {self.processed}/{self.planned} items ({parts}) in {self.seconds:.1f}s"
+
+    def failure(self) -> str | None:
+        """A one-line error when the run did work and every item ended in error (the command exits 1), else None."""
+        errors = self.statuses.get("error", 0)
+        if not errors or errors < self.processed:
+            return None
+        return f"every item of {self.stage} ended in error ({errors}); first: {self.first_error}"
 
 
 class _Committer:
@@ -74,6 +82,8 @@ class _Committer:
             row["error"] = f"{row.get('error') or 'transient failure'}; gave up after {row['attempts']} attempts"
             row["retry_at"] = None
         self.stats.statuses[row["status"]] = self.stats.statuses.get(row["status"], 0) + 1
+        if row["status"] == "error" and self.stats.first_error is None:
+            self.stats.first_error = str(row.get("error"))
 
     def flush(self) -> None:
         order = [t for t in self.buffer if t != self.stage.marker_table] + [self.stage.marker_table]

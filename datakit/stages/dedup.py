@@ -194,9 +194,10 @@ def group_rows(clip_ids: list[str], x: np.ndarray, scores: np.ndarray, threshold
 def embedding_matrix(blobs, dim: int) -> np.ndarray:
     """(N, dim) float16 from an Arrow binary column of little-endian float16 vectors."""
     import pyarrow as pa
+    import pyarrow.compute as pc  # a submodule: `import pyarrow` alone does not load it
 
     arr = pa.chunked_array(blobs).combine_chunks() if isinstance(blobs, pa.ChunkedArray) else blobs
-    sizes = pa.compute.binary_length(arr).to_numpy(zero_copy_only=False)
+    sizes = pc.binary_length(arr).to_numpy(zero_copy_only=False)
     if len(arr) and (sizes != 2 * dim).any():
         raise ValueError(f"embeddings of another size than {dim} values in the compared rows")
     offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
