@@ -220,3 +220,60 @@ def selection_sql(recipe: str | None, where: str | None, sql: str | None) -> tup
     if kind == "where":
         return f"SELECT * FROM clips WHERE {value}", kind, None
     return value, kind, None
+
+
+# --------------------------------------------------------------------------------- media files
+# A set row's file for a trainer, made once and cached in the workspace under data/ (atomic
+# writes, so a killed export leaves no half file and a rerun reuses what is done).
+IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
+KEPT_IMAGE_EXTS = (".jpg", ".jpeg", ".png")  # exported as they are when no resize is asked
+
+
+def _save_image(arr_or_img, path: Path, fmt: str) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    from datakit.workspace import atomic_write_bytes
+
+    img = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
+    buf = BytesIO()
+    img.convert("RGB").save(buf, IMAGE_FORMATS[fmt], **({"quality": 95} if fmt == "jpg" else {}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def frame_file(ws: Workspace, row: dict, short_side: int | None = None, fmt: str = "jpg") -> Path:
+    """The set's chosen frame (`row["frame"]`, a source frame index) of a video row as an image file:
+    data/frames/<video_id>/<clip_id>-f<frame>[-s<short side>].<fmt>, decoded once."""
+    from mediaio import read_frames_at
+
+    size = f"-s{short_side}" if short_side else ""
+    path = ws.root / "data" / "frames" / row["video_id"] / f"{row['clip_id']}-f{int(row['frame'])}{size}.{fmt}"
+    if not path.is_file():
+        frames = read_frames_at(row["source_path"], [int(row["frame"])], size=short_side)
+        if not len(frames):
+            raise SetError(f"frame {row['frame']} of {row['source_path']} could not be decoded")
+        _save_image(frames[0], path, fmt)
+    return path
+
+
+def image_file(ws: Workspace, row: dict, short_side: int | None = None, fmt: str = "jpg") -> Path:
+    """An image row's file: the source itself when it is a JPEG/PNG and no resize is asked, else
+    data/images/<clip_id>[-s<short side>].<fmt> (resized with the short side `short_side`, even sizes)."""
+    from PIL import Image
+
+    from mediaio.reader import even_size
+
+    src = Path(row["source_path"])
+    if not short_side and src.suffix.lower() in KEPT_IMAGE_EXTS:
+        return src
+    size = f"-s{short_side}" if short_side else ""
+    path = ws.root / "data" / "images" / f"{row['clip_id']}{size}.{fmt}"
+    if not path.is_file():
+        with Image.open(src) as img:
+            img = img.convert("RGB")
+            if short_side:
+                img = img.resize(even_size(*img.size, short_side), Image.Resampling.LANCZOS)
+            _save_image(img, path, fmt)
+    return path
