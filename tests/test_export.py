@@ -224,3 +224,23 @@ def test_a_webdataset_export_killed_mid_shard_finishes_on_rerun(ws, tmp_path):
     assert json.loads((out / "video-v1-index.json").read_text())["rows"] == result.rows
     with pytest.raises(SetError, match="already holds a complete"):
         export_set(ws, "video", "webdataset", out, progress=False)
+
+
+def test_the_image_stage_trains_on_the_sets_chosen_frame(ws):
+    from training.config import DataConfig
+    from training.data import ClipDataset
+
+    rows = [r for r in ws.sql(recipe_sql("image")) if r["media_type"] == "video"]
+    cfg = DataConfig(num_frames=[1], resolution=[64], aspect_ratios=["1:1"], flip=False)
+    data = ClipDataset(rows, cfg, multiple=16, seed=0, train=True)
+    for i, row in enumerate(rows):
+        video = data[i]["video"]  # (3, 1, 64, 64) in [-1, 1]
+        assert video.shape[1] == 1
+        want = ClipDataset([{**row, "start_frame": row["frame"], "end_frame": row["frame"] + 1}], cfg, 16, 0, False)[0]
+        assert torch_equal(video, want["video"])  # the chosen frame, not a random frame of the span
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

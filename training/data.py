@@ -84,7 +84,10 @@ def to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
 def clip_window(
     row: dict[str, Any], bucket: Bucket, cfg: DataConfig, rng: np.random.Generator | None
 ) -> list[int]:
-    """Source frame indices of a clip's sample: a random window with `rng`, else the centred one."""
+    """Source frame indices of a clip's sample: a random window with `rng`, else the centred one.
+    A 1-frame sample of a row with a `frame` (the @image recipe's chosen frame) is that frame."""
+    if bucket.frames == 1 and row.get("frame") is not None:
+        return [int(row["frame"])]
     start, end = int(row["start_frame"]), int(row["end_frame"])
     return window_frames(start, end, bucket.frames, cfg.frame_interval, rng)
 
@@ -115,7 +118,7 @@ class ClipDataset(Dataset):
     def __init__(
         self, rows: Sequence[dict[str, Any]], cfg: DataConfig, multiple: int, seed: int, train: bool = True
     ):
-        keep = ("clip_id", "source_path", "path", "start_frame", "end_frame", "caption")
+        keep = ("clip_id", "source_path", "path", "start_frame", "end_frame", "caption", "frame")
         self.rows = [{k: r.get(k) for k in keep} for r in rows]
         self.buckets: list[Bucket | None] = [assign_bucket(r, cfg, multiple) for r in rows]
         self.cfg, self.seed, self.train = cfg, seed, train
