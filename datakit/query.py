@@ -17,6 +17,7 @@ from datakit.workspace import Workspace, atomic_write_bytes
 FORMATS = ("table", "csv", "json", "parquet")
 _SELECT = duckdb.StatementType.SELECT
 _EXPLAIN = duckdb.StatementType.EXPLAIN
+_MULTI = duckdb.StatementType.MULTI
 
 
 class ReadOnlyError(ValueError):
@@ -31,7 +32,9 @@ def check_read_only(sql: str) -> None:
     """Accept exactly one SELECT, or EXPLAIN [ANALYZE] of one SELECT; refuse anything else.
 
     DuckDB's parser decides: the statement's type, and for EXPLAIN the type of the statement it
-    wraps (EXPLAIN ANALYZE runs it: `EXPLAIN ANALYZE COPY ... TO` would write a file).
+    wraps (EXPLAIN ANALYZE runs it: `EXPLAIN ANALYZE COPY ... TO` would write a file). A PIVOT
+    without an IN list parses as MULTI (DuckDB first creates an ENUM of the pivoted values, in
+    the sandbox's own memory): see `_is_read_only`.
     """
     statements = _parse(sql)
     if not statements:
@@ -39,35 +42,75 @@ def check_read_only(sql: str) -> None:
     if len(statements) > 1:
         raise ReadOnlyError(f"one statement at a time, please (got {len(statements)})")
     statement = statements[0]
-    explained = _explained_statement(statement.query) if statement.type == _EXPLAIN else None
-    if (explained or statement).type != _SELECT:
-        kind = _kind(explained or statement)
+    explain = statement.type == _EXPLAIN or _leading_keyword(statement.query) == "EXPLAIN"
+    explained = _explained_statement(statement.query) if explain else None
+    if not _is_read_only(explained or statement):
+        kind = _kind((explained or statement).query)
         what = f"EXPLAIN of {kind}" if explained else kind
-        raise ReadOnlyError(
-            f"datakit query is read-only: {what} statements are refused (only SELECT, or EXPLAIN [ANALYZE] "
-            f"SELECT). To export, use --format csv|json|parquet --output FILE."
-        )
+        raise ReadOnlyError(_refusal(what))
+
+
+def _refusal(what: str) -> str:
+    return (
+        f"datakit query is read-only: {what} statements are refused (only SELECT, or EXPLAIN [ANALYZE] "
+        f"SELECT). To export, use --format csv|json|parquet --output FILE."
+    )
+
+
+# A MULTI statement (a PIVOT without IN) is read-only when it starts like a query and names no
+# statement that changes or reaches anything: `COPY (PIVOT ...) TO`, `CREATE TABLE x AS PIVOT ...`,
+# `WITH p AS (PIVOT ...) INSERT ...` all contain their statement's keyword.
+_QUERY_STARTS = {"SELECT", "FROM", "WITH", "VALUES", "TABLE", "PIVOT", "PIVOT_WIDER", "UNPIVOT", "(",
+                 "DESCRIBE", "SUMMARIZE", "SHOW"}  # fmt: skip
+_STATEMENT_KEYWORDS = {"ABORT", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "CALL", "CHECKPOINT", "COMMIT", "COPY",
+                       "CREATE", "DEALLOCATE", "DELETE", "DETACH", "DROP", "EXECUTE", "EXPLAIN", "EXPORT",
+                       "IMPORT", "INSERT", "INSTALL", "LOAD", "MERGE", "PRAGMA", "PREPARE", "RESET",
+                       "ROLLBACK", "SET", "START", "TRUNCATE", "UPDATE", "USE", "VACUUM"}  # fmt: skip
+
+
+def _is_read_only(statement: duckdb.Statement) -> bool:
+    if statement.type == _SELECT:
+        return True
+    if statement.type != _MULTI:
+        return False
+    words = [w.upper() for _, w, _ in _words(statement.query)]
+    return bool(words) and words[0] in _QUERY_STARTS and not _STATEMENT_KEYWORDS & set(words)
 
 
 def _parse(sql: str) -> list[duckdb.Statement]:
     con = duckdb.connect(":memory:")
     try:
-        return con.extract_statements(sql)
+        statements = con.extract_statements(sql)
+        for statement in statements:
+            _ = statement.type  # raises ValueError for a type the Python API does not know
+        return statements
     except duckdb.Error as exc:
         raise ReadOnlyError(f"SQL does not parse: {exc}") from None
+    except ValueError:  # a statement type the Python API does not know (e.g. UPDATE EXTENSIONS)
+        raise ReadOnlyError(_refusal(_kind(sql))) from None
     finally:
         con.close()
 
 
-def _explained_statement(text: str) -> duckdb.Statement:
-    """The statement an EXPLAIN wraps: what follows `EXPLAIN`, `ANALYZE` and an `( options )` list."""
+def _words(text: str) -> list[tuple[int, str, object]]:
+    """(position, text, kind) of each token of `text` but comments."""
     tokens = duckdb.tokenize(text)
     ends = [pos for pos, _ in tokens[1:]] + [len(text)]
-    words = [  # (position, text, kind) of each token but comments
+    return [
         (pos, text[pos:end].strip(), kind)
         for (pos, kind), end in zip(tokens, ends, strict=True)
         if kind != duckdb.token_type.comment
     ]
+
+
+def _leading_keyword(text: str) -> str | None:
+    words = _words(text)
+    return words[0][1].upper() if words and words[0][2] == duckdb.token_type.keyword else None
+
+
+def _explained_statement(text: str) -> duckdb.Statement:
+    """The statement an EXPLAIN wraps: what follows `EXPLAIN`, `ANALYZE` and an `( options )` list."""
+    words = _words(text)
     i = 1  # words[0] is EXPLAIN
     if (
         i < len(words)
@@ -90,8 +133,15 @@ def _explained_statement(text: str) -> duckdb.Statement:
     return inner[0]
 
 
-def _kind(statement: duckdb.Statement) -> str:
-    return str(statement.type).split(".")[-1]
+def _kind(text: str) -> str:
+    """The statement's own keyword as written (INSTALL, CHECKPOINT, USE), not DuckDB's type for it
+    (LOAD, CALL, SET); FORCE keeps the keyword it forces (FORCE CHECKPOINT)."""
+    words = [w.upper() for _, w, kind in _words(text) if kind == duckdb.token_type.keyword]
+    if not words:
+        return "non-SELECT"
+    if words[0] in _QUERY_STARTS:  # a PIVOT wrapped in another statement: WITH p AS (PIVOT ...) INSERT
+        return next((w for w in words if w in _STATEMENT_KEYWORDS), words[0])
+    return " ".join(words) if words[0] == "FORCE" and len(words) > 1 else words[0]
 
 
 def run_query(ws: Workspace, sql: str) -> pa.Table:

@@ -39,6 +39,12 @@ def _snapshot_of_parts(ws: Workspace) -> dict[str, bytes]:
         "CALL pragma_version()",
         "SELECT 1; COPY (SELECT 1) TO '{out}'",
         "",
+        # a PIVOT without IN parses as MULTI: the statement around it still decides
+        "COPY (PIVOT sources ON status USING count(*)) TO '{out}'",
+        "EXPLAIN ANALYZE COPY (PIVOT sources ON status USING count(*)) TO '{part}' (FORMAT parquet)",
+        "CREATE TABLE x AS PIVOT sources ON status USING count(*)",
+        "WITH p AS (PIVOT sources ON status USING count(*)) SELECT * FROM p; SELECT 1",
+        "UPDATE EXTENSIONS",
     ],
 )
 def test_statements_that_are_not_one_select_are_refused(ws, tmp_path, sql):
@@ -63,11 +69,42 @@ def test_statements_that_are_not_one_select_are_refused(ws, tmp_path, sql):
         "explain (format json) select 1",
         "DESCRIBE videos",
         "SUMMARIZE sources",
+        "PIVOT sources ON status USING count(*)",
+        "WITH s AS (SELECT * FROM sources) PIVOT s ON status USING count(*) GROUP BY source_kind",
+        "SELECT * FROM (PIVOT sources ON status USING count(*))",
+        "EXPLAIN ANALYZE PIVOT sources ON status USING count(*)",
+        "PIVOT sources ON status IN ('ok') USING count(*)",
     ],
 )
 def test_selects_and_explained_selects_run(ws, sql):
     check_read_only(sql)
     assert run_query(ws, sql).num_rows > 0
+
+
+def test_a_pivot_gives_one_column_per_value(ws):
+    sql = "PIVOT (SELECT source_kind, status FROM sources) ON status USING count(*)"
+    assert run_query(ws, sql).to_pylist() == [{"source_kind": "file", "ok": 3}]
+
+
+@pytest.mark.parametrize(
+    ("sql", "named"),
+    [
+        ("INSTALL httpfs", "INSTALL statements"),
+        ("LOAD httpfs", "LOAD statements"),
+        ("CHECKPOINT", "CHECKPOINT statements"),
+        ("FORCE CHECKPOINT", "FORCE CHECKPOINT statements"),
+        ("USE memory", "USE statements"),
+        ("SET threads = 1", "SET statements"),
+        ("RESET threads", "RESET statements"),
+        ("CALL pragma_version()", "CALL statements"),
+        ("EXPLAIN ANALYZE INSTALL httpfs", "EXPLAIN of INSTALL statements"),
+        ("UPDATE EXTENSIONS", "UPDATE statements"),
+        ("WITH p AS (PIVOT sources ON status USING count(*)) INSERT INTO t SELECT * FROM p", "INSERT statements"),
+    ],
+)
+def test_a_refusal_names_the_statement_as_written(ws, sql, named):
+    with pytest.raises(ReadOnlyError, match=f"read-only: {named} are refused"):
+        run_query(ws, sql)
 
 
 def test_sandboxed_connection_refuses_files_extensions_and_settings(ws, tmp_path):
