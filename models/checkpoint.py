@@ -12,7 +12,9 @@ Accepted sources (`load_pretrained(model, source)`):
 
 Our checkpoints also carry the model config: `save_weights` writes the STDiT constructor
 arguments to `config.json` beside the weights (and into the safetensors header), and
-`build_from_checkpoint(dir)` / `STDiT.from_pretrained(dir)` rebuild the model from it.
+`models.stdit.build_from_checkpoint(dir)` / `STDiT.from_pretrained(dir)` rebuild the model from it.
+This module knows no model class (models/stdit.py imports it, never the reverse): building an
+STDiT from a checkpoint, and writing Open-Sora's `.pth`, live with the model in models/stdit.py.
 
 Conversion: `module.` / `_orig_mod.` prefixes are stripped, a 4-D (Conv2d) patch-embed weight
 gets a singleton temporal axis, and `pos_embed` / `pos_embed_temporal` are never taken from the
@@ -27,13 +29,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from .stdit import STDiT
 
 # released checkpoints → Hugging Face repo holding them
 KNOWN_CHECKPOINTS: dict[str, str] = {
@@ -294,16 +293,15 @@ def save_weights(
     """Write a state dict as safetensors (our format; a training checkpoint directory holds
     `model.safetensors` and `ema.safetensors`).
 
-    config: the model's constructor arguments; defaults to `model.config` when an STDiT is given.
-        Written to `config.json` in the file's directory (replacing one already there) and into
-        the file's header, so `build_from_checkpoint` rebuilds the model from the checkpoint alone.
+    config: the model's constructor arguments; defaults to `model.config` when a model with one
+        (an STDiT) is given. Written to `config.json` in the file's directory (replacing one
+        already there) and into the file's header, so `build_from_checkpoint` rebuilds the model
+        from the checkpoint alone.
     """
     from safetensors.torch import save_file
 
-    from .stdit import STDiT
-
-    if config is None and isinstance(model_or_sd, STDiT):
-        config = model_or_sd.config
+    if config is None and isinstance(model_or_sd, nn.Module):
+        config = getattr(model_or_sd, "config", None)
     sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     path = Path(path)
@@ -322,11 +320,8 @@ def save_weights(
 
 
 def _parse_config(text: str, where: str) -> dict[str, Any]:
-    """`{"model_class": "STDiT", "constructor_args": {...}}` (save_weights) or the arguments alone."""
-    import inspect
-
-    from .stdit import STDiT
-
+    """`{"model_class": "STDiT", "constructor_args": {...}}` (save_weights) or the arguments alone.
+    (`STDiT.from_pretrained` checks the arguments against its constructor.)"""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
@@ -337,9 +332,6 @@ def _parse_config(text: str, where: str) -> dict[str, Any]:
             f"{where} is not an STDiT config: expected STDiT constructor arguments, alone or as "
             '{"model_class": "STDiT", "constructor_args": {...}} (as save_weights writes)'
         )
-    unknown = sorted(set(args) - set(inspect.signature(STDiT).parameters))
-    if unknown:
-        raise ValueError(f"{where} is not an STDiT config: unknown constructor arguments {unknown}")
     return args
 
 
@@ -358,25 +350,3 @@ def read_model_config(source: str | os.PathLike[str]) -> dict[str, Any] | None:
             text = (f.metadata() or {}).get(_CONFIG_METADATA_KEY)
         return None if text is None else _parse_config(text, f"the header of {path}")
     return None
-
-
-def build_from_checkpoint(source: str | os.PathLike[str], *, use_ema: bool = True, **overrides: Any) -> STDiT:
-    """Build the STDiT a checkpoint of ours describes and load its weights; every tensor must match.
-
-    `overrides` replace stored constructor arguments (e.g. `input_size` to sample at another size;
-    the position tables are recomputed for it). Built on the meta device: no throwaway init.
-    """
-    from .stdit import STDiT
-
-    path = resolve_checkpoint(source)
-    args = read_model_config(path)
-    if args is None:
-        raise FileNotFoundError(
-            f"{path} carries no model config ({CONFIG_FILE} in a checkpoint directory or a "
-            "safetensors header, written by save_weights). For released PixArt-α / Open-Sora "
-            "weights build the model yourself (build_stdit('STDiT-XL/2', ...)) and call load_pretrained."
-        )
-    with torch.device("meta"):
-        model = STDiT(**{**args, **overrides})
-    load_pretrained(model, path, use_ema=use_ema, strict_min_fraction=1.0)
-    return model

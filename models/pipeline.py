@@ -133,8 +133,8 @@ class TextToVideoPipeline:
         were trained from PixArt-512) and ``time_scale`` to 1.0.
         ``ckpt=None`` keeps random weights (for smoke tests).
         """
-        from .checkpoint import build_from_checkpoint, load_pretrained, read_model_config
-        from .stdit import STDIT_PRESETS, STDiT
+        from .checkpoint import load_pretrained, read_model_config
+        from .stdit import STDIT_PRESETS, STDiT, build_from_checkpoint
 
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)

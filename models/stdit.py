@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from .checkpoint import load_pretrained, read_model_config, resolve_checkpoint
 from .guidance import combine_cfg
 from .layers import (
     Attention,
@@ -218,8 +220,6 @@ class STDiT(nn.Module):
         size. Released PixArt-α / Open-Sora `.pth` files carry no config: build the model yourself
         (`build_stdit`) and use `models.checkpoint.load_pretrained`.
         """
-        from .checkpoint import build_from_checkpoint
-
         return build_from_checkpoint(source, use_ema=use_ema, **overrides)
 
     # ---------------------------------------------------------------- buffers and init
@@ -439,11 +439,58 @@ def build_stdit(name: str, from_pretrained: str | None = None, **overrides: Any)
         raise KeyError(f"unknown STDiT preset {name!r}; known: {sorted(STDIT_PRESETS)}")
     model = STDiT(**{**STDIT_PRESETS[name], **overrides})
     if from_pretrained is not None:
-        from .checkpoint import load_pretrained
-
         load_pretrained(model, from_pretrained)
     return model
 
 
 def STDiT_XL_2(from_pretrained: str | None = None, **kwargs: Any) -> STDiT:
     return build_stdit("STDiT-XL/2", from_pretrained=from_pretrained, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ save / load
+def build_from_checkpoint(source: str | os.PathLike[str], *, use_ema: bool = True, **overrides: Any) -> STDiT:
+    """Build the STDiT a checkpoint of ours describes and load its weights; every tensor must match.
+
+    `overrides` replace stored constructor arguments (e.g. `input_size` to sample at another size;
+    the position tables are recomputed for it). Built on the meta device: no throwaway init.
+    """
+    import inspect
+
+    path = resolve_checkpoint(source)
+    args = read_model_config(path)
+    if args is None:
+        raise FileNotFoundError(
+            f"{path} carries no model config (config.json in a checkpoint directory or a "
+            "safetensors header, written by save_weights). For released PixArt-α / Open-Sora "
+            "weights build the model yourself (build_stdit('STDiT-XL/2', ...)) and call load_pretrained."
+        )
+    unknown = sorted(set(args) - set(inspect.signature(STDiT).parameters))
+    if unknown:
+        raise ValueError(f"{path} is not an STDiT config: unknown constructor arguments {unknown}")
+    with torch.device("meta"):
+        model = STDiT(**{**args, **overrides})
+    load_pretrained(model, path, use_ema=use_ema, strict_min_fraction=1.0)
+    return model
+
+
+def save_opensora_pth(model: STDiT, path: str | os.PathLike[str]) -> Path:
+    """Write `model` as Open-Sora 1.0 writes and releases STDiT weights: one plain state dict (no
+    wrapper, no `module.` prefix) of fp32 tensors under their names, the two sin-cos position
+    buffers included, so their STDiT loads it with `load_state_dict(strict=True)`. Atomic."""
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        torch.save(sd, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_opensora_pth(source: str | os.PathLike[str], output: str | os.PathLike[str], *, use_ema: bool = True) -> Path:
+    """A checkpoint of ours (run folder, step folder or file) -> Open-Sora 1.0 `.pth` (EMA weights by default)."""
+    return save_opensora_pth(build_from_checkpoint(source, use_ema=use_ema).eval(), output)
