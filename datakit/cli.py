@@ -1,95 +1,132 @@
-"""`datakit` command line: ingest, status, query, run, ...; stage commands are generated (datakit.cli_stages)."""
+"""`datakit` command line: ingest, status, query, run, ...; stage commands are generated (datakit.cli_stages).
+
+Plain click (typer's pydantic path cost about 0.25 s of start-up; bench/bench_startup.py). Heavy
+imports (rich, the stage modules, torch, PyAV) happen inside the commands that need them, so
+`datakit status` costs little more than `import duckdb, pyarrow.parquet`.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated
 
-import typer
-from rich.console import Console
-from rich.table import Table
-from typer.core import TyperGroup
+import click
 
-from datakit.workspace import Workspace, WorkspaceError, default_workspace
-
-
-class _Commands(TyperGroup):
-    """Every command prints a WorkspaceError (a damaged part, an unreadable workspace.json, a lost
-    table folder, ...) as `error: <message>`, exit status 1, instead of a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except WorkspaceError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-
-
-app = typer.Typer(
-    cls=_Commands, no_args_is_help=True, add_completion=False, help="Build, inspect and curate video manifests."
-)
-out = Console(width=None if sys.stdout.isatty() else 160)
-
-WorkspaceOpt = Annotated[
-    Path,
-    typer.Option("--workspace", "-w", envvar="DATAKIT_WORKSPACE", help="Workspace directory (env DATAKIT_WORKSPACE)."),
-]
-def _open(workspace: Path, create: bool = True) -> Workspace:
-    return Workspace(workspace, create=create)  # a WorkspaceError becomes `error: ...` (see _Commands)
-
-
-@app.command()
-def ingest(
-    inputs: Annotated[list[str], typer.Argument(help="Files, directories, URL lists (.txt/.csv/.parquet) or URLs.")],
-    workspace: WorkspaceOpt = default_workspace(),
-) -> None:
-    """Add videos to the manifest (idempotent: a rerun adds only what is new)."""
-    from datakit.ingest import ingest as do_ingest
-
-    stats = do_ingest(_open(workspace), inputs)
-    out.print(stats.summary())
-    for msg in stats.error_messages[:20]:
-        out.print(f"  [red]error[/] {msg}", highlight=False)
-
-
-@app.command()
-def status(
-    workspace: WorkspaceOpt = default_workspace(),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """Per-stage counts of done / pending / error / retry."""
-    from datakit.pipeline import status as get_status
-
-    rows = get_status(_open(workspace, create=False))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"datakit status: {Path(workspace).absolute()}")
-    for col in ("stage", "table", "ok", "pending", "retry", "error"):
-        table.add_column(col, justify="left" if col in ("stage", "table") else "right")
-    for r in rows:
-        table.add_row(r["stage"], r["table"], *(str(r[k]) for k in ("ok", "pending", "retry", "error")))
-    out.print(table)
-
+from datakit.workspace import DEFAULT_WORKSPACE, Workspace, WorkspaceError
 
 RECIPES = Path(__file__).resolve().parents[1] / "manifests" / "recipes"
 
 
+class DatakitGroup(click.Group):
+    """Prints every WorkspaceError (a damaged part, an unreadable workspace.json, a lost table
+    folder, ...) as `error: <message>`, exit status 1, instead of a traceback. Stage commands are
+    built from the registry only when asked for (or listed by --help); `lazy` holds commands that
+    a caller above datakit adds (name -> (loader, help)), loaded only when run."""
+
+    lazy: dict[str, tuple] = {}
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WorkspaceError as exc:
+            fail(str(exc), 1)
+
+    def _stages(self) -> dict[str, click.Command]:
+        if not hasattr(self, "_stage_commands"):
+            from datakit.cli_stages import stage_commands
+
+            self._stage_commands = stage_commands()
+        return self._stage_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy) | set(self._stages()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.lazy:
+            self.commands[name] = self.lazy[name][0]()
+        return self.commands.get(name) or self._stages().get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [(n, self.lazy[n][1] if n in self.lazy and n not in self.commands
+                 else self.get_command(ctx, n).get_short_help_str(limit)) for n in names]  # fmt: skip
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def fail(message: str, code: int = 1):
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def workspace_option(f):
+    return click.option("--workspace", "-w", "workspace", envvar="DATAKIT_WORKSPACE", show_envvar=False,
+                        type=click.Path(path_type=Path), default=DEFAULT_WORKSPACE, show_default=True,
+                        help="Workspace directory (env DATAKIT_WORKSPACE).")(f)  # fmt: skip
+
+
+def json_option(help_text: str = "Print the summary as JSON."):
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def _open(workspace: Path, create: bool = True) -> Workspace:
+    return Workspace(workspace, create=create)  # a WorkspaceError becomes `error: ...` (see DatakitGroup)
+
+
+def echo_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group("datakit", cls=DatakitGroup, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+def app() -> None:
+    """Build, inspect and curate video manifests."""
+
+
 @app.command()
-def query(
-    sql: Annotated[
-        str, typer.Argument(help="One read-only SELECT over the views (videos, clips, ...), or @RECIPE (manifests/recipes).")
-    ],
-    workspace: WorkspaceOpt = default_workspace(),
-    fmt: Annotated[
-        str | None, typer.Option("--format", "-f", help="table, csv, json or parquet (default: from --output's suffix, else table).")
-    ] = None,
-    output: Annotated[Path | None, typer.Option("--output", help="Write to this file (its folder is created).")] = None,
-    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 40,
-) -> None:
-    """Run read-only SQL over the manifest (writes, extensions and other files are refused)."""
+@click.argument("inputs", nargs=-1, required=True)
+@workspace_option
+def ingest(inputs: tuple[str, ...], workspace: Path) -> None:
+    """Add videos to the manifest (idempotent: a rerun adds only what is new).
+
+    INPUTS: files, directories, URL lists (.txt/.csv/.parquet) or URLs.
+    """
+    from datakit.ingest import ingest as do_ingest
+
+    stats = do_ingest(_open(workspace), list(inputs))
+    click.echo(stats.summary())
+    for msg in stats.error_messages[:20]:
+        click.echo(f"  error {msg}")
+
+
+@app.command()
+@workspace_option
+@json_option("Print JSON instead of a table.")
+@click.option("--defaults", is_flag=True,
+              help="Also count the work left for the default model of each model-keyed stage (aesthetic, caption, ...).")  # fmt: skip
+def status(workspace: Path, as_json: bool, defaults: bool) -> None:
+    """Per-stage counts of ok / pending / retry / error (pending per model key actually run)."""
+    from datakit.status import format_status, status_rows
+
+    rows = status_rows(_open(workspace, create=False), defaults=defaults)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"datakit status: {Path(workspace).absolute()}")
+    click.echo(format_status(rows))
+
+
+@app.command()
+@click.argument("sql")
+@workspace_option
+@click.option("--format", "-f", "fmt", help="table, csv, json or parquet (default: from --output's suffix, else table).")
+@click.option("--output", type=click.Path(path_type=Path), help="Write to this file (its folder is created).")
+@click.option("--max-rows", type=int, default=40, show_default=True, help="Rows shown in table format.")
+def query(sql: str, workspace: Path, fmt: str | None, output: Path | None, max_rows: int) -> None:
+    """Run read-only SQL over the manifest (writes, extensions and other files are refused).
+
+    SQL: one read-only SELECT over the views (videos, clips, ...), or @RECIPE (manifests/recipes).
+    """
     import duckdb
 
     from datakit.query import OutputError, ReadOnlyError, format_for, run_query, write_result
@@ -97,36 +134,35 @@ def query(
     try:
         fmt = format_for(output, fmt)
     except OutputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc), 2)
     ws = _open(workspace, create=False)
     if sql.startswith("@"):
         recipe = RECIPES / f"{sql[1:]}.sql"
         if not recipe.exists():
             names = ", ".join(sorted("@" + p.stem for p in RECIPES.glob("*.sql")))
-            typer.echo(f"error: no recipe {sql} (recipes: {names})", err=True)
-            raise typer.Exit(2)
+            fail(f"no recipe {sql} (recipes: {names})", 2)
         sql = recipe.read_text()
     try:
         result = run_query(ws, sql)
     except ReadOnlyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc), 2)
     except (WorkspaceError, duckdb.Error) as exc:  # a damaged part, a typo, a refused file: the message only
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc), 1)
     if fmt == "table":
         print_table(result, max_rows=max_rows)
         return
     try:
         write_result(result, fmt, output)
     except OutputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc), 1)
 
 
 def print_table(result, max_rows: int = 40, title: str | None = None) -> None:
-    """Values are shown as they are (Text: `[red]` in a value is not rich markup)."""
+    """An Arrow table as a rich table; values are shown as they are (`[red]` is not markup)."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
     from rich.text import Text
 
     table = Table(title=title, show_lines=False)
@@ -136,29 +172,31 @@ def print_table(result, max_rows: int = 40, title: str | None = None) -> None:
     columns = [shown.column(i).to_pylist() for i in range(shown.num_columns)]  # names may repeat
     for row in zip(*columns, strict=True):
         table.add_row(*(Text("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row))
+    out = Console(width=None if sys.stdout.isatty() else 160)
     out.print(table)
     if result.num_rows > max_rows:
         out.print(f"... {result.num_rows - max_rows} more rows (use --format csv/json/parquet for all)")
 
 
 @app.command()
-def run(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Pipeline TOML (default: the embedded defaults).")] = None,
-    workspace: WorkspaceOpt = default_workspace(),
-    only: Annotated[list[str] | None, typer.Option(help="Run only these stages (repeatable).")] = None,
-    inputs: Annotated[list[str] | None, typer.Argument(help="Extra inputs to ingest before the stages.")] = None,
-) -> None:
-    """Run ingest and every enabled stage in order, from a pipeline config (`datakit config` prints one)."""
+@click.argument("inputs", nargs=-1)
+@click.option("--config", "-c", type=click.Path(path_type=Path), help="Pipeline TOML (default: the embedded defaults).")
+@workspace_option
+@click.option("--only", multiple=True, help="Run only these stages (repeatable).")
+def run(inputs: tuple[str, ...], config: Path | None, workspace: Path, only: tuple[str, ...]) -> None:
+    """Run ingest and every enabled stage in order, from a pipeline config (`datakit config` prints one).
+
+    INPUTS: extra inputs to ingest before the stages.
+    """
     from datakit.pipeline import load_config, run_pipeline
     from datakit.stage import OptionError
 
     try:
         cfg = load_config(config)
-        cfg["ingest"]["inputs"] = list(cfg["ingest"].get("inputs", [])) + list(inputs or [])
-        run_pipeline(_open(workspace), cfg, only=only)
+        cfg["ingest"]["inputs"] = list(cfg["ingest"].get("inputs", [])) + list(inputs)
+        run_pipeline(_open(workspace), cfg, only=list(only) or None)
     except OptionError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc), 2)
 
 
 @app.command("config")
@@ -166,36 +204,37 @@ def show_config() -> None:
     """Print the default pipeline config: every stage's options, with their help, as TOML."""
     from datakit.pipeline import render_default_config
 
-    typer.echo(render_default_config(), nl=False)
+    click.echo(render_default_config(), nl=False)
 
 
 @app.command()
-def compact(workspace: WorkspaceOpt = default_workspace()) -> None:
+@workspace_option
+def compact(workspace: Path) -> None:
     """Merge each table's part files into one (faster queries after many small runs)."""
-    from manifests.schema import TABLES
+    from datakit.registry import tables
 
     ws = _open(workspace, create=False)
-    for name in TABLES:
-        out.print(f"{name}: {ws.compact(name)} rows")
+    for name in tables():
+        click.echo(f"{name}: {ws.compact(name)} rows")
 
 
 @app.command()
-def repair(workspace: WorkspaceOpt = default_workspace()) -> None:
+@workspace_option
+def repair(workspace: Path) -> None:
     """Move unreadable part files to quarantine/, recreate lost table folders, rebuild the catalog
     and workspace.json. Every readable row is kept."""
     from datakit.repair import repair as do_repair
 
     for line in do_repair(workspace).lines():
-        typer.echo(line)
+        click.echo(line)
 
 
 @app.command()
-def preview(
-    out_png: Annotated[Path, typer.Argument(help="PNG to write.")] = Path("contact_sheet.png"),
-    workspace: WorkspaceOpt = default_workspace(),
-    sql: Annotated[str | None, typer.Option(help="SELECT over clips choosing what to show.")] = None,
-    max_clips: Annotated[int, typer.Option(help="Clips on the sheet.")] = 24,
-) -> None:
+@click.argument("out_png", type=click.Path(path_type=Path), default="contact_sheet.png")
+@workspace_option
+@click.option("--sql", help="SELECT over clips choosing what to show.")
+@click.option("--max-clips", type=int, default=24, show_default=True, help="Clips on the sheet.")
+def preview(out_png: Path, workspace: Path, sql: str | None, max_clips: int) -> None:
     """Write a contact sheet (first, middle, last frame of each clip) as a PNG."""
     from datakit.preview import contact_sheet
     from datakit.query import ReadOnlyError, check_read_only
@@ -204,19 +243,22 @@ def preview(
         try:
             check_read_only(sql)
         except ReadOnlyError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    out.print(f"wrote {contact_sheet(_open(workspace, create=False), out_png, sql, max_clips)}")
+            raise click.BadParameter(str(exc), param_hint="--sql") from None
+    click.echo(f"wrote {contact_sheet(_open(workspace, create=False), out_png, sql, max_clips)}")
 
 
 @app.command()
-def select(
-    name: Annotated[str, typer.Argument(help="Set name; each select writes its next version (NAME@v1, @v2, ...).")],
-    recipe: Annotated[str | None, typer.Option(help="A recipe of manifests/recipes: @image, @video, @hq, ...")] = None,
-    where: Annotated[str | None, typer.Option(help="A condition over the clips view, e.g. \"aesthetic >= 5\".")] = None,
-    sql: Annotated[str | None, typer.Option(help="One SELECT returning clip_id (other columns are kept).")] = None,
-    workspace: WorkspaceOpt = default_workspace(),
-) -> None:
-    """Write an immutable, versioned curated set: <workspace>/sets/NAME/vN/{rows.parquet,card.json}."""
+@click.argument("name")
+@click.option("--recipe", help="A recipe of manifests/recipes: @image, @video, @hq, ...")
+@click.option("--where", help='A condition over the clips view, e.g. "aesthetic >= 5".')
+@click.option("--sql", help="One SELECT returning clip_id (other columns are kept).")
+@workspace_option
+@json_option("Print the new version's card (and path) as JSON.")
+def select(name: str, recipe: str | None, where: str | None, sql: str | None, workspace: Path, as_json: bool) -> None:
+    """Write an immutable, versioned curated set: <workspace>/sets/NAME/vN/{rows.parquet,card.json}.
+
+    NAME: set name; each select writes its next version (NAME@v1, @v2, ...).
+    """
     from datakit.query import ReadOnlyError
     from datakit.sets import select as do_select
     from datakit.sets import selection_sql
@@ -226,78 +268,90 @@ def select(
         text, kind, recipe_name = selection_sql(recipe, where, sql)
         version = do_select(ws, name, text, recipe=recipe_name, kind=kind)
     except ReadOnlyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    out.print(f"{name}@v{version.version}: {version.card['row_count']} rows -> {version.path}", highlight=False)
+        fail(str(exc), 2)
+    if as_json:
+        card = version.card
+        echo_json({"set": f"{name}@v{version.version}", "path": str(version.path), **{k: v for k, v in card.items() if k != "manifest"}})
+        return
+    click.echo(f"{name}@v{version.version}: {version.card['row_count']} rows -> {version.path}")
 
 
 @app.command("sets")
-def sets_command(
-    workspace: WorkspaceOpt = default_workspace(),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the cards as JSON.")] = False,
-) -> None:
+@workspace_option
+@json_option("Print the cards as JSON.")
+def sets_command(workspace: Path, as_json: bool) -> None:
     """List the curated sets: name, versions, rows, recipe, creation time."""
     from datakit.sets import list_sets
 
     found = list_sets(_open(workspace, create=False))
     if as_json:
         cards = [v.card for vs in found.values() for v in vs]
-        typer.echo(json.dumps([{k: c[k] for k in c if k != "manifest"} for c in cards], indent=2))
+        echo_json([{k: c[k] for k in c if k != "manifest"} for c in cards])
         return
-    table = Table(title="curated sets")
-    for col in ("set", "version", "rows", "recipe", "created"):
-        table.add_column(col, justify="right" if col == "rows" else "left")
-    for name, versions in found.items():
+    rows = [("set", "version", "rows", "recipe", "created")]
+    for set_name, versions in found.items():
         for v in versions:
             card = v.card
             recipe = card["recipe"]["name"] or f"--{card['recipe']['kind']}"
-            table.add_row(name, f"v{v.version}", str(card["row_count"]), recipe, card["created"])
-    out.print(table)
+            rows.append((set_name, f"v{v.version}", str(card["row_count"]), recipe, card["created"]))
+    from datakit.status import format_rows
+
+    click.echo(format_rows(rows, right={2}))
 
 
 @app.command()
-def export(
-    name: Annotated[str, typer.Argument(help="Set to export: NAME (latest version) or NAME@vN.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="opensora (CSV/Parquet table) or webdataset (tar shards).")] = "opensora",
-    output: Annotated[Path | None, typer.Option(help="opensora: a .csv or .parquet file; webdataset: a folder.")] = None,
-    cut: Annotated[bool, typer.Option(help="Cut the set's clips that have no clip file yet (both formats need files).")] = True,
-    short_side: Annotated[int | None, typer.Option(help="Short side of newly cut clips (default: the source's).")] = None,
-    fps: Annotated[float | None, typer.Option(help="Frame rate of newly cut clips (frame picking; default: the source's).")] = None,
-    shard_mb: Annotated[float, typer.Option(help="webdataset: shard size in MB (a shard closes once it reaches it).")] = 1024,
-    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="Cut workers.")] = 1,
-    workspace: WorkspaceOpt = default_workspace(),
-) -> None:
-    """Export a curated set for training: Open-Sora's table or WebDataset shards (cutting clips first)."""
+@click.argument("name")
+@click.option("--format", "-f", "fmt", default="opensora", show_default=True,
+              help="opensora (CSV/Parquet table) or webdataset (tar shards).")  # fmt: skip
+@click.option("--output", type=click.Path(path_type=Path), help="opensora: a .csv or .parquet file; webdataset: a folder.")
+@click.option("--cut/--no-cut", default=True, show_default=True,
+              help="Cut the set's clips that have no clip file yet (both formats need files).")  # fmt: skip
+@click.option("--short-side", type=int, help="Short side of newly cut clips (default: the source's).")
+@click.option("--fps", type=float, help="Frame rate of newly cut clips (frame picking; default: the source's).")
+@click.option("--shard-mb", type=float, default=1024, show_default=True,
+              help="webdataset: shard size in MB (a shard closes once it reaches it).")  # fmt: skip
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Cut workers.")
+@workspace_option
+@json_option()
+def export(name: str, fmt: str, output: Path | None, cut: bool, short_side: int | None, fps: float | None,
+           shard_mb: float, workers: int, workspace: Path, as_json: bool) -> None:  # fmt: skip
+    """Export a curated set for training: Open-Sora's table or WebDataset shards (cutting clips first).
+
+    NAME: set to export: NAME (latest version) or NAME@vN.
+    """
     from datakit.export import export_set
 
     ws = _open(workspace, create=False)
     cut_options = {k: v for k, v in (("short_side", short_side), ("fps", fps)) if v is not None}
     result = export_set(ws, name, fmt, output, cut=cut, cut_options=cut_options, workers=workers,
                         shard_bytes=int(shard_mb * 1e6))  # fmt: skip
-    out.print(result.summary(), highlight=False)
+    if as_json:
+        echo_json({"target": str(result.target), "rows": result.rows, "files": [str(f) for f in result.files],
+                   "left_out": dict(result.left_out)})  # fmt: skip
+        return
+    click.echo(result.summary())
 
 
 @app.command()
-def report(
-    output: Annotated[Path | None, typer.Argument(help="HTML file to write (default: <workspace>/report.html).")] = None,
-    set_name: Annotated[str | None, typer.Option("--set", help="Report on this set (NAME or NAME@vN) instead of all clips.")] = None,
-    workspace: WorkspaceOpt = default_workspace(),
-) -> None:
-    """Write one HTML page: histograms, a contact sheet at score quantiles, captions, and each recipe's keep/drop counts."""
+@click.argument("output", type=click.Path(path_type=Path), required=False)
+@click.option("--set", "set_name", help="Report on this set (NAME or NAME@vN) instead of all clips.")
+@workspace_option
+def report(output: Path | None, set_name: str | None, workspace: Path) -> None:
+    """Write one HTML page: histograms, a contact sheet at score quantiles, captions, and each recipe's keep/drop counts.
+
+    OUTPUT: HTML file to write (default: <workspace>/report.html).
+    """
     from datakit.report import write_report
 
     ws = _open(workspace, create=False)
     path = write_report(ws, output or ws.root / "report.html", set_spec=set_name)
-    out.print(f"wrote {path}", highlight=False)
+    click.echo(f"wrote {path}")
 
 
-def main_group():
-    """The `datakit` click group: the commands above plus one generated command per stage."""
-    from datakit.cli_stages import add_stage_commands
-
-    add_stage_commands(app)
-    return typer.main.get_command(app)
+def main_group() -> click.Group:
+    """The `datakit` click group: the commands above plus one command per stage (built on demand)."""
+    return app
 
 
 if __name__ == "__main__":
-    main_group()()
+    app(prog_name="datakit")

@@ -68,26 +68,11 @@ def apply_resources(stage: Stage, run: dict) -> Stage:
     return stage
 
 
-def status(ws: Workspace) -> list[dict]:
-    """Per stage: rows by status in its marker table, plus items pending (what a run would do)."""
+def status(ws: Workspace, *, defaults: bool = False) -> list[dict]:
+    """Per stage: rows by status in its marker table, plus items pending (one query: datakit.status)."""
+    from datakit.status import status_rows
 
-    def query(con) -> list[dict]:
-        ingest_counts = dict(con.execute("SELECT status, count(*) FROM sources GROUP BY ALL").fetchall())
-        out = [{"stage": "ingest", "table": "sources", "ok": ingest_counts.get("ok", 0),
-                "error": ingest_counts.get("error", 0), "retry": 0, "pending": 0}]  # fmt: skip
-        for name, cls in stages().items():
-            stage = cls()
-            table = stage.marker_table
-            counts = dict(con.execute(f"SELECT status, count(*) FROM {table} GROUP BY ALL").fetchall())
-            pending = con.execute(f"SELECT count(*) FROM ({stage.pending_sql()})").fetchone()[0]
-            row = {"stage": name, "table": table, "ok": counts.get("ok", 0), "error": counts.get("error", 0),
-                   "retry": counts.get("retry", 0), "pending": pending}  # fmt: skip
-            out.append(row)
-        clips = con.execute("SELECT count(*) FROM clips").fetchone()[0]
-        out.append({"stage": "clips", "table": "clips", "ok": clips, "error": 0, "retry": 0, "pending": 0})
-        return out
-
-    return ws.read(query)
+    return status_rows(ws, defaults=defaults)
 
 
 def load_config(path: Path | None) -> dict:
