@@ -173,7 +173,7 @@ def test_kill_and_resume_repeats_the_uninterrupted_run_bitwise(chain, image_run)
     assert len(json.loads((run_dir / "run.json").read_text())["launches"]) == 2
 
     changed = train(chain, "killed", *IMAGE_ARGS, "optim.lr=0.5", "--resume", check=False, torchrun=False)
-    assert changed.returncode == 1 and "optim.lr: run has 0.001, command gives 0.5" in changed.stderr.decode()
+    assert changed.returncode == 2 and "optim.lr: run has 0.001, command gives 0.5" in changed.stderr.decode()
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,8 @@ def train(
 ) -> None:
     """Train STDiT on a curated set or a SQL selection (one stage of Open-Sora 1.0's recipe).
 
+    Exit status: 0 done, 1 the run failed (data, checkpoint, non-finite loss), 2 bad options.
+
     Multi-process: torchrun --nproc_per_node N cli.py train ... (see README, Training).
     """
     from datakit.workspace import default_workspace
@@ -60,8 +62,6 @@ def train(
     from .run import Source, launch
     from .selection import SelectionError
 
-    if preset not in (None, "tiny"):
-        raise typer.BadParameter(f"unknown preset {preset!r} (only 'tiny')", param_hint="--preset")
     flags: dict = {"train": {}, "model": {}}
     if max_steps is not None:
         flags["train"]["max_steps"] = max_steps
@@ -70,6 +70,8 @@ def train(
     if init_from is not None:
         flags["model"]["init_from"] = init_from
     try:
+        if preset not in (None, "tiny"):
+            raise ConfigError(f"--preset: unknown preset {preset!r} (only 'tiny')")
         cfg = source = None
         if stage is not None:
             cfg = resolve_config(
@@ -87,7 +89,9 @@ def train(
         if rank == "0":
             typer.echo(f"error: {err}", err=True)
         sys.stderr.flush()
-        raise typer.Exit(1) from None
+        # 2: bad options, as the stages. sys.exit, not typer.Exit: the top-level click group
+        # does not know typer's own Exit (typer >= 0.26 vendors click) and would print a traceback
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
     finally:
         from .dist import shutdown
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -59,6 +60,7 @@ class DataConfig:
     val_fraction: float = 0.01  # held-out slice of the rows, chosen by clip id (stable across runs)
     val_max: int = 64
     val_min_rows: int = 8  # no held-out slice below this many rows
+    max_failed_in_a_row: int = 50  # stop after this many steps in a row with no decodable clip
 
 
 @dataclass
@@ -82,6 +84,8 @@ class TrainConfig:
     epochs: int | None = None
     ckpt_every: int = 1000
     keep_last: int = 3  # checkpoints kept (older ones are deleted)
+    optim_shard_mb: int = 1024  # optimizer state is saved in files of at most this many MB
+    max_nonfinite: int = 3  # a non-finite loss/grad norm skips the step; this many in a row stop the run
     val_every: int = 500
     val_timesteps: list[int] = field(default_factory=lambda: [50, 250, 500, 750, 950])
     caption_dropout: float = 0.1
@@ -272,20 +276,40 @@ def resolve_config(
     return from_dict(data)
 
 
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
 def validate(cfg: RunConfig) -> None:
     d, t, o = cfg.data, cfg.train, cfg.optim
+    positive = {  # integer options that must be >= 1 when set
+        "train.max_steps": t.max_steps, "train.epochs": t.epochs, "train.ckpt_every": t.ckpt_every,
+        "train.keep_last": t.keep_last, "train.val_every": t.val_every, "train.sample_steps": t.sample_steps,
+        "train.optim_shard_mb": t.optim_shard_mb, "train.max_nonfinite": t.max_nonfinite,
+        "data.frame_interval": d.frame_interval, "data.batch_size": d.batch_size, "data.val_max": d.val_max,
+        "data.max_failed_in_a_row": d.max_failed_in_a_row, "model.model_max_length": cfg.model.model_max_length,
+    }  # fmt: skip
+    for key, value in positive.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key, value in {"data.num_workers": d.num_workers, "data.val_min_rows": d.val_min_rows,
+                       "train.sample_every": t.sample_every, "optim.warmup_steps": o.warmup_steps}.items():  # fmt: skip
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
     checks = [
         (cfg.stage in STAGES, f"stage must be one of {STAGES}"),
         (bool(d.num_frames) and all(n >= 1 for n in d.num_frames), "data.num_frames: positive frame counts"),
-        (d.frame_interval >= 1, "data.frame_interval must be >= 1"),
         (bool(d.resolution) and all(r >= 16 for r in d.resolution), "data.resolution: sizes >= 16"),
-        (d.batch_size >= 1 and d.num_workers >= 0, "data.batch_size >= 1 and data.num_workers >= 0"),
         (d.prefer in ("source", "cut"), "data.prefer is 'source' or 'cut'"),
         (d.source in ("pixels", "features"), "data.source is 'pixels' or 'features'"),
         (d.worker_start in ("spawn", "forkserver", "fork"), "data.worker_start is spawn, forkserver or fork"),
-        (0 <= d.val_fraction < 1, "data.val_fraction in [0, 1)"),
+        (_finite(d.val_fraction) and 0 <= d.val_fraction < 1, "data.val_fraction in [0, 1)"),
         (o.name in ("auto", "adamw", "hybrid_adam"), "optim.name is auto, adamw or hybrid_adam"),
-        (o.lr > 0 and o.warmup_steps >= 0, "optim.lr > 0 and optim.warmup_steps >= 0"),
+        (_finite(o.lr) and o.lr > 0, f"optim.lr must be a finite number > 0, got {o.lr}"),
+        (_finite(o.eps) and o.eps > 0, f"optim.eps must be a finite number > 0, got {o.eps}"),
+        (_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay must be finite and >= 0"),
+        (_finite(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip must be finite and >= 0 (0: no clipping)"),
+        (len(o.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in o.betas), "optim.betas: two values in [0, 1)"),
         (t.plugin in ("auto", "ddp", "zero2"), "train.plugin is auto, ddp or zero2"),
         (t.precision in ("auto", "fp32", "bf16"), "train.precision is auto, fp32 or bf16"),
         (t.backend in ("auto", "gloo", "nccl"), "train.backend is auto, gloo or nccl"),
@@ -293,10 +317,11 @@ def validate(cfg: RunConfig) -> None:
             t.max_steps is not None or t.epochs is not None,
             "give train.max_steps (--max-steps) or train.epochs",
         ),
-        (t.ckpt_every >= 1 and t.keep_last >= 1, "train.ckpt_every and train.keep_last must be >= 1"),
-        (0 <= t.caption_dropout <= 1 and 0 <= t.ema_decay <= 1, "caption_dropout and ema_decay in [0, 1]"),
+        (
+            _finite(t.caption_dropout, t.ema_decay) and 0 <= t.caption_dropout <= 1 and 0 <= t.ema_decay <= 1,
+            "caption_dropout and ema_decay in [0, 1]",
+        ),
         (all(0 <= s < 1000 for s in t.val_timesteps), "train.val_timesteps in [0, 1000)"),
-        (t.sample_every >= 0 and t.sample_steps >= 1, "train.sample_every >= 0 and train.sample_steps >= 1"),
         (t.sample_every == 0 or bool(t.sample_prompts), "train.sample_every needs train.sample_prompts"),
     ]
     for ok, message in checks:

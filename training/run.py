@@ -12,6 +12,7 @@ runs/<run>/
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import sys
@@ -25,9 +26,11 @@ import torch
 from . import selection
 from .config import ConfigError, RunConfig, from_dict
 from .dist import DistContext, broadcast_object, init_distributed
+from .errors import RunError
 from .metrics import setup_logging
 
 CONFIG_FILE = "train_config.json"
+LOCK_FILE = ".train.lock"
 T = TypeVar("T")
 
 
@@ -51,7 +54,7 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
     if ctx.is_main:
         try:
             result = fn()
-        except (ConfigError, selection.SelectionError, FileExistsError, FileNotFoundError) as err:
+        except (ConfigError, RunError, selection.SelectionError, FileExistsError, FileNotFoundError) as err:
             error = err
     result, error = broadcast_object((result, error), ctx)
     if error is not None:
@@ -111,7 +114,34 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-RESUME_CHANGEABLE = ("train.max_steps", "train.ckpt_every")
+# what `--resume` may change: when to stop, checkpoint, validate, sample and log; how many loader
+# processes decode. Anything else (optimizer, data, model, seed, precision) would not continue
+# the run exactly, so it is refused.
+RESUME_CHANGEABLE = (
+    "train.max_steps", "train.epochs", "train.ckpt_every", "train.keep_last", "train.val_every",
+    "train.sample_every", "train.progress", "train.optim_shard_mb", "data.num_workers", "data.worker_start",
+)  # fmt: skip
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Hold an exclusive lock on the run folder for this process's life (rank 0 only): a second
+    `train` into the same folder stops at once instead of interleaving steps and checkpoints."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise RunError(
+            f"{run_dir} is in use by another train run (pid {owner}); wait for it to end or give another --run-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -132,8 +162,11 @@ def check_same_run(
         old, new = _flatten(saved.to_dict()), _flatten(given.to_dict())
         diff = [k for k in old if k not in RESUME_CHANGEABLE and old[k] != new.get(k)]
         if diff:
-            shown = "; ".join(f"{k}: run has {old[k]!r}, command gives {new.get(k)!r}" for k in diff[:5])
-            raise ConfigError(f"--resume: the command does not match the run's config ({shown})")
+            shown = "; ".join(f"{k}: run has {old[k]!r}, command gives {new.get(k)!r}" for k in diff)
+            raise ConfigError(
+                f"--resume: the command changes {len(diff)} setting(s) that an exact resume needs unchanged "
+                f"({shown}); only {', '.join(RESUME_CHANGEABLE)} may change"
+            )
     if source is not None:
         name, version = selection.parse_set_spec(source.set_spec) if source.set_spec else ("select", None)
         same = card.get("name") == name and version in (None, card.get("version"))
@@ -168,26 +201,32 @@ def launch(
     if resume:
         saved = read_run_config(run_dir)
         check_same_run(saved, cfg, source, selection.load_frozen(run_dir)[1])
-        for key, value in (resume_overrides or {}).items():  # e.g. a larger --max-steps
-            setattr(saved.train, key, value)
-        cfg = saved
+        base = (cfg or saved).to_dict()  # a command line given differs only in RESUME_CHANGEABLE
+        train = {**base["train"], **(resume_overrides or {})}  # e.g. a larger --max-steps
+        cfg = from_dict({**base, "train": train})  # validated before anything is written
     elif cfg is None or source is None:
         raise ConfigError("give --stage and one of --set NAME[@vN] / --select SQL (no run to resume there)")
     ctx = init_distributed(cfg.train.backend)
     run_dir = Path(broadcast_object(str(run_dir or default_run_dir(cfg.stage)), ctx))
-    if resume:
-        on_main(ctx, lambda: _write_json(run_dir / CONFIG_FILE, cfg.to_dict()))
-    else:
-        on_main(ctx, lambda: _prepare_new_run(run_dir, cfg, source, ctx))
-    setup_logging(run_dir, ctx.rank)
-    rows, card = selection.load_frozen(run_dir)
-    if resume:
-        on_main(ctx, lambda: _check_inputs(run_dir, cfg, rows))
-    on_main(ctx, lambda: _record_launch(run_dir / "run.json", _run_facts(ctx, card, resume)))
+    held: list[Any] = []  # the run folder's lock, held until this function returns
+    try:
+        on_main(ctx, lambda: held.append(lock_run_dir(run_dir)))
+        if resume:
+            on_main(ctx, lambda: _write_json(run_dir / CONFIG_FILE, cfg.to_dict()))
+        else:
+            on_main(ctx, lambda: _prepare_new_run(run_dir, cfg, source, ctx))
+        setup_logging(run_dir, ctx.rank)
+        rows, card = selection.load_frozen(run_dir)
+        if resume:
+            on_main(ctx, lambda: _check_inputs(run_dir, cfg, rows))
+        on_main(ctx, lambda: _record_launch(run_dir / "run.json", _run_facts(ctx, card, resume)))
 
-    from .trainer import Trainer
+        from .trainer import Trainer
 
-    return Trainer(cfg, run_dir, ctx, rows, resume=resume).fit()
+        return Trainer(cfg, run_dir, ctx, rows, resume=resume).fit()
+    finally:
+        for handle in held:
+            handle.close()
 
 
 def _check_inputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]]) -> None:

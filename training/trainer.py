@@ -45,6 +45,7 @@ from .sampler import BucketBatchSampler
 from .weights import EMA, WeightView
 
 log = logging.getLogger("training")
+MAX_CLIP_WARNINGS = 20  # clips that fail to decode are logged up to this many per launch, then counted
 
 
 @dataclass
@@ -210,6 +211,7 @@ class Trainer:
         self.ema = EMA(self.weights.shards())
         self.state = TrainState()
         self.last_ckpt: Path | None = None
+        self.first_error: str | None = None  # the first clip that failed to decode in this launch
         if self.resume_from is not None:
             self._resume(self.resume_from)
         elif resume:
@@ -332,6 +334,14 @@ class Trainer:
             paths = write_samples(self.models, self.cfg, self.run_dir, self.state.step, self.ctx.device)
         log.info("samples at step %d: %s", self.state.step, ", ".join(str(p) for p in paths))
 
+    def _undecodable(self, what: str) -> str:
+        n = len(self.train_set)
+        return (
+            f"no usable batch: {what} no clip that decodes; {self.state.failed_clips} clip decodes "
+            f"failed so far ({n} training clips); first error: {self.first_error or '?'}. "
+            f"Check the media files of the selection (datakit probe)"
+        )
+
     def _nonfinite(self, what: str, value: float) -> str:
         kept = (
             f"the last good checkpoint is {self.last_ckpt}"
@@ -397,16 +407,28 @@ class Trainer:
                    dynamic_ncols=True, file=sys.stderr, desc=f"train {c.stage}")  # fmt: skip
         self.models.stdit.train()
         saved_at = s.step if self.last_ckpt else None
+        in_a_row = warned = 0  # steps in a row with no decodable clip; skipped clips logged
         while not self.done():
             self.sampler.set_epoch(s.epoch, s.position)
+            seen = used = 0  # sampler steps of this epoch in this launch, and those trained on
             for batch, wait in self._batches():
                 s.position += 1
+                seen += 1
                 for clip_id, error in batch["failed"]:
-                    log.warning("skipped clip %s: %s", clip_id, error)
+                    warned += 1
+                    if warned <= MAX_CLIP_WARNINGS:
+                        log.warning("skipped clip %s: %s", clip_id, error)
+                    if warned == MAX_CLIP_WARNINGS:
+                        log.warning("further clips that fail to decode are only counted (failed_clips)")
+                    self.first_error = self.first_error or f"{clip_id}: {error}"
                 if not all_true(bool(batch["clip_id"]), ctx):  # every rank skips together
                     s.failed_clips += round(all_mean([len(batch["failed"])], ctx)[0] * ctx.world_size)
                     s.skipped_steps += 1
+                    in_a_row += 1
+                    if in_a_row >= c.data.max_failed_in_a_row:
+                        raise RunError(self._undecodable(f"{in_a_row} steps in a row had"))
                     continue
+                in_a_row, used = 0, used + 1
                 tick = time.perf_counter()
                 loss, grad_norm, lr = self.train_step(batch)
                 elapsed = time.perf_counter() - tick + wait
@@ -434,6 +456,8 @@ class Trainer:
                 if self.done():
                     break
             else:  # the epoch ran out
+                if seen and not all_true(used > 0, ctx):
+                    raise RunError(self._undecodable(f"epoch {s.epoch} ({seen} steps) had"))
                 s.epoch, s.position = s.epoch + 1, 0
         if saved_at != s.step:
             self.save()
