@@ -2,8 +2,9 @@
 
 Layout of a workspace directory:
 
-    workspace.json          schema version, the absolute root the catalog was built for, its tables
-    manifest.duckdb         DuckDB catalog: views over the Parquet parts (no data inside)
+    workspace.json          schema version, the root it was created or rebuilt at, its tables
+    manifest.duckdb         DuckDB catalog: views over the Parquet parts, globs relative to the
+                            workspace, so a moved or copied workspace reads its own files (no data inside)
     tables/<table>/*.parquet immutable part files; the newest row per key wins
     media/                  downloaded videos;  clips/  extracted clip files
     locks/                  fcntl locks: one per stage run, per table, and one for readers
@@ -47,6 +48,7 @@ DEFAULT_WORKSPACE = "workspace"
 INIT_PART = "part-0000000000000000000-init.parquet"
 COMPACT_TAG = "-compact-"
 _READERS_LOCK = "readers"
+CATALOG_PATHS = "relative"  # manifest.duckdb's globs are relative to the workspace (build_catalog)
 # User SQL (`datakit query`) gets a connection that can install or load no extension; the views'
 # part files become the only files it may open, and the settings are locked (see _lock_down).
 _SANDBOX_CONFIG = {
@@ -144,7 +146,7 @@ class Workspace:
     def write_meta(self) -> None:
         """Record the schema version, the root, and the tables whose folders exist (a missing one was lost)."""
         tables = sorted(t for t in schema.tables() if self.table_dir(t).is_dir())
-        meta = {"schema_version": SCHEMA_VERSION, "root": str(self.root), "tables": tables}
+        meta = {"schema_version": SCHEMA_VERSION, "root": str(self.root), "catalog": CATALOG_PATHS, "tables": tables}
         atomic_write_bytes(self.meta_path, (json.dumps(meta, indent=2) + "\n").encode())
 
     def read_meta(self) -> dict:
@@ -179,7 +181,7 @@ class Workspace:
         if (
             version < SCHEMA_VERSION
             or no_init_part  # also a table new to this workspace
-            or meta.get("root") != str(self.root)
+            or meta.get("catalog") != CATALOG_PATHS  # absolute globs (older datakit): rebuild once
             or "tables" not in meta
             or not is_duckdb_file(self.catalog_path)
         ):
@@ -225,8 +227,8 @@ class Workspace:
         """
         key = schema.tables()[name].key
         dedupe = _newest_per_key(key)
-        if parts is None:
-            glob = _sql_str(str(self.table_dir(name) / "*.parquet"))
+        if parts is None:  # the catalog file: relative to the workspace (see build_catalog)
+            glob = _sql_str(f"tables/{name}/*.parquet")
             return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM read_parquet({glob}, union_by_name = true) {dedupe}"
         if len(parts) == 1:
             return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM {_read_parts(parts)}"
@@ -250,9 +252,17 @@ class Workspace:
         return views
 
     def build_catalog(self) -> None:
+        """Write manifest.duckdb: views whose globs are relative to the workspace (`tables/<t>/*.parquet`).
+
+        A copied or moved workspace (another mount point, another node) therefore never reads the
+        original's files: DuckDB resolves the globs against its `file_search_path` (default: the
+        working directory), so `cd WS && duckdb manifest.duckdb` works as is, and from anywhere else
+        the lines of `attach_sql()` (`datakit attach-sql`) set it. Nothing to rebind on open.
+        """
         tmp = self.catalog_path.with_name(f".manifest-{uuid.uuid4().hex}.duckdb")
         con = duckdb.connect(str(tmp))
         try:
+            con.execute(f"SET file_search_path = {_sql_str(str(self.root))}")  # views bind here
             for name, sql in self.view_sql().items():
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
         except duckdb.Error as exc:
@@ -261,6 +271,12 @@ class Workspace:
         finally:
             con.close()
         os.replace(tmp, self.catalog_path)
+
+    def attach_sql(self) -> str:
+        """SQL for a plain DuckDB client, from any working directory, to read this workspace's views."""
+        root = _sql_str(str(self.root))
+        return (f"SET file_search_path = {root};\n"
+                f"ATTACH {_sql_str(str(self.catalog_path))} AS datakit (READ_ONLY);\nUSE datakit;")  # fmt: skip
 
     # ----------------------------------------------------------------------------- reads
     def connect(self, *, sandbox: bool = False) -> duckdb.DuckDBPyConnection:

@@ -33,6 +33,7 @@ def test_schema_doc_is_in_sync():
 def test_plain_duckdb_client_reads_views(tmp_path):
     ws = Workspace(tmp_path / "ws")
     con = duckdb.connect(str(ws.catalog_path), read_only=True)
+    con.execute(ws.attach_sql().splitlines()[0])  # the views' globs are relative to the workspace
     videos = con.sql("select * from videos")
     clips = con.sql("select * from clips")
     assert set(REQUIRED_VIDEO_COLUMNS) <= set(videos.columns)
@@ -60,8 +61,8 @@ def test_moved_workspace_rebuilds_catalog(tmp_path):
     ws = Workspace(tmp_path / "a")
     ws.write("sources", [{"video_id": "v", "source": "x", "source_kind": "file", "status": "ok"}])
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
-    Workspace(tmp_path / "b")
     con = duckdb.connect(str(tmp_path / "b" / "manifest.duckdb"), read_only=True)
+    con.execute(Workspace(tmp_path / "b").attach_sql().splitlines()[0])  # globs relative to the workspace
     assert con.sql("select video_id from videos").fetchall() == [("v",)]
 
 
@@ -182,6 +183,7 @@ def test_reader_snapshot_views_equal_the_catalog_views(tmp_path):
     def both() -> tuple[list, list]:
         fast = ws.sql("select * from probes order by video_id")
         con = duckdb.connect(str(ws.catalog_path), read_only=True)
+        con.execute(ws.attach_sql().splitlines()[0])  # globs relative to the workspace
         cur = con.execute("select * from probes order by video_id")
         cols = [d[0] for d in cur.description]
         slow = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
