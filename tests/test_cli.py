@@ -196,3 +196,47 @@ def test_run_settings_never_reach_the_stage(probed, tmp_path):
     config.write_text('[probe]\nexecutor = "local"\nworkers = 2\n')
     out = datakit("probe", "-w", str(probed), "-c", str(config), "--executor", "local")
     assert "0/0 items" in (out.stdout + out.stderr).decode()
+
+
+def test_help_names_every_group():
+    top = subprocess.run([PYTHON, str(ROOT / "cli.py"), "--help"], env=cli_env(), capture_output=True, text=True)
+    commands = top.stdout.split("Commands:")[1]
+    assert [line.split()[0] for line in commands.strip().splitlines() if line[:3].strip()] == [
+        "datakit", "demo", "sample", "train"]  # fmt: skip
+    listed = datakit("--help").stdout.decode()
+    for name in ("status", "query", "export", "select", "scenes", "score", "samples"):
+        assert f"\n  {name} " in listed, name
+
+
+def test_stage_options_one_spelling_old_one_deprecated(probed):
+    new = datakit("probe", "-w", str(probed), "-o", "count_frames=false")
+    assert "0/0 items" in new.stdout.decode() and "deprecated" not in new.stderr.decode()
+    old = datakit("probe", "-w", str(probed), "--set", "count_frames=false")
+    assert "0/0 items" in old.stdout.decode() and "--set KEY=VALUE for stage options is deprecated" in old.stderr.decode()
+    bad = datakit("probe", "-w", str(probed), "--option", "count_frame=1", check=False)
+    assert bad.returncode == 2 and "count_frames" in bad.stderr.decode()
+
+
+def test_status_counts_pending_per_model_key_run(tmp_path):
+    """Work for the default model is counted only with --defaults (the user never chose it)."""
+    from datakit.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    ws.write("sources", [{"video_id": "a", "source": "a", "source_kind": "file", "status": "ok"}])
+    ws.write("probes", [{"video_id": "a", "status": "ok", "width": 640, "height": 360}])
+    ws.write("scene_runs", [{"video_id": "a", "status": "ok", "run_key": "r"}])
+    ws.write("clip_spans", [{"clip_id": f"a-{s}-{s + 90}", "video_id": "a", "start_frame": s, "end_frame": s + 90,
+                             "fps": 30.0, "start_s": s / 30, "end_s": s / 30 + 3, "run_key": "r"} for s in (0, 100, 200)])  # fmt: skip
+    ws.write("aesthetic_scores", [{"row_id": "a-0-90:mine", "clip_id": "a-0-90", "model_key": "mine", "status": "ok",
+                                   "aesthetic": 5.0}])  # fmt: skip
+    rows = [r for r in json.loads(datakit("status", "-w", str(tmp_path), "--json").stdout) if r["stage"] == "aesthetic"]
+    assert [(r["model_key"], r["ok"], r["pending"]) for r in rows] == [("mine", 1, 2)]
+    caption = [r for r in json.loads(datakit("status", "-w", str(tmp_path), "--json").stdout) if r["stage"] == "caption"]
+    assert [(r["model_key"], r["pending"]) for r in caption] == [(None, 0)], "never run: nothing counted"
+    with_defaults = json.loads(datakit("status", "-w", str(tmp_path), "--json", "--defaults").stdout)
+    keys = [(r["model_key"], r["pending"]) for r in with_defaults if r["stage"] == "aesthetic"]
+    assert keys[0] == ("mine", 2) and len(keys) == 2 and keys[1][1] == 3, keys
+    text = datakit("status", "-w", str(tmp_path)).stdout.decode()
+    assert "mine" in text and "aesthetic" in text
+    card = json.loads(datakit("select", "mine", "--where", "aesthetic >= 5", "-w", str(tmp_path), "--json").stdout)
+    assert card["set"] == "mine@v1" and card["row_count"] == 1 and Path(card["path"]).is_dir()
