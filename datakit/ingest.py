@@ -11,6 +11,10 @@ re-ingesting a folder that holds a workspace adds none of its downloads or clips
 (a `url` column). A password in a URL is stored redacted (`user:***@host`); the real one goes to
 the workspace's secrets file (`datakit.credentials`). Inputs that cannot be read become error
 rows; nothing is dropped silently.
+
+Metadata tables of public datasets (Panda-70M, WebVid, InternVid, Open-Sora, or any table with a
+`--col` mapping) are imported by `datakit.table_import`: with `fmt`/`cols` every table input is one,
+and without them a table whose header is a known format's is one too (otherwise it is a URL list).
 """
 
 from __future__ import annotations
@@ -116,6 +120,7 @@ class IngestStats:
     errors: int = 0
     error_messages: list[str] = field(default_factory=list)
     skipped_workspaces: list[str] = field(default_factory=list)  # datakit workspaces the walk left out
+    imports: list[str] = field(default_factory=list)  # one summary line per metadata table imported
 
     def summary(self) -> str:
         text = (
@@ -125,7 +130,7 @@ class IngestStats:
         if self.skipped_workspaces:
             names = ", ".join(self.skipped_workspaces)
             text += f"; skipped {len(self.skipped_workspaces)} datakit workspace(s): {names}"
-        return text
+        return "\n".join([text, *self.imports]) if self.imports else text
 
 
 def _read_url_list(path: Path) -> list[str]:
@@ -257,16 +262,30 @@ def _url_rows(urls: list[str], known: set[str], stats: IngestStats) -> tuple[lis
     return rows, secrets
 
 
-def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
-    """Add files, directories, URL lists and URLs to the manifest. Idempotent."""
+def ingest(ws: Workspace, inputs: list[str], fmt: str | None = None, cols: dict[str, str] | None = None) -> IngestStats:
+    """Add files, directories, URL lists, URLs and metadata tables to the manifest. Idempotent.
+
+    fmt / cols: import every table input as a metadata table of that format / column mapping
+    (`datakit.table_import`); a bad format or mapping raises TableImportError before anything is written."""
+    from datakit import table_import
+
     stats = IngestStats()
     candidates: list[tuple[Path, str | None]] = []
     urls: list[str] = []
+    tables: list[tuple[Path, str]] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not is_url(raw) and table_import.is_table(p) and (fmt or cols or table_import.sniff_format(p)):
+            tables.append((p, fmt or "auto"))
+    for p, f in tables:  # every table is checked before anything is written
+        table_import.check_table(p, f, cols)
     for raw in inputs:
         if is_url(raw):
             urls.append(raw)
             continue
         p = Path(raw)
+        if any(p == t for t, _ in tables):
+            continue
         if p.is_dir():
             _walk(p, candidates, stats.skipped_workspaces)
         elif p.suffix.lower() in URL_LIST_EXTENSIONS and p.is_file():
@@ -285,4 +304,9 @@ def ingest(ws: Workspace, inputs: list[str]) -> IngestStats:
         url_rows, secrets = _url_rows(urls, known_urls | ids_this_run, stats)
         save_credentials(ws.root, secrets)  # before the rows, so a download never misses them
         ws.write("sources", rows + url_rows)
+    for p, f in tables:
+        result = table_import.import_table(ws, p, f, cols)
+        stats.imports.append(result.summary(str(p)))
+        stats.errors += result.errors
+        stats.error_messages += [f"{p}: {m}" for m in result.error_messages]
     return stats

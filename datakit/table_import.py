@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from datakit.tables import WRITTEN_COLUMN, Table
+from datakit.tables import WRITTEN_COLUMN, ClipColumns, Table
 from datakit.tables import Column as C
 
 TABLES = (
@@ -119,7 +119,7 @@ _PLAIN_URL = r"^https?://[a-z0-9.-]+/[A-Za-z0-9._~/%-]*(\?v=[A-Za-z0-9_-]+)?$"
 _YOUTUBE_WATCH = r"^https://www\.youtube\.com/watch\?v=[A-Za-z0-9_-]+$"
 
 
-class ImportError_(ValueError):  # noqa: N801 - not the builtin
+class TableImportError(ValueError):
     """The table cannot be imported as asked (format, mapping, file): raised before anything is written."""
 
 
@@ -203,7 +203,7 @@ def detect_format(columns: list[str]) -> str:
             return fmt
     if {"path", "text"} <= have:
         return "opensora"
-    raise ImportError_(f"cannot tell the table's format from its columns ({', '.join(columns)}): "
+    raise TableImportError(f"cannot tell the table's format from its columns ({', '.join(columns)}): "
                        f"give --format or map columns with --col url=COLUMN ...")  # fmt: skip
 
 
@@ -211,9 +211,9 @@ def resolve_mapping(fmt: str, columns: list[str], cols: dict[str, str]) -> tuple
     """(format, field -> column) for a table, checked against its columns. --col entries win."""
     for f in cols:
         if f not in FIELDS and not f.startswith("score."):
-            raise ImportError_(f"unknown field {f!r} in --col (fields: {', '.join(FIELDS)}, score.NAME)")
+            raise TableImportError(f"unknown field {f!r} in --col (fields: {', '.join(FIELDS)}, score.NAME)")
     if fmt not in FORMATS:
-        raise ImportError_(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+        raise TableImportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if fmt == "auto":
         fmt = "generic" if "url" in cols else detect_format(columns)
     mapping = dict(FORMAT_COLUMNS.get(fmt, {}))
@@ -229,9 +229,9 @@ def resolve_mapping(fmt: str, columns: list[str], cols: dict[str, str]) -> tuple
     missing = [f"{f} ({mapping.get(f, 'unmapped')})" for f in required if mapping.get(f) not in have]
     missing += [f"{f} ({c})" for f, c in mapping.items() if c not in have and f not in required]
     if fmt == "generic" and ("start" in mapping) != ("end" in mapping):
-        raise ImportError_("--col start and --col end go together")
+        raise TableImportError("--col start and --col end go together")
     if missing:
-        raise ImportError_(f"the table has no column for {', '.join(missing)} (format {fmt}); "
+        raise TableImportError(f"the table has no column for {', '.join(missing)} (format {fmt}); "
                            f"its columns: {', '.join(columns)}")  # fmt: skip
     return fmt, mapping
 
@@ -364,7 +364,7 @@ class VideoIds:
 
         urls = pc.utf8_trim_whitespace(urls.cast(pa.string()))
         remote = pc.match_substring_regex(urls, r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-        youtube = pc.match_substring(urls, "youtube.com")
+        youtube = pc.match_substring_regex(urls, r"youtube\.com|youtu\.be")
         fast = pc.and_(pc.match_substring_regex(urls, _PLAIN_URL),
                        pc.or_(pc.invert(youtube), pc.match_substring_regex(urls, _YOUTUBE_WATCH)))  # fmt: skip
         fast = pc.fill_null(fast, False)
@@ -517,6 +517,29 @@ def _url_sources(b: pa.Table, spans: pa.Table) -> pa.Table:
                      "source_kind": pa.array(["url"] * n, pa.string()), "status": pa.array(["ok"] * n, pa.string())})
 
 
+def check_table(path: str | os.PathLike, fmt: str = "auto", cols: dict[str, str] | None = None) -> tuple[str, dict]:
+    """(format, mapping) of a table, or TableImportError: the check made before anything is written."""
+    p = Path(path).absolute()
+    if not p.is_file():
+        raise TableImportError(f"{p}: no such table file")
+    try:
+        columns, _ = open_batches(p)
+    except (OSError, pa.ArrowException) as exc:
+        raise TableImportError(f"{p}: cannot read the table: {exc}") from None
+    return resolve_mapping(fmt, columns, dict(cols or {}))
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The known format of a headed table (for `ingest` without --format), or None (a URL list)."""
+    p = Path(path)
+    try:
+        if _kind(p) in ("csv", "tsv") and not _csv_has_header(p, "\t" if _kind(p) == "tsv" else ",")[0]:
+            return None
+        return detect_format(open_batches(p)[0])
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
 def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str, str] | None = None, *,
                  batch_rows: int = 262144, max_messages: int = 20) -> ImportStats:  # fmt: skip
     """Import one metadata table into the workspace (see the module doc). Idempotent."""
@@ -527,11 +550,11 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
 
     p = Path(path).absolute()
     if not p.is_file():
-        raise ImportError_(f"{p}: no such table file")
+        raise TableImportError(f"{p}: no such table file")
     try:
         columns, batches = open_batches(p, batch_rows)
     except (OSError, pa.ArrowException) as exc:
-        raise ImportError_(f"{p}: cannot read the table: {exc}") from None
+        raise TableImportError(f"{p}: cannot read the table: {exc}") from None
     fmt, mapping = resolve_mapping(fmt, columns, dict(cols or {}))
     st = p.stat()
     import_key = _short_hash(json.dumps([str(p), fmt, mapping], sort_keys=True))
@@ -586,7 +609,7 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
                 if room > 0 and errors.num_rows:
                     stats.error_messages += errors.column("error").slice(0, room).to_pylist()
         except pa.ArrowInvalid as exc:  # a malformed file (ragged CSV...): what was read stays imported
-            raise ImportError_(f"{p}: cannot read the table after row {stats.rows}: {exc}") from None
+            raise TableImportError(f"{p}: cannot read the table after row {stats.rows}: {exc}") from None
         finally:
             con.close()
         stats.seconds = time.perf_counter() - t0
@@ -604,6 +627,121 @@ def parse_cols(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     for item in items:
         f, sep, c = item.partition("=")
         if not sep or not f.strip() or not c.strip():
-            raise ImportError_(f"--col {item!r}: expected FIELD=COLUMN (fields: {', '.join(FIELDS)}, score.NAME)")
+            raise TableImportError(f"--col {item!r}: expected FIELD=COLUMN (fields: {', '.join(FIELDS)}, score.NAME)")
         out[f.strip()] = c.strip()
     return out
+
+
+# ----------------------------------------------------------------------------------- scenes
+SPAN_MODES = ("detect", "trust", "ignore")
+
+
+def span_frames(spans: list[dict], video_id: str, fps: float, num_frames: int) -> tuple[list[tuple[int, int]], list[dict]]:
+    """Given spans (GIVEN_SPANS_SQL's structs; end_s None: the whole video) as sorted, distinct
+    [start, end) frames, and `given_spans` error rows for spans that end past the video's last frame."""
+    out, errors = set(), []
+    for g in spans:
+        s = max(0, round(g["start_s"] * fps))
+        e = num_frames if g["end_s"] is None else round(g["end_s"] * fps)
+        if e <= num_frames:
+            if s < e:
+                out.add((s, e))
+            continue
+        why = (f"row {g['table_row']} span {g['span_index']}: ends at {g['end_s']:.3f} s, past the video's end "
+               f"({num_frames / fps:.3f} s, {num_frames} frames)")  # fmt: skip
+        errors.append({**g, "video_id": video_id, "status": "error", "error": why})
+    return sorted(out), errors
+
+
+def clips_in_spans(scenes: list[tuple[int, int]], spans: list[tuple[int, int]], fps: float, num_frames: int, *,
+                   min_clip_s: float, max_clip_s: float | None, trim_frames: int) -> list[tuple[int, int, int]]:  # fmt: skip
+    """Clips as (scene_index, start, end) inside given spans: each span is cut at the detected scenes'
+    bounds (trimmed by `trim_frames` at transitions, as the clip policy does), then the policy's
+    length rules apply to each piece. No clip crosses a transition or leaves its span."""
+    from datakit.shot_detection import apply_clip_policy
+
+    trimmed = [(s + trim_frames if s > 0 else s, e - trim_frames if e < num_frames else e) for s, e in scenes]
+    clips: set[tuple[int, int, int]] = set()
+    for a, b in spans:
+        for i, (s, e) in enumerate(trimmed):
+            lo, hi = max(a, s), min(b, e)
+            if lo < hi:
+                for _, cs, ce in apply_clip_policy([(lo, hi)], fps, num_frames, min_clip_s=min_clip_s,
+                                                   max_clip_s=max_clip_s, trim_frames=0):  # fmt: skip
+                    clips.add((i, cs, ce))
+    return sorted(clips, key=lambda c: (c[1], c[2]))
+
+
+GIVEN_SPANS_SQL = """
+    SELECT video_id, list({'span_id': span_id, 'start_s': start_s, 'end_s': end_s, 'caption': caption,
+                           'external_id': external_id, 'import_key': import_key, 'import_run': import_run,
+                           'table_row': table_row, 'span_index': span_index} ORDER BY start_s, end_s) AS given_spans,
+           md5(string_agg(span_id, ',' ORDER BY span_id)) AS given_digest
+    FROM _latest_given_spans WHERE status = 'ok' AND video_id IS NOT NULL GROUP BY video_id
+"""
+
+
+# ----------------------------------------------------------------------------------- clips view
+# Caption sources in order of preference for the `clips` view's `caption`: the table's own caption
+# ('provided') first, else the latest VLM caption. A recipe picks another order with
+# `SELECT * REPLACE (coalesce(vlm_caption, provided_caption) AS caption) FROM clips ...`.
+CAPTION_PREFERENCE = ("provided", "vlm")
+
+CLIP_SPANS_SQL = """
+    WITH cs AS (
+        SELECT clip_id, video_id, start_frame, end_frame, fps FROM _latest_clip_spans
+        UNION ALL
+        SELECT video_id || '-0-1', video_id, 0, 1, NULL FROM _latest_probes WHERE status = 'ok' AND media_type = 'image'
+    ),
+    gs AS (SELECT span_id, video_id, start_s, end_s, caption, import_key FROM _latest_given_spans WHERE status = 'ok')
+    SELECT cs.clip_id, gs.span_id, gs.caption, gs.import_key
+    FROM cs JOIN gs ON cs.video_id = gs.video_id
+     AND (cs.fps IS NULL AND gs.start_s = 0
+          OR cs.start_frame >= round(gs.start_s * cs.fps) AND (gs.end_s IS NULL OR cs.end_frame <= round(gs.end_s * cs.fps)))
+    QUALIFY row_number() OVER (PARTITION BY cs.clip_id ORDER BY gs.end_s IS NULL, gs.end_s - gs.start_s, gs.span_id) = 1
+"""
+
+
+def _captions_sql() -> str:
+    pick = {
+        "provided": ("p.caption", "'ok'", "'provided:' || p.import_key", "p.caption IS NOT NULL AND trim(p.caption) <> ''"),
+        "vlm": ("v.caption", "v.caption_status", "v.model_key", "v.caption IS NOT NULL"),
+    }
+
+    def case(i: int) -> str:  # the first source (in preference order) that has a caption
+        return "CASE " + " ".join(f"WHEN {pick[s][3]} THEN {pick[s][i]}" for s in CAPTION_PREFERENCE) + " END"
+
+    source = "CASE " + " ".join(f"WHEN {pick[s][3]} THEN '{s}'" for s in CAPTION_PREFERENCE) + " END"
+    return f"""
+        WITH p AS ({CLIP_SPANS_SQL}),
+        v AS (SELECT clip_id, caption, caption_status, model_key FROM _latest_captions WHERE status = 'ok'
+              QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1)
+        SELECT clip_id, {case(0)} AS caption, {case(1)} AS caption_status, {source} AS caption_source,
+               {case(2)} AS caption_model_key, p.caption AS provided_caption, v.caption AS vlm_caption,
+               v.caption_status AS vlm_caption_status, p.span_id AS given_span_id
+        FROM p FULL OUTER JOIN v USING (clip_id)
+    """
+
+
+GIVEN_SCORES_SQL = f"""
+    WITH p AS ({CLIP_SPANS_SQL})
+    SELECT p.clip_id,
+           max(value) FILTER (WHERE name = 'matching_score') AS given_matching_score,
+           max(value) FILTER (WHERE name = 'aes') AS given_aes,
+           max(value) FILTER (WHERE name = 'flow') AS given_flow,
+           max(value) FILTER (WHERE name = 'match') AS given_match,
+           map_from_entries(list({{'k': name, 'v': value}})) AS given_scores
+    FROM p JOIN _latest_given_scores s USING (span_id)
+    GROUP BY p.clip_id
+"""
+
+
+def _clip_columns() -> tuple:
+    caption_cols = ("caption", "caption_status", "caption_source", "caption_model_key", "provided_caption",
+                    "vlm_caption", "vlm_caption_status", "given_span_id")  # fmt: skip
+    score_cols = ("given_matching_score", "given_aes", "given_flow", "given_match", "given_scores")
+    return (ClipColumns("given_spans", caption_cols, sql=_captions_sql()),
+            ClipColumns("given_scores", score_cols, sql=GIVEN_SCORES_SQL))  # fmt: skip
+
+
+CLIP_COLUMNS = _clip_columns()
