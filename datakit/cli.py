@@ -85,15 +85,25 @@ def app() -> None:
 
 @app.command()
 @click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["panda70m", "webvid", "internvid", "opensora", "auto"]),
+              default=None, help="Import table inputs (CSV/TSV/Parquet/JSONL) as this dataset's metadata: spans, "
+              "captions, scores. auto: tell by the header (also done without --format for known headers).")
+@click.option("--col", "cols", multiple=True, metavar="FIELD=COLUMN",
+              help="Map a table column: url, id, spans, start, end, caption or score.NAME (repeatable).")
 @workspace_option
-def ingest(inputs: tuple[str, ...], workspace: Path) -> None:
+def ingest(inputs: tuple[str, ...], fmt: str | None, cols: tuple[str, ...], workspace: Path) -> None:
     """Add videos to the manifest (idempotent: a rerun adds only what is new).
 
-    INPUTS: files, directories, URL lists (.txt/.csv/.parquet) or URLs.
+    INPUTS: files, directories, URL lists (.txt/.csv/.parquet), URLs, or dataset metadata tables
+    (Panda-70M, WebVid, InternVid, Open-Sora, or any table with --col url=COLUMN ...).
     """
     from datakit.ingest import ingest as do_ingest
+    from datakit.table_import import TableImportError, parse_cols
 
-    stats = do_ingest(_open(workspace), list(inputs))
+    try:
+        stats = do_ingest(_open(workspace), list(inputs), fmt, parse_cols(cols))
+    except TableImportError as exc:
+        fail(str(exc), 2)
     click.echo(stats.summary())
     for msg in stats.error_messages[:20]:
         click.echo(f"  error {msg}")
