@@ -29,9 +29,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_vllm_python() -> Path:
-    """`$DATAKIT_VLLM_PYTHON`, else the Python of `.venv-vllm` next to this project."""
+    """`$DATAKIT_VLLM_PYTHON`, else the Python of `.venv-vllm-cuda` (scripts/setup_vllm_cuda.sh) when it
+    exists, else that of `.venv-vllm` (scripts/setup_vllm.sh, CPU), next to this project."""
     env = os.environ.get("DATAKIT_VLLM_PYTHON")
-    return Path(env) if env else PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
+    if env:
+        return Path(env)
+    cuda = PROJECT_ROOT / ".venv-vllm-cuda" / "bin" / "python"
+    return cuda if cuda.exists() else PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
 
 
 def free_port() -> int:
