@@ -146,3 +146,17 @@ def test_split_and_redact_credentials():
     assert split_credentials("https://u:p%40ss@h:8080/x#f") == ("https://u:***@h:8080/x#f", "u:p%40ss")
     text = "GET https://u:p%40ss@h/x failed; password p@ss rejected"
     assert redact_text(text, "u:p%40ss") == "GET https://u:***@h/x failed; password *** rejected"
+
+
+def test_a_url_list_csv_stays_a_url_list_and_a_known_dataset_header_is_imported(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,note\nhttps://example.com/a.mp4,x\n")
+    panda = tmp_path / "panda.csv"
+    panda.write_text("videoID,url,timestamp,caption,matching_score\n"
+                     "v,https://example.com/b.mp4,\"[['0:00:00.000', '0:00:02.000']]\",['a ball'],[0.3]\n")  # fmt: skip
+    stats = ingest(ws, [str(urls), str(panda)])
+    assert stats.urls == 1 and len(stats.imports) == 1 and "1 spans" in stats.imports[0]
+    assert {r["source"] for r in ws.sql("SELECT source FROM sources")} == {
+        "https://example.com/a.mp4", "https://example.com/b.mp4"}
+    assert ws.sql("SELECT caption FROM given_spans") == [{"caption": "a ball"}]
