@@ -5,6 +5,9 @@
 -- 0.05 the clip barely moves, above 1.0 content crosses the whole frame every second (shaky or
 -- chaotic). The text match is CLIP cosine of caption and middle frame: about 0.3 for a fitting
 -- caption with ViT-L/14; 0.25 drops captions that do not describe the frame.
+-- Captions: `caption` is the first source with one, in the order provided (the imported table's own,
+-- e.g. Panda-70M's) > vlm (datakit caption); caption_source says which. To prefer the VLM here, select
+-- `* REPLACE (coalesce(vlm_caption, provided_caption) AS caption)`; given_* columns are the table's scores.
 SELECT *
 FROM clips
 WHERE media_type = 'video'

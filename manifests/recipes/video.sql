@@ -4,6 +4,9 @@
 --   over 3 frames; we take the lower end, 4.5); near-duplicates by CLIP cosine >= 0.98, one kept per group.
 -- Scores are never filtered while scoring; this recipe is where thresholds live. Each top-level AND
 -- condition is reported separately by `datakit report` (how many clips it removes).
+-- Captions: `caption` is the first source with one, in the order provided (the imported table's own,
+-- e.g. Panda-70M's) > vlm (datakit caption); caption_source says which. To prefer the VLM here, select
+-- `* REPLACE (coalesce(vlm_caption, provided_caption) AS caption)`; given_* columns are the table's scores.
 SELECT *
 FROM clips
 WHERE media_type = 'video'
