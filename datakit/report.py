@@ -9,13 +9,13 @@
   condition of its WHERE (split with DuckDB's own parser), how many clips fail it and how many it
   removes after the conditions before it.
 
-Images are embedded as data URIs, so the page can be copied anywhere.
+Images are embedded as data URIs, so the page can be copied anywhere. The page itself is the
+jinja2 template datakit/templates/report.html.j2.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import time
@@ -121,19 +121,16 @@ def recipe_funnel(con, sql: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------- page
-def _esc(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return html.escape("" if value is None else str(value))
+# The page is datakit/templates/report.html.j2 (jinja2, autoescaped); the functions below only
+# gather its data. Other parts of the project add sections with `extra_sections`.
+TEMPLATES = Path(__file__).with_name("templates")
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def _summary(ws: Workspace, clips: list[dict]) -> str:
+def _counts(ws: Workspace, clips: list[dict]) -> list[list]:
     sources = ws.sql("SELECT status, count(*) AS n FROM videos GROUP BY ALL ORDER BY status")
     rows = [["sources: " + r["status"], r["n"]] for r in sources]
     rows += [["clips (video)", sum(c["media_type"] == "video" for c in clips)],
@@ -142,63 +139,60 @@ def _summary(ws: Workspace, clips: list[dict]) -> str:
                        ("caption", "captioned"), ("dup_group", "compared by dedup")):  # fmt: skip
         rows.append([label, sum(c[col] is not None for c in clips)])
     rows.append(["near-duplicates (dup_of set)", sum(c["dup_of"] is not None for c in clips)])
-    return _table(["what", "count"], rows)
+    return rows
 
 
-def _contact_sheet(clips: list[dict]) -> str:
+def _cards(clips: list[dict]) -> list[dict]:
     scored = sorted((c for c in clips if c["aesthetic"] is not None), key=lambda c: (c["aesthetic"], c["clip_id"]))
-    if not scored:
-        return "<p>No aesthetic scores yet (run <code>datakit score aesthetic</code>).</p>"
     cards = []
-    for label, q in QUANTILES:
+    for label, q in QUANTILES if scored else ():
         c = scored[round(q * (len(scored) - 1))]
+        card = {"label": label, **{k: c[k] for k in ("clip_id", "aesthetic", "motion", "caption")}}
         try:
-            img = f'<img src="{_strip(c)}" alt="{_esc(c["clip_id"])}">'
+            card["strip"] = _strip(c)
         except Exception as exc:  # an unreadable source: say so in place of the frames
-            img = f"<p class=err>frames unreadable: {_esc(exc)}</p>"
-        motion = "" if c["motion"] is None else f" · motion {c['motion']:.3f}"
-        cards.append(f"<div class=card><b>{label}</b>: aesthetic {c['aesthetic']:.2f}{motion}<br>"
-                     f"<code>{_esc(c['clip_id'])}</code><br>{img}<br><i>{_esc(c['caption'])}</i></div>")  # fmt: skip
-    return "".join(cards)
+            card["error"] = str(exc)
+        cards.append(card)
+    return cards
 
 
-def _captions(clips: list[dict], n: int = 8) -> str:
+def _captions(clips: list[dict], n: int = 8) -> list[list]:
     import hashlib
 
-    with_caption = [c for c in clips if c["caption"]]
-    if not with_caption:
-        return "<p>No captions yet (run <code>datakit caption</code>).</p>"
-    sample = sorted(with_caption, key=lambda c: hashlib.md5(c["clip_id"].encode()).hexdigest())[:n]
-    return _table(["clip", "caption", "QA", "text match"],
-                  [[c["clip_id"], c["caption"], c["caption_status"], c["text_match"]] for c in sample])  # fmt: skip
+    sample = sorted((c for c in clips if c["caption"]), key=lambda c: hashlib.md5(c["clip_id"].encode()).hexdigest())[:n]
+    return [[c["clip_id"], c["caption"], c["caption_status"], c["text_match"]] for c in sample]
 
 
-def _recipes(ws: Workspace) -> str:
+def _recipes(ws: Workspace) -> list[dict]:
     out = []
     for path in sorted(RECIPES_DIR.glob("*.sql")):
         sql = path.read_text()
         try:
             funnel = ws.read(lambda con, sql=sql: recipe_funnel(con, sql), sandbox=True)
         except Exception as exc:  # a recipe that does not run: shown, never fatal to the report
-            out.append(f"<h3>@{path.stem}</h3><p class=err>recipe failed: {_esc(exc)}</p>")
+            out.append({"name": path.stem, "error": str(exc)})
             continue
-        total = "" if funnel["total"] is None else f" of {funnel['total']} rows considered"
-        out.append(f"<h3>@{path.stem}: keeps {funnel['kept']}{total}</h3>")
-        if funnel["conditions"]:
-            rows = [[c["condition"], c["fail"], c["removed"]] for c in funnel["conditions"]]
-            out.append(_table(["condition (top-level AND)", "rows failing it", "removed here (in order)"], rows))
-    return "".join(out)
+        rows = [[c["condition"], c["fail"], c["removed"]] for c in funnel["conditions"]]
+        out.append({"name": path.stem, "kept": funnel["kept"], "total": funnel["total"], "conditions": rows})
+    return out
 
 
-CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
-.grid{display:flex;flex-wrap:wrap;gap:8px}.card{border:1px solid #ddd;padding:6px;font-size:13px;max-width:380px}
-.card img{max-width:100%;height:auto}
-.err{color:#b00}code{font-size:12px}"""
+def render(context: dict) -> str:
+    """The report page for `context` (see write_report for its keys)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True)  # fmt: skip
+    env.filters["cell"] = _cell
+    return env.get_template("report.html.j2").render({"extra_sections": [], **context})
 
 
-def write_report(ws: Workspace, out: Path, *, set_spec: str | None = None) -> Path:
-    """Write the HTML report of the whole manifest, or of one set's rows; returns its path."""
+def write_report(ws: Workspace, out: Path, *, set_spec: str | None = None,
+                 extra_sections: list[dict] | None = None) -> Path:  # fmt: skip
+    """Write the HTML report of the whole manifest, or of one set's rows; returns its path.
+
+    extra_sections: more sections at the end, each {"title", optional "links": [{"href", "text"}],
+    optional "headers" + "rows"} (text only: everything is escaped).
+    """
     subject = "all clips"
     source = "clips"
     if set_spec:
@@ -207,23 +201,16 @@ def write_report(ws: Workspace, out: Path, *, set_spec: str | None = None) -> Pa
         source = f"(SELECT * FROM clips SEMI JOIN read_parquet({sql_str(str(version.rows_path))}) USING (clip_id))"
     cuts = "(SELECT clip_id, path, num_frames, fps FROM _latest_cuts WHERE status = 'ok')"
     clips = ws.sql(f"SELECT {_CLIP_COLUMNS} FROM {source} c LEFT JOIN {cuts} k USING (clip_id) ORDER BY clip_id")
-    hists = []
+    histograms = []
     for col, title, stage in METRICS:
         values = [c[col] for c in clips if c[col] is not None]
-        if values:
-            hists.append(f'<img src="{_histogram(values, title)}" alt="{_esc(title)}">')
-        elif stage:
-            hists.append(f"<p>{_esc(title)}: not scored yet (<code>datakit {stage}</code>).</p>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>datakit report</title>
-<style>{CSS}</style></head><body>
-<h1>datakit report: {_esc(subject)}</h1>
-<p>workspace <code>{_esc(ws.root)}</code>, written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>
-<h2>Counts</h2>{_summary(ws, clips)}
-<h2>Distributions</h2><div class=grid>{''.join(hists)}</div>
-<h2>Clips at aesthetic quantiles</h2><p>Frames at 10, 50 and 90 % of each clip.</p><div class=grid>{_contact_sheet(clips)}</div>
-<h2>Caption samples</h2>{_captions(clips)}
-<h2>Recipes over the whole manifest</h2>{_recipes(ws)}
-</body></html>"""
+        if values or stage:
+            histograms.append({"title": title, "stage": stage, "png": _histogram(values, title) if values else None})
+    page = render({
+        "subject": subject, "workspace": str(ws.root), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "counts": _counts(ws, clips), "histograms": histograms, "cards": _cards(clips),
+        "captions": _captions(clips), "recipes": _recipes(ws), "extra_sections": extra_sections or [],
+    })  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())

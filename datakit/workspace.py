@@ -436,6 +436,8 @@ class Workspace:
     @contextlib.contextmanager
     def lock(self, name: str, *, wait: bool = True, shared: bool = False, on_wait=None) -> Iterator[None]:
         """Inter-process lock on `locks/<name>.lock` (released if the process dies)."""
+        # Our own flock, not the `filelock` package: its FileLock is exclusive only and its
+        # ReadWriteLock is an SQLite transaction; we need shared and exclusive holds of one file.
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX

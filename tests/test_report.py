@@ -104,3 +104,16 @@ def test_report_of_a_set_covers_its_rows_only(reported, tmp_path):
     n = len(ws.sql("SELECT * FROM clips WHERE aesthetic >= 5"))
     assert f"set top@v1 ({n} rows)" in text and f"<td>aesthetic scored</td><td>{n}</td>" in text
     assert "<td>aesthetic scored</td><td>7</td>" in write_report(ws, tmp_path / "all.html").read_text()
+
+
+def test_the_page_is_a_template_that_escapes_every_value_and_takes_extra_sections(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    curated_manifest(ws)
+    write_scores(ws, {"good": {**GOOD, "caption": "<script>alert(1)</script> & more"}}, key="xss")
+    extra = [{"title": "Training <run>", "links": [{"href": "loss.png", "text": "loss curve"}],
+              "headers": ["clip", "loss"], "rows": [["good", 0.5], ["<b>x</b>", None]]}]  # fmt: skip
+    page = write_report(ws, tmp_path / "r.html", extra_sections=extra).read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert "<h2>Training &lt;run&gt;</h2>" in page and '<a href="loss.png">loss curve</a>' in page
+    assert "<td>0.500</td>" in page and "<td>&lt;b&gt;x&lt;/b&gt;</td>" in page
+    assert (Path(__file__).parents[1] / "datakit" / "templates" / "report.html.j2").is_file()

@@ -246,6 +246,10 @@ class DownloadStage(Stage):
     # ----------------------------------------------------------------------------- retries
     def _with_retries(self, attempt, prev: int) -> dict:
         """Run attempts until success, a permanent failure, or this run's budget is spent."""
+        # Our own loop, not urllib3's Retry: an attempt is an HTTP range request or a yt-dlp run, the
+        # budget spans runs (attempts are stored per row), a long Retry-After defers the row to a later
+        # run, and Retry sleeps with time.sleep, jitters with `random` and dates Retry-After by
+        # time.time(): the injected clock and rng that make the tests exact would be lost.
         budget = min(self.max_retries, self.max_attempts_total - prev)
         if budget <= 0:
             return {
