@@ -47,6 +47,8 @@ from manifests.schema import SCHEMA_VERSION, VIEWS, WRITTEN_COLUMN, arrow_schema
 DEFAULT_WORKSPACE = "workspace"
 INIT_PART = "part-0000000000000000000-init.parquet"
 COMPACT_TAG = "-compact-"
+COMPACT_MEMORY = "1GB"  # DuckDB's limit while compacting (it spills to <workspace>/tmp beyond it)
+COMPACT_BATCH_ROWS = 100_000
 _READERS_LOCK = "readers"
 CATALOG_PATHS = "relative"  # manifest.duckdb's globs are relative to the workspace (build_catalog)
 # User SQL (`datakit query`) gets a connection that can install or load no extension; the views'
@@ -386,24 +388,42 @@ class Workspace:
             if len(parts) <= 1:
                 self._delete_replaced(table)
                 return sum(pq.read_metadata(p).num_rows for p in parts)
-            con = duckdb.connect(":memory:")
-            try:
-                data = con.sql(
-                    f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(schema.tables()[table].key)} "
-                    f"ORDER BY {WRITTEN_COLUMN}"
-                ).to_arrow_table()
-            except duckdb.Error as exc:
-                self._raise_if_damaged(parts, exc)
-                raise
-            finally:
-                con.close()
             # Named after the newest part it replaces, so it sorts after every part it replaces and
             # before every later one (names sort by write time; digits sort before "compact").
             newest = parts[-1].name.split("-")[1]
             out = self.table_dir(table) / f"part-{newest}{COMPACT_TAG}{uuid.uuid4().hex[:8]}.parquet"
-            atomic_write_parquet(out, data.select(arrow_schema(table).names).cast(arrow_schema(table)))
+            rows = self._write_latest(table, parts, out)
             self._delete_replaced(table)
-            return data.num_rows
+            return rows
+
+    def _write_latest(self, table: str, parts: list[Path], out: Path) -> int:
+        """Stream the newest row per key of `parts` into `out` (atomic) in bounded memory: DuckDB
+        spills its sort to <workspace>/tmp beyond COMPACT_MEMORY, and batches go to the writer one
+        at a time (a 10M-row table never sits in memory whole)."""
+        spill = self.root / "tmp"
+        spill.mkdir(exist_ok=True)
+        con = duckdb.connect(":memory:", config={"memory_limit": COMPACT_MEMORY, "temp_directory": str(spill)})
+        target = arrow_schema(table)
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+        rows = 0
+        try:
+            reader = con.execute(
+                f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(schema.tables()[table].key)} "
+                f"ORDER BY {WRITTEN_COLUMN}"
+            ).to_arrow_reader(COMPACT_BATCH_ROWS)
+            with pq.ParquetWriter(tmp, target, compression="zstd") as writer:
+                for batch in reader:
+                    chunk = pa.Table.from_batches([batch]).select(target.names).cast(target)
+                    writer.write_table(chunk)
+                    rows += chunk.num_rows
+            _fsync_and_rename(tmp, out)
+        except duckdb.Error as exc:
+            self._raise_if_damaged(parts, exc)
+            raise
+        finally:
+            con.close()
+            tmp.unlink(missing_ok=True)
+        return rows
 
     def _delete_replaced(self, table: str) -> int:
         """Delete parts merged into a compacted part, unless a reader may still read them."""
