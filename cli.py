@@ -21,6 +21,7 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "sample": ("models.sample_cli", "sample", "Text to video with an STDiT checkpoint, a VAE and a T5 encoder."),
     "train": ("training.cli", "train", "Train STDiT on a curated set or a SQL selection (image, video or hq stage)."),
     "demo": ("demo.run", "demo", "End-to-end demo on generated sample videos."),
+    "export-ckpt": ("models.export_ckpt", "export_ckpt", "Write a checkpoint of ours as Open-Sora 1.0's .pth (EMA weights by default)."),
 }
 
 

@@ -312,8 +312,16 @@ def sets_command(workspace: Path, as_json: bool) -> None:
 @app.command()
 @click.argument("name")
 @click.option("--format", "-f", "fmt", default="opensora", show_default=True,
-              help="opensora (CSV/Parquet table) or webdataset (tar shards).")  # fmt: skip
-@click.option("--output", type=click.Path(path_type=Path), help="opensora: a .csv or .parquet file; webdataset: a folder.")
+              type=click.Choice(["opensora", "opensora-v1.0", "webdataset"]),
+              help="opensora: Open-Sora 1.1+ table (CSV/Parquet); opensora-v1.0: header-less path,text,num_frames CSV; "
+                   "webdataset: tar shards.")  # fmt: skip
+@click.option("--output", type=click.Path(path_type=Path),
+              help="opensora: a .csv or .parquet file; opensora-v1.0: a .csv; webdataset: a folder.")  # fmt: skip
+@click.option("--root", type=click.Path(path_type=Path), help="Write paths relative to this folder (Open-Sora's root).")
+@click.option("--allow-empty", is_flag=True, help="Write an empty export instead of failing when no row has a file and a caption.")
+@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+              help="Image files made for image sets (a video row's chosen frame) and resized images.")  # fmt: skip
+@click.option("--tokenizer", help="T5 tokenizer (name or folder) for text_len (default: DeepFloyd/t5-v1_1-xxl if cached).")
 @click.option("--cut/--no-cut", default=True, show_default=True,
               help="Cut the set's clips that have no clip file yet (both formats need files).")  # fmt: skip
 @click.option("--short-side", type=int, help="Short side of newly cut clips (default: the source's).")
@@ -323,7 +331,8 @@ def sets_command(workspace: Path, as_json: bool) -> None:
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Cut workers.")
 @workspace_option
 @json_option()
-def export(name: str, fmt: str, output: Path | None, cut: bool, short_side: int | None, fps: float | None,
+def export(name: str, fmt: str, output: Path | None, root: Path | None, allow_empty: bool, image_format: str,
+           tokenizer: str | None, cut: bool, short_side: int | None, fps: float | None,
            shard_mb: float, workers: int, workspace: Path, as_json: bool) -> None:  # fmt: skip
     """Export a curated set for training: Open-Sora's table or WebDataset shards (cutting clips first).
 
@@ -334,12 +343,23 @@ def export(name: str, fmt: str, output: Path | None, cut: bool, short_side: int 
     ws = _open(workspace, create=False)
     cut_options = {k: v for k, v in (("short_side", short_side), ("fps", fps)) if v is not None}
     result = export_set(ws, name, fmt, output, cut=cut, cut_options=cut_options, workers=workers,
-                        shard_bytes=int(shard_mb * 1e6))  # fmt: skip
+                        shard_bytes=int(shard_mb * 1e6), root=root, allow_empty=allow_empty,
+                        image_format=image_format, tokenizer=tokenizer)  # fmt: skip
     if as_json:
-        echo_json({"target": str(result.target), "rows": result.rows, "files": [str(f) for f in result.files],
-                   "left_out": dict(result.left_out)})  # fmt: skip
+        echo_json(result.as_dict())
         return
     click.echo(result.summary())
+
+
+@app.command("attach-sql")
+@workspace_option
+def attach_sql(workspace: Path) -> None:
+    """Print the SQL a plain DuckDB client runs first to read this workspace's views from any folder.
+
+    The views in manifest.duckdb use paths relative to the workspace, so a moved or copied workspace
+    reads its own files: `cd WS && duckdb manifest.duckdb` needs nothing, elsewhere paste these lines.
+    """
+    click.echo(_open(workspace, create=False).attach_sql())
 
 
 @app.command()

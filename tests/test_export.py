@@ -244,3 +244,24 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_cli_export_errors_are_one_line_and_json_summarises(ws, tmp_path):
+    from tests.conftest import PYTHON, cli_env
+
+    def datakit(*args: str) -> subprocess.CompletedProcess:
+        cmd = [PYTHON, str(ROOT / "cli.py"), "datakit", "export", *args, "-w", str(ws.root)]
+        return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True)
+
+    (tmp_path / "file").write_text("x")
+    for args in (["video", "--output", str(tmp_path / "file" / "t.csv")],
+                 ["video", "--format", "webdataset", "--output", "/proc/self/x"],
+                 ["nothing-here"]):  # fmt: skip
+        bad = datakit(*args)
+        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    select(ws, "empty", "SELECT clip_id FROM clips WHERE false")
+    assert "--allow-empty" in datakit("empty").stderr
+    ok = datakit("video", "--format", "opensora-v1.0", "--output", str(tmp_path / "v.csv"), "--root", str(ws.root), "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["rows"] == len(load_v10(tmp_path / "v.csv", root=ws.root)) > 0

@@ -64,3 +64,16 @@ def test_an_old_absolute_catalog_is_rebuilt_once(tmp_path):
     ws.meta_path.write_text(__import__("json").dumps(meta))
     Workspace(tmp_path / "ws", create=False)
     assert ws.read_meta()["catalog"] == "relative"
+
+
+def test_datakit_attach_sql_prints_lines_a_plain_client_runs(tmp_path, monkeypatch):
+    from tests.conftest import PYTHON, ROOT, cli_env
+
+    ws = Workspace(tmp_path / "ws")
+    sources(ws, 2)
+    out = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", "attach-sql", "-w", str(ws.root)],
+                         env=cli_env(), capture_output=True, text=True, check=True).stdout  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with duckdb.connect() as con:
+        con.execute(out)
+        assert count(con) == 2
