@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -368,14 +369,17 @@ class VideoIds:
         fast = pc.and_(pc.match_substring_regex(urls, _PLAIN_URL),
                        pc.or_(pc.invert(youtube), pc.match_substring_regex(urls, _YOUTUBE_WATCH)))  # fmt: skip
         fast = pc.fill_null(fast, False)
-        values = urls.to_pylist()
         blake = hashlib.blake2b
-        ids = [blake(u.encode(), digest_size=8).hexdigest() if f else None
-               for u, f in zip(values, fast.to_pylist(), strict=True)]  # fmt: skip
-        shown = [u if f else None for u, f in zip(values, fast.to_pylist(), strict=True)]
+        slow = pc.indices_nonzero(pc.invert(fast)).to_pylist()
+        if not slow:  # the common case: every URL hashed as it is
+            ids = [blake(u.encode(), digest_size=8).hexdigest() for u in urls.to_pylist()]
+            return pa.array(ids, pa.string()), pa.nulls(len(urls), pa.string()), urls, []
+        values = urls.to_pylist()
+        flags = fast.to_pylist()
+        ids = [blake(u.encode(), digest_size=8).hexdigest() if f else None for u, f in zip(values, flags, strict=True)]
+        shown = [u if f else None for u, f in zip(values, flags, strict=True)]
         errors: list[str | None] = [None] * len(values)
         rows: list[dict] = []
-        slow = pc.indices_nonzero(pc.invert(fast)).to_pylist()
         remote_list = pc.fill_null(remote, False).to_pylist()
         for i in slow:
             u = values[i]
@@ -423,6 +427,9 @@ class VideoIds:
 
 
 # ----------------------------------------------------------------------------------- writing
+_REPEATED_COLUMNS = {"status", "error", "source_kind", "import_key", "import_run", "name", "model_key", "scale"}
+
+
 def _chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
     """Record batches regrouped into tables of about `rows` rows (several batches: DuckDB scans them in parallel)."""
     pending: list[pa.RecordBatch] = []
@@ -457,11 +464,19 @@ def write_arrow(ws, table: str, data: pa.Table) -> None:
         data = data.select(schema.names).cast(schema)
         path = ws.table_dir(table) / f"part-{now:019d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        pq.write_table(data, tmp, compression="zstd", compression_level=1)  # fast: imports write a lot
+        # Fast settings (imports write a lot): zstd level 1, dictionaries only for repetitive columns.
+        repeats = [c for c in data.column_names if c in _REPEATED_COLUMNS]
+        pq.write_table(data, tmp, compression="zstd", compression_level=1, use_dictionary=repeats)
         _fsync_and_rename(tmp, path)
 
 
-def _batch_tables(con, parse_sql: str, import_key: str, import_run: str, scores: list[str]) -> dict[str, pa.Table]:
+def _write_chunk(ws, out: dict[str, pa.Table]) -> None:
+    for table in ("sources", "given_spans", "given_scores"):
+        if table in out:
+            write_arrow(ws, table, out[table])
+
+
+def _batch_tables(con, b: pa.Table, parse_sql: str, import_key: str, import_run: str, scores: list[str]) -> dict[str, pa.Table]:
     """given_spans, given_scores and URL sources rows of the batch registered as `b`."""
     err = f"'error:{import_key}:' || table_row"
     checked = f"""
@@ -486,7 +501,7 @@ def _batch_tables(con, parse_sql: str, import_key: str, import_run: str, scores:
     """).to_arrow_table()  # fmt: skip
     con.register("g", rows)
     out = {"given_spans": rows.drop_columns(scores) if scores else rows}
-    out["sources"] = _url_sources(con.sql("SELECT __vid, __src FROM b").to_arrow_table(), rows)
+    out["sources"] = _url_sources(b.select(["__vid", "__src"]), rows)
     if scores:
         scale = "CASE name " + " ".join(f"WHEN '{k}' THEN '{v.replace(chr(39), chr(39) * 2)}'" for k, v in SCALES.items())
         union = " UNION ALL ".join(
@@ -569,6 +584,7 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
     scores = sorted(f for f in mapping if f.startswith("score."))
     parse_sql = None
     con = duckdb.connect()
+    writer, writing = ThreadPoolExecutor(1, thread_name_prefix="datakit-import-write"), None
     with ws.lock("stage-ingest"):
         try:
             for batch in _chunks(batches, batch_rows):
@@ -584,7 +600,7 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
                 b = b.append_column("__vid", vids).append_column("__verr", verrs).append_column("__src", shown)
                 con.register("b", b)
                 parse_sql = parse_sql or batch_sql(fmt, mapping, batch.schema)
-                out = _batch_tables(con, parse_sql, import_key, import_run, scores)
+                out = _batch_tables(con, b, parse_sql, import_key, import_run, scores)
                 con.unregister("b")
                 spans = out["given_spans"]
                 ok = pc.equal(spans.column("status"), "ok")
@@ -597,10 +613,9 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
                     ids.secrets = {}
                 if file_rows:
                     ws.write("sources", file_rows)
-                write_arrow(ws, "sources", out["sources"])
-                write_arrow(ws, "given_spans", spans)
-                if "given_scores" in out:
-                    write_arrow(ws, "given_scores", out["given_scores"])
+                if writing is not None:
+                    writing.result()  # one chunk written in a thread while the next is parsed (bounded)
+                writing = writer.submit(_write_chunk, ws, out)
                 stats.rows += n
                 stats.spans += spans.num_rows - errors.num_rows
                 stats.errors += errors.num_rows
@@ -610,7 +625,10 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
                     stats.error_messages += errors.column("error").slice(0, room).to_pylist()
         except pa.ArrowInvalid as exc:  # a malformed file (ragged CSV...): what was read stays imported
             raise TableImportError(f"{p}: cannot read the table after row {stats.rows}: {exc}") from None
+            if writing is not None:
+                writing.result()
         finally:
+            writer.shutdown(wait=True)
             con.close()
         stats.seconds = time.perf_counter() - t0
         ws.write("imports", [{
