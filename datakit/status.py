@@ -12,6 +12,11 @@ per table instead of once per stage and query.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+import pyarrow.parquet as pq
+
 from datakit.workspace import Workspace
 
 COLUMNS = ("stage", "table", "model_key", "ok", "pending", "retry", "error")
@@ -27,8 +32,12 @@ def _keyed(table) -> bool:
     return {"model_key", "clip_id"} <= names
 
 
-def status_sql(defaults: bool = False) -> tuple[str, list[tuple[str, str, bool]]]:
-    """The one query (rows: stage, model_key, kind, n) and the stages it covers: (name, table, keyed)."""
+def status_sql(defaults: bool = False, has_rows: Callable[[str], bool] = lambda table: True) -> tuple[str, list[tuple[str, str, bool]]]:
+    """The one query (rows: stage, model_key, kind, n) and the stages it covers: (name, table, keyed).
+
+    A model-keyed stage whose marker table `has_rows` not (never run) costs nothing unless
+    `defaults`: its items are counted only for a key that was run.
+    """
     from datakit.registry import stages, tables
 
     declared = tables()
@@ -42,6 +51,8 @@ def status_sql(defaults: bool = False) -> tuple[str, list[tuple[str, str, bool]]
         if not keyed:
             parts.append(f"SELECT {n}, NULL, status, count(*) FROM _latest_{marker} GROUP BY ALL")
             parts.append(f"SELECT {n}, NULL, '#pending', count(*) FROM ({stage.pending_sql()})")
+            continue
+        if not (defaults or has_rows(marker)):
             continue
         items = stage.items_sql()
         parts.append(f"SELECT {n}, model_key, status, count(*) FROM _latest_{marker} GROUP BY ALL")
@@ -59,11 +70,25 @@ def status_sql(defaults: bool = False) -> tuple[str, list[tuple[str, str, bool]]
     return "\nUNION ALL ".join(parts), covered
 
 
+def _rows_on_disk(ws: Workspace, table: str) -> int:
+    """Rows in a table's live parts, from the Parquet footers (no data read)."""
+    return sum(pq.read_metadata(p).num_rows for p in ws.live_parts(table))
+
+
 def status_rows(ws: Workspace, *, defaults: bool = False) -> list[dict]:
     """Rows of COLUMNS, in run order: ingest, each stage (one row per model key run), clips."""
-    sql, covered = status_sql(defaults)
+    sql, covered = status_sql(defaults, lambda table: _rows_on_disk(ws, table) > 0)
+
+    def query(con) -> list[tuple]:
+        # Every branch that reads `clips` (a join of many tables) shares one evaluation of it,
+        # restricted to the columns the branches name.
+        names = [d[0] for d in con.execute("SELECT * FROM clips LIMIT 0").description]
+        used = [c for c in names if re.search(rf"\b{re.escape(c)}\b", sql)] or names[:1]
+        shared = f"WITH clips AS MATERIALIZED (SELECT {', '.join(used)} FROM temp.main.clips) "
+        return con.execute(shared + sql).fetchall()
+
     counts: dict[tuple[str, str | None], dict[str, int]] = {}
-    for stage, key, kind, n in ws.read(lambda con: con.execute(sql).fetchall()):
+    for stage, key, kind, n in ws.read(query):
         counts.setdefault((stage, key), {})[kind] = n
     out = []
 
