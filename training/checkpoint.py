@@ -4,7 +4,8 @@
     model.safetensors   fp32 weights (gathered ZeRO master weights)    } what `load_pretrained`
     ema.safetensors     fp32 EMA weights                               } and `sample` read
     config.json         STDiT constructor args
-    optimizer.bin       optimizer state (through the Booster)
+    optimizer/          optimizer state through the Booster, sharded (index + files of at most
+                        `train.optim_shard_mb`; older checkpoints: one optimizer.bin)
     scheduler.bin       LR scheduler state (through the Booster)
     trainer_state.json  step, epoch, data position, counters
     rng/rank-<r>.pt     each rank's torch / numpy / python RNG states
@@ -14,11 +15,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from .dist import DistContext, barrier, broadcast_object
 LATEST = "latest"
 ROOT_LINKS = ("model.safetensors", "ema.safetensors", "config.json")
 STATE_FILE = "trainer_state.json"
+OPTIMIZER_DIR = "optimizer"
 
 
 def step_dir_name(step: int) -> str:
@@ -100,6 +104,7 @@ def save_checkpoint(
     stdit_args: dict[str, Any],
     state: dict[str, Any],
     keep_last: int,
+    optim_shard_mb: int = 1024,
 ) -> Path:
     """Every rank calls this (the optimizer save is collective under ZeRO). Returns the folder."""
     from models.checkpoint import save_weights
@@ -110,7 +115,9 @@ def save_checkpoint(
     if ctx.is_main:
         (tmp / "rng").mkdir(parents=True)
     barrier(ctx)
-    booster.save_optimizer(optimizer, str(tmp / "optimizer.bin"))
+    # sharded: rank 0 writes the gathered state one file at a time (at most optim_shard_mb held)
+    # instead of building the whole Adam state in memory first
+    booster.save_optimizer(optimizer, str(tmp / OPTIMIZER_DIR), shard=True, size_per_shard=optim_shard_mb)
     booster.save_lr_scheduler(scheduler, str(tmp / "scheduler.bin"))
     torch.save(rng_state(), tmp / "rng" / f"rank-{ctx.rank}.pt")
     if ctx.is_main:
@@ -150,6 +157,28 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         return link.resolve()
     done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
     return done[-1] if done else None
+
+
+def optimizer_path(ckpt: Path) -> Path:
+    """The sharded optimizer folder, or the single file of checkpoints written before it."""
+    legacy = Path(ckpt) / "optimizer.bin"
+    return legacy if legacy.is_file() else Path(ckpt) / OPTIMIZER_DIR
+
+
+def load_optimizer(booster: Any, optimizer: Any, ckpt: Path) -> None:
+    """Load the optimizer state through the Booster (sharded folder or a legacy single file)."""
+    from colossalai.accelerator import CpuAccelerator, get_accelerator
+
+    accelerator = get_accelerator()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())  # the Booster's torch.load of its files warns
+        warnings.simplefilter("ignore", FutureWarning)
+        if isinstance(accelerator, CpuAccelerator):
+            # 0.5.0's sharded loader ends with accelerator.synchronize(), which the CPU accelerator
+            # refuses; on a CPU there is nothing to wait for
+            accelerator.synchronize = lambda *args, **kwargs: None  # an instance attribute, removed after
+            stack.callback(vars(accelerator).pop, "synchronize", None)
+        booster.load_optimizer(optimizer, str(optimizer_path(ckpt)))
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:

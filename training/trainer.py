@@ -20,7 +20,6 @@ import hashlib
 import logging
 import math
 import random
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from .dist import DistContext, all_mean, all_true, barrier
 from .errors import RunError
 from .metrics import MetricsWriter
 from .sampler import BucketBatchSampler
-from .weights import EMA, WeightView
+from .weights import WeightView, fp32_snapshot, grads_finite, start_from
 
 log = logging.getLogger("training")
 MAX_CLIP_WARNINGS = 20  # clips that fail to decode are logged up to this many per launch, then counted
@@ -55,6 +54,8 @@ class TrainState:
     position: int = 0  # sampler steps consumed in this epoch (including skipped ones)
     failed_clips: int = 0  # clips that could not be decoded, summed over ranks
     skipped_steps: int = 0  # steps where some rank had no decodable clip
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    nonfinite_in_a_row: int = 0
 
 
 def step_seed(*parts: int) -> int:
@@ -109,6 +110,19 @@ def import_colossalai() -> tuple[Any, Any, Any]:
     return Booster, LowLevelZeroPlugin, TorchDDPPlugin
 
 
+def hybrid_adam_unavailable(err: BaseException) -> str:
+    """One line: why HybridAdam failed, whether nvcc and ninja (which build its kernels) are here."""
+    import shutil
+
+    tools = ", ".join(f"{t} {'found' if shutil.which(t) else 'NOT found'}" for t in ("nvcc", "ninja"))
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return (
+        f"HybridAdam is unavailable here ({type(err).__name__}: {first}); ColossalAI builds its kernels "
+        f"on first use with nvcc and ninja ({tools}; CUDA {'available' if torch.cuda.is_available() else 'absent'}). "
+        "Install the CUDA toolkit and ninja, or use optim.name=adamw"
+    )
+
+
 def make_booster(cfg: RunConfig, models: Models) -> tuple[Any, Any, Any, Any]:
     """(booster, model, optimizer, scheduler) for the configured plugin and optimizer."""
     Booster, LowLevelZeroPlugin, TorchDDPPlugin = import_colossalai()
@@ -122,10 +136,7 @@ def make_booster(cfg: RunConfig, models: Models) -> tuple[Any, Any, Any, Any]:
         try:
             optimizer = HybridAdam(params, adamw_mode=True, **kwargs)
         except Exception as err:  # its kernels are built on first use (CUDA: nvcc and ninja)
-            raise RunError(
-                f"HybridAdam is unavailable here ({type(err).__name__}: {err}); ColossalAI builds its "
-                "kernels on first use and needs nvcc and ninja for that. Use optim.name=adamw instead."
-            ) from err
+            raise RunError(hybrid_adam_unavailable(err)) from err
     else:
         fused = all(p.is_cuda for p in params)  # torch's fused CUDA AdamW kernel when on GPU
         optimizer = torch.optim.AdamW(params, fused=fused or None, **kwargs)
@@ -206,9 +217,11 @@ class Trainer:
                 log.warning("no features for clip %s: %s", clip_id, why)
             log.info("reading the feature cache: one centred window per clip, no flips, no VAE/T5 in the step")
 
+        fp32 = fp32_snapshot(self.models.stdit) if self.zero else None  # before boosting casts to bf16
         self.booster, self.model, self.optimizer, self.scheduler = make_booster(cfg, self.models)
         self.weights = WeightView(self.models.stdit, self.optimizer, zero=self.zero)
-        self.ema = EMA(self.weights.shards())
+        self.ema = start_from(self.weights, fp32 if fp32 is not None else fp32_snapshot(self.models.stdit))
+        del fp32
         self.state = TrainState()
         self.last_ckpt: Path | None = None
         self.first_error: str | None = None  # the first clip that failed to decode in this launch
@@ -234,15 +247,16 @@ class Trainer:
             if name in weights:
                 buffer.copy_(weights[name])
         self.ema.load_full(ckpt_io.load_weights(ckpt, "ema"), self.weights)
+        ckpt_io.load_optimizer(self.booster, self.optimizer, ckpt)
         with warnings.catch_warnings():  # the Booster's torch.load of its own files warns about pickles
             warnings.simplefilter("ignore", FutureWarning)
-            self.booster.load_optimizer(self.optimizer, str(ckpt / "optimizer.bin"))
             self.booster.load_lr_scheduler(self.scheduler, str(ckpt / "scheduler.bin"))
         rng = ckpt_io.load_rng(ckpt, self.ctx.rank)
         if rng is not None:
             ckpt_io.set_rng_state(rng)
-        fields = ("step", "epoch", "position", "failed_clips", "skipped_steps")
-        self.state = TrainState(**{k: saved[k] for k in fields})
+        fields = ("step", "epoch", "position", "failed_clips", "skipped_steps", "nonfinite_steps",
+                  "nonfinite_in_a_row")  # fmt: skip
+        self.state = TrainState(**{k: saved.get(k, 0) for k in fields})
         self.last_ckpt = ckpt
         log.info(
             "resumed from %s (step %d, epoch %d, batch %d of the epoch)",
@@ -263,8 +277,10 @@ class Trainer:
             self.run_dir, s.step, self.ctx, booster=self.booster, optimizer=self.optimizer,
             scheduler=self.scheduler, model_weights={**model_full, **buffers}, ema_weights={**ema_full, **buffers},
             stdit_args=self.models.stdit_args, keep_last=self.cfg.train.keep_last,
+            optim_shard_mb=self.cfg.train.optim_shard_mb,
             state={"epoch": s.epoch, "position": s.position, "failed_clips": s.failed_clips,
-                   "skipped_steps": s.skipped_steps},
+                   "skipped_steps": s.skipped_steps, "nonfinite_steps": s.nonfinite_steps,
+                   "nonfinite_in_a_row": s.nonfinite_in_a_row},
         )  # fmt: skip
         log.info("checkpoint %s", self.last_ckpt)
         return self.last_ckpt
@@ -289,8 +305,9 @@ class Trainer:
         text = self.models.text_encoder.encode(batch["caption"])
         return x0, {"y": text["y"], "mask": text["mask"]}
 
-    def train_step(self, batch: dict[str, Any]) -> tuple[float, float, float]:
-        """One optimizer step. Returns (loss, grad norm, lr used)."""
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, float, float] | None:
+        """One optimizer step. Returns (loss, grad norm, lr used), or None when a non-finite loss
+        or gradient (on any rank) made every rank skip it; checked before the optimizer steps."""
         c, dev = self.cfg, self.ctx.device
         gen = torch.Generator(dev).manual_seed(step_seed(c.train.seed, self.state.step, self.ctx.rank))
         x0, cond = self.encode(batch, gen)
@@ -305,22 +322,40 @@ class Trainer:
             )
         loss = terms["loss"].mean()
         if not all_true(bool(torch.isfinite(loss)), self.ctx):
-            raise RunError(self._nonfinite("loss", loss.item()))
+            return self._skip("loss", loss.item())
         lr = self.scheduler.get_last_lr()[0]
         self.booster.backward(loss, self.optimizer)
         if self.zero:  # ZeRO clips inside step() (plugin max_norm) and reports the norm after it
+            if not all_true(grads_finite(self.optimizer), self.ctx):
+                self.optimizer.zero_grad()
+                return self._skip("gradient", math.nan)
             self.optimizer.step()
             grad_norm = float(self.optimizer.get_grad_norm())
         else:
             max_norm = c.optim.grad_clip if c.optim.grad_clip > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.models.stdit.parameters(), max_norm))
-            if not math.isfinite(grad_norm):
-                raise RunError(self._nonfinite("gradient norm", grad_norm))
+            if not all_true(math.isfinite(grad_norm), self.ctx):
+                self.optimizer.zero_grad()
+                return self._skip("gradient norm", grad_norm)
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad()
         self.ema.update(self.weights.shards(), c.train.ema_decay)
+        self.state.nonfinite_in_a_row = 0
         return loss.item(), grad_norm, lr
+
+    def _skip(self, what: str, value: float) -> None:
+        """A non-finite step: nothing is applied; `train.max_nonfinite` of them in a row stop the run."""
+        s, limit = self.state, self.cfg.train.max_nonfinite
+        s.nonfinite_steps += 1
+        s.nonfinite_in_a_row += 1
+        if s.nonfinite_in_a_row >= limit:
+            raise RunError(self._nonfinite(what, value))
+        log.warning(
+            "non-finite %s (%s) at step %d: step skipped (%d in a row; the run stops at %d, train.max_nonfinite)",
+            what, value, s.step + 1, s.nonfinite_in_a_row, limit,
+        )  # fmt: skip
+        return None
 
     def write_samples(self) -> None:
         """mp4 samples of `train.sample_prompts` from the current weights (rank 0; the global RNG
@@ -348,9 +383,11 @@ class Trainer:
             if self.last_ckpt
             else "no checkpoint was written yet"
         )
+        n = self.state.nonfinite_in_a_row
         return (
-            f"non-finite {what} ({value}) at step {self.state.step + 1}: stopping; {kept}. "
-            f"Lower optim.lr, check the data, or resume from that checkpoint."
+            f"non-finite {what} ({value}) at step {self.state.step + 1}: stopping after {n} non-finite "
+            f"step(s) in a row (train.max_nonfinite); {kept}. Lower optim.lr, check the data, or resume "
+            f"from that checkpoint."
         )
 
     @torch.no_grad()
@@ -399,12 +436,12 @@ class Trainer:
         )
 
     def fit(self) -> Path:
-        from tqdm import tqdm
+        from datakit.progress import Progress
 
         c, s, ctx = self.cfg, self.state, self.ctx
         total = c.train.max_steps or (c.train.epochs or 1) * self.sampler.steps_per_epoch()
-        bar = tqdm(total=total, initial=s.step, disable=not (ctx.is_main and c.train.progress),
-                   dynamic_ncols=True, file=sys.stderr, desc=f"train {c.stage}")  # fmt: skip
+        bar = Progress(f"train {c.stage}", total, initial=s.step, unit="steps",
+                       enabled=ctx.is_main and c.train.progress).__enter__()  # rich on a TTY, plain lines off it
         self.models.stdit.train()
         saved_at = s.step if self.last_ckpt else None
         in_a_row = warned = 0  # steps in a row with no decodable clip; skipped clips logged
@@ -430,7 +467,10 @@ class Trainer:
                     continue
                 in_a_row, used = 0, used + 1
                 tick = time.perf_counter()
-                loss, grad_norm, lr = self.train_step(batch)
+                result = self.train_step(batch)
+                if result is None:  # non-finite: skipped on every rank, logged
+                    continue
+                loss, grad_norm, lr = result
                 elapsed = time.perf_counter() - tick + wait
                 loss, n, wait, elapsed, failed = all_mean(
                     [loss, len(batch["caption"]), wait, elapsed, len(batch["failed"])], ctx
@@ -441,13 +481,13 @@ class Trainer:
                     "step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                     "samples_per_s": n * ctx.world_size / elapsed, "data_wait": wait / elapsed,
                     "step_time": elapsed, "bucket": batch["bucket"], "failed_clips": s.failed_clips,
+                    "nonfinite_steps": s.nonfinite_steps,
                 }  # fmt: skip
                 if s.step % c.train.val_every == 0 or self.done():
                     record["val_loss"] = self.validate()
                 if self.metrics:
                     self.metrics.write(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                bar.advance(loss=f"{loss:.4f}")
                 if c.train.sample_every and s.step % c.train.sample_every == 0:
                     self.write_samples()
                 if s.step % c.train.ckpt_every == 0 or self.done():

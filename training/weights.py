@@ -5,7 +5,8 @@ parameters are bf16 working copies and the fp32 master weights live in the optim
 across ranks as flat, padded shards. `WeightView` hides the difference: `shards()` gives this
 rank's fp32 tensors (whole parameters under DDP), `gather()` reassembles full tensors for a
 checkpoint (a collective under ZeRO), `load_full()` puts full fp32 tensors back (resume).
-The EMA (fp32, as Open-Sora) is kept shard by shard from the master weights.
+The EMA (fp32, as Open-Sora) is kept shard by shard from the master weights; it starts from the
+fp32 weights taken before boosting (`fp32_snapshot`), not from masters made of bf16 copies.
 """
 
 from __future__ import annotations
@@ -66,11 +67,42 @@ class WeightView:
                 shards[name].copy_(self.split(name, full[name]).to(shards[name].device, shards[name].dtype))
 
 
+def fp32_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Full fp32 CPU copies of the trainable weights, taken before the Booster casts them to bf16."""
+    return {n: p.detach().float().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def start_from(view: WeightView, fp32: dict[str, torch.Tensor]) -> EMA:
+    """Set the (ZeRO master) weights from the fp32 snapshot and start the EMA from it: under ZeRO
+    the masters were made from the bf16 working copies, which lose the low bits of every weight."""
+    if view.zero:
+        view.load_full(fp32)
+    return EMA.from_full(fp32, view)
+
+
+def grads_finite(optimizer: object) -> bool:
+    """ZeRO-2: whether this rank's reduced gradient slices are all finite, read before `step()`
+    (ColossalAI 0.5.0's bf16 path never checks: it would step on NaN and report the norm after)."""
+    grads = [
+        g
+        for store in optimizer.pg_to_grad_store.values()
+        for group in range(optimizer.num_param_groups)
+        for g in store.get_working_grads_by_group_id(group)
+    ]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 class EMA:
     """fp32 exponential moving average: ema = decay * ema + (1 - decay) * weights, per shard."""
 
     def __init__(self, shards: dict[str, torch.Tensor]):
         self.shadow = {n: t.detach().float().clone() for n, t in shards.items()}
+
+    @classmethod
+    def from_full(cls, full: dict[str, torch.Tensor], view: WeightView) -> EMA:
+        """This rank's EMA shards from full fp32 tensors (laid out as the optimizer shards them)."""
+        shards = view.shards()
+        return cls({n: view.split(n, full[n]).to(shards[n].device, torch.float32) for n in shards})
 
     @torch.no_grad()
     def update(self, shards: dict[str, torch.Tensor], decay: float) -> None:
