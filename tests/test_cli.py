@@ -201,8 +201,8 @@ def test_run_settings_never_reach_the_stage(probed, tmp_path):
 def test_help_names_every_group():
     top = subprocess.run([PYTHON, str(ROOT / "cli.py"), "--help"], env=cli_env(), capture_output=True, text=True)
     commands = top.stdout.split("Commands:")[1]
-    assert [line.split()[0] for line in commands.strip().splitlines() if line[:3].strip()] == [
-        "datakit", "demo", "sample", "train"]  # fmt: skip
+    names = [line.split()[0] for line in commands.strip().splitlines() if line[:3].strip()]
+    assert {"datakit", "demo", "sample", "train"} <= set(names), names
     listed = datakit("--help").stdout.decode()
     for name in ("status", "query", "export", "select", "scenes", "score", "samples"):
         assert f"\n  {name} " in listed, name
