@@ -329,6 +329,8 @@ def export_set(ws: Workspace, spec: str, fmt: str, output: Path | None = None, *
     suffixes = {"opensora": (".csv", ".parquet"), "opensora-v1.0": (".csv",)}.get(fmt)
     if suffixes and target.suffix.lower() not in suffixes:
         raise SetError(f"--output {target}: the {fmt} format writes {' or '.join(suffixes)}")
+    if root is not None and fmt == "webdataset":
+        raise SetError("--root applies to the table formats (opensora, opensora-v1.0), not to webdataset")
     if root is not None and not Path(root).is_dir():
         raise SetError(f"--root {root} is not a folder")
     cut_options = cut_options or {}

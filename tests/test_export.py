@@ -187,6 +187,8 @@ def test_empty_sets_and_bad_outputs_fail_in_one_line(ws, tmp_path):
                           ("opensora-v1.0", tmp_path / "x.parquet", "writes .csv")]:  # fmt: skip
         with pytest.raises(SetError, match=why):
             export_set(ws, "video", fmt, out, progress=False)
+    with pytest.raises(SetError, match="--root applies to the table formats"):
+        export_set(ws, "video", "webdataset", tmp_path / "w", root=tmp_path, progress=False)
     with pytest.raises(SetError, match="not under it"):
         export_set(ws, "video", "opensora", tmp_path / "r.csv", root=tmp_path, progress=False)
 
