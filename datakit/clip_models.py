@@ -143,6 +143,24 @@ def _same_cfg(a: dict, b: dict) -> bool:
     return norm(a) == norm(b)
 
 
+@torch.no_grad()
+def in_fixed_calls(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """fn over the rows of x in calls of exactly `rows` rows (the last one zero-padded).
+
+    A matrix product's kernel (its blocking and reduction order) depends on the number of rows, so
+    a row's result changes by ~1e-7 with the size of the batch it travels in; at a fixed shape it
+    does not depend on its neighbours or its position. So a clip scores the same bits whichever
+    clips share its batch (a rerun after a kill batches the remaining clips differently).
+    """
+    outs = []
+    for start in range(0, len(x), rows):
+        chunk = x[start : start + rows]
+        if len(chunk) < rows:
+            chunk = torch.cat([chunk, chunk.new_zeros((rows - len(chunk), *chunk.shape[1:]))])
+        outs.append(fn(chunk)[: min(rows, len(x) - start)])
+    return torch.cat(outs) if outs else fn(x)
+
+
 @dataclass
 class Clip:
     model: Any
@@ -155,18 +173,30 @@ class Clip:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed pixels -> (N, D) L2-normalised float32 embeddings (one model call)."""
-        with self._autocast():
-            out = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return nn.functional.normalize(out.float(), dim=-1)
+    def encode_images(self, pixels: torch.Tensor, call_rows: int | None = None) -> torch.Tensor:
+        """(N, 3, S, S) preprocessed pixels -> (N, D) L2-normalised float32 embeddings.
+
+        One model call; with `call_rows`, calls of exactly that many rows (see `in_fixed_calls`).
+        """
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out = self.model.encode_image(x.to(self.device, non_blocking=True))
+            return nn.functional.normalize(out.float(), dim=-1)
+
+        return encode(pixels) if call_rows is None else in_fixed_calls(encode, pixels, call_rows)
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+    def encode_texts(self, texts: list[str], call_rows: int | None = None) -> torch.Tensor:
+        """Texts -> (N, D) L2-normalised float32 embeddings; `call_rows` as in `encode_images`."""
+
+        def encode(tokens: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out = self.model.encode_text(tokens)
+            return nn.functional.normalize(out.float(), dim=-1)
+
         tokens = self.tokenizer(texts).to(self.device)
-        with self._autocast():
-            out = self.model.encode_text(tokens)
-        return nn.functional.normalize(out.float(), dim=-1)
+        return encode(tokens) if call_rows is None else in_fixed_calls(encode, tokens, call_rows)
 
 
 def load_clip(model: str, pretrained: str | None, device: str = "cpu", cache_dir: str | None = None) -> Clip:

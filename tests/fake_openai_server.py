@@ -2,10 +2,13 @@
 
 In a test: `FakeVLM(...).start()` serves /v1/chat/completions, /v1/models, /health and /version
 from a thread, answers with scripted captions, fails chosen requests (429/500/400, with a short
-`retry-after-ms`), can hold the first requests until several are in flight (to prove concurrency)
-and records what it received. As a script it stands in for vLLM's server module:
+`retry-after-ms`), answers chosen requests with a malformed 200 (a truncated body, JSON of the
+wrong shape), can hold the first requests until several are in flight (to prove concurrency) or
+hold every request after the first N (so that a test kills a run mid-way on an event, not a
+timer), and records what it received. As a script it stands in for vLLM's server module:
 `python fake_openai_server.py --model M --port P --served-model-name N ...` (the arguments datakit
-passes), recording its argv, pid and environment to $FAKE_VLLM_RECORD.
+passes), recording its argv, pid and environment to $FAKE_VLLM_RECORD; $FAKE_VLLM_HOLD_AFTER=N makes
+it answer N chat requests, then hold the others until the process ends.
 """
 
 from __future__ import annotations
@@ -20,15 +23,28 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DEFAULT_CAPTIONS = [("The video shows a dog running along a sunny beach.", "stop")]
+# malformed 200 answers, by name: the raw body sent
+MALFORMED = {
+    "truncated": b'{"id": "chatcmpl-0", "object": "chat.completion", "choices": [{"index": 0, "message": {"rol',
+    "not-json": b"<html>502 Bad Gateway</html>",
+    "no-choices": b'{"id": "chatcmpl-0", "object": "chat.completion", "model": "fake-vlm"}',
+    "empty-choices": b'{"id": "chatcmpl-0", "object": "chat.completion", "choices": []}',
+    "choices-not-a-list": b'{"id": "chatcmpl-0", "choices": "a dog"}',
+    "message-not-an-object": b'{"id": "chatcmpl-0", "choices": [{"index": 0, "message": "a dog", "finish_reason": "stop"}]}',
+    "content-not-text": b'{"id": "chatcmpl-0", "choices": [{"index": 0, "message": {"role": "assistant", "content": 7}}]}',
+    "a-list": b'[1, 2, 3]',
+}
 
 
 class FakeVLM:
     def __init__(self, captions: list[tuple[str, str]] | None = None, *, failures: dict[int, int] | None = None,
                  always_fail: int | None = None, hold_first: int = 0, delay_s: float = 0.0, model: str = "fake-vlm",
-                 port: int = 0):  # fmt: skip
+                 port: int = 0, malformed: dict[int, str] | None = None, hold_after: int | None = None):  # fmt: skip
         self.captions = captions or DEFAULT_CAPTIONS
         self.failures = failures or {}  # request number (from 0) -> HTTP status to answer instead
         self.always_fail = always_fail
+        self.malformed = malformed or {}  # request number -> a MALFORMED name to answer with (status 200)
+        self.hold_after = hold_after  # answer this many chat requests, then hold the others forever
         self.delay_s = delay_s
         self.model = model
         self.requests: list[dict] = []  # every chat request received (the JSON body, images decoded)
@@ -53,13 +69,15 @@ class FakeVLM:
         self.server.shutdown()
         self.server.server_close()
 
-    def chat(self, body: dict) -> tuple[int, dict]:
+    def chat(self, body: dict) -> tuple[int, dict | bytes]:
         with self._lock:
             n = len(self.requests)
             self.requests.append(body)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.hold_after is not None and n >= self.hold_after:
+                threading.Event().wait()  # never answered: the run is stopped while it waits
             if self._barrier is not None and n < self._hold_first:
                 self._barrier.wait()  # proves that `hold_first` requests are in flight together
             if self.delay_s:
@@ -67,6 +85,8 @@ class FakeVLM:
             status = self.always_fail or self.failures.get(n)
             if status:
                 return status, {"error": {"message": f"scripted failure {status}", "type": "test"}}
+            if n in self.malformed:
+                return 200, MALFORMED[self.malformed[n]]
             with self._lock:
                 text, finish = self.captions[self._answered % len(self.captions)]
                 self._answered += 1
@@ -95,8 +115,8 @@ def _handler(fake: FakeVLM):
         def log_message(self, *args) -> None:
             pass
 
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
+        def _send(self, status: int, payload: dict | bytes) -> None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -142,7 +162,8 @@ def main() -> None:
         with open(record, "a") as fh:
             fh.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}}) + "\n")
     delay = float(os.environ.get("FAKE_VLLM_DELAY_S", "0"))
-    fake = FakeVLM(model=args.served_model_name, port=args.port, delay_s=delay)
+    hold = os.environ.get("FAKE_VLLM_HOLD_AFTER")
+    fake = FakeVLM(model=args.served_model_name, port=args.port, delay_s=delay, hold_after=int(hold) if hold else None)
     fake.server.serve_forever()
 
 

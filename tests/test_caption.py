@@ -248,6 +248,29 @@ def test_endpoint_failures_become_retry_rows_then_succeed(clips_ws):
     assert {r["status"] for r in rows} == {"ok"} and {r["attempts"] for r in rows} == {2}
 
 
+@pytest.mark.parametrize("kinds", [("truncated", "not-json", "no-choices", "a-list"),
+                                   ("empty-choices", "choices-not-a-list", "message-not-an-object", "content-not-text")])
+def test_malformed_answers_become_retry_rows_and_a_rerun_captions_them(clips_ws, kinds):
+    bad = FakeVLM(malformed=dict(enumerate(kinds))).start()
+    stage = CaptionStage(endpoint=bad.url, model="fake-vlm", frames=2, frame_size=64, concurrency=1)
+    try:
+        stats = run_stage(clips_ws, stage, progress=False)
+    finally:
+        bad.stop()
+    assert stats.statuses == {"retry": 4} and stats.failure() is None
+    rows = _captions(clips_ws)
+    assert all("malformed answer from the endpoint" in r["error"] for r in rows), [r["error"] for r in rows]
+
+    good = FakeVLM(port=int(bad.url.split(":")[2].split("/")[0])).start()
+    try:
+        run_stage(clips_ws, stage, progress=False)
+    finally:
+        good.stop()
+    rows = _captions(clips_ws)
+    assert {r["status"] for r in rows} == {"ok"} and {r["attempts"] for r in rows} == {2}
+    assert len(good.requests) == 4
+
+
 def test_endpoint_rejecting_a_request_costs_only_that_clip(clips_ws):
     fake = FakeVLM(failures={1: 400}).start()
     try:
@@ -325,14 +348,21 @@ def test_vllm_server_is_started_used_and_stopped(clips_ws, tiny_vlm, tmp_path, m
 
 def test_kill_9_stops_the_server_and_a_rerun_resumes(clips_ws, tiny_vlm, tmp_path):
     record = tmp_path / "record.jsonl"
-    env = {**cli_env(), "FAKE_VLLM_RECORD": str(record), "FAKE_VLLM_DELAY_S": "1"}
+    # the server answers one request and holds the rest: the kill lands mid-run whatever the load
+    # (it once slept 1 s per request, and at load 10 all 4 clips were done before the kill)
+    env = {**cli_env(), "FAKE_VLLM_RECORD": str(record), "FAKE_VLLM_HOLD_AFTER": "1"}
     args = [PYTHON, str(ROOT / "cli.py"), "datakit", "caption", "-w", str(clips_ws.root), "--engine", "vllm",
             "--model", str(tiny_vlm), "--vllm-python", str(_stub_vllm_python(tmp_path)), "--frames", "2",
-            "--batch-size", "1", "--commit-every", "1", "--concurrency", "1"]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # one prepare thread: requests reach the server in clip order, so the one answered is the first
+            "--prepare-threads", "1", "--batch-size", "1", "--commit-every", "1", "--concurrency", "1"]  # fmt: skip
+    log = tmp_path / "killed.err"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 120
-    while not _captions(clips_ws) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while not _captions(clips_ws):  # the first answer is committed
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, "no caption committed in 120 s: " + log.read_text()[-2000:]
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     server_pid = json.loads(record.read_text().splitlines()[0])["pid"]
@@ -340,10 +370,9 @@ def test_kill_9_stops_the_server_and_a_rerun_resumes(clips_ws, tiny_vlm, tmp_pat
     while _alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(server_pid), "the server dies with the datakit process that started it"
-    done = len(_captions(clips_ws))
-    assert 1 <= done < 4, proc.stderr.read().decode()[-2000:]
+    assert len(_captions(clips_ws)) == 1, "killed while the second request was held: " + log.read_text()[-2000:]
 
-    rerun = subprocess.run([*args[:-6], "--batch-size", "4", "--concurrency", "4"], env={**env, "FAKE_VLLM_DELAY_S": "0"},
+    rerun = subprocess.run([*args[:-6], "--batch-size", "4", "--concurrency", "4"], env={**env, "FAKE_VLLM_HOLD_AFTER": ""},
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     rows = _captions(clips_ws)

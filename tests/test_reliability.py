@@ -166,3 +166,48 @@ def test_a_stage_run_whose_items_all_end_in_error_exits_non_zero(tmp_path):
     assert "(1 error)" in done.stdout
     (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert "every item of dedup ended in error (1)" in line and "another size than 8" in line
+
+
+# ------------------------------------------------------------------------------- batch-independent scores
+def test_aesthetic_scores_are_bit_identical_whichever_clips_share_a_batch(tmp_path):
+    """A rerun after a kill batches the remaining clips differently: each clip's bits must not change."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from datakit.clip_models import save_tiny_aesthetic_head, save_tiny_clip
+    from datakit.executors import plan
+    from datakit.stage import WorkerContext
+    from datakit.stages.aesthetic import AestheticStage
+    from datakit.stages.scenes import SceneStage
+    from tests.curation_fixtures import small_videos
+
+    media = tmp_path / "media"
+    small_videos(media, 2)  # 4 clips of 3 frames
+    rng = np.random.default_rng(3)
+    for i in range(9):  # 9 images of 1 frame
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(media / f"img{i}.png")
+    ws = Workspace(tmp_path / "ws")
+    ingest(ws, [str(media)])
+    run_stage(ws, ProbeStage(), progress=False)
+    run_stage(ws, SceneStage(), progress=False)
+    config, weights = save_tiny_clip(tmp_path / "tiny")
+    stage = AestheticStage(model=str(config), pretrained=str(weights), batch_size=4,
+                           head=str(save_tiny_aesthetic_head(tmp_path / "tiny" / "head.pth")))  # fmt: skip
+    stage.setup(WorkerContext.for_workspace(ws.root, stage.name))
+    items = [stage.prepare(i) for i in plan(ws, stage)]
+    assert len(items) == 13
+
+    def scored(batches: list[list[dict]]) -> dict[str, tuple]:
+        out = {}
+        for batch in batches:
+            for rows in stage.process_batch(batch):
+                (score,), (emb,) = rows["aesthetic_scores"], rows["clip_embeddings"]
+                out[score["clip_id"]] = (score["aesthetic"], score["frame_scores"], emb["embedding"])
+        return out
+
+    in_order = scored([items[i : i + 4] for i in range(0, 13, 4)])
+    shuffled = random.Random(0).sample(items, len(items))
+    regrouped = scored([shuffled[:1], shuffled[1:4], shuffled[4:6], shuffled[6:10], shuffled[10:]])
+    assert regrouped == in_order  # exact: every float of every clip

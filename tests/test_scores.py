@@ -203,7 +203,7 @@ def test_process_batch_makes_one_model_call_per_batch(tmp_path, tiny, media):
     stage._clip.model.encode_image = lambda x: calls.append(len(x)) or encode(x)
     items = [stage.prepare(i) for i in plan(ws, stage)]
     out = stage.process_batch(items)
-    assert len(out) == 5 and calls == [13]  # 4 video clips x 3 frames + 1 image frame, one call
+    assert len(out) == 5 and calls == [15]  # 4 video clips x 3 frames + 1 image frame, one call padded to 5 x 3
 
 
 @pytest.mark.timeout(300)

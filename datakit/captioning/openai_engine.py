@@ -4,8 +4,10 @@ The `openai` package's async client sends each clip's frames as JPEG data URLs, 
 `concurrency` requests in flight (an asyncio semaphore). Rate limits (429), server errors (5xx),
 timeouts and dropped connections are retried by the client with exponential backoff (honouring
 `Retry-After`) up to `max_retries` times; a request that still fails becomes a `TransientError`,
-so its clip is marked `retry` and a later run tries it again. A rejected request (400: too many
-tokens, an image the server refuses) is an error for that clip only.
+so its clip is marked `retry` and a later run tries it again. So does a malformed answer (a 200
+whose body is truncated, not JSON, or JSON without the text of a chat completion): the server
+misbehaved, not the clip. A rejected request (400: too many tokens, an image the server refuses)
+is an error for that clip only.
 
 The client lives on an event loop in a thread of its own. `submit` sends a request at once and
 returns a future, so the stage can send each clip as soon as its frames are decoded (from its
@@ -91,23 +93,21 @@ class OpenAIEngine:
 
     async def _one(self, frames: list[bytes], prompt: Prompt, sampling: Sampling) -> Generation:
         extra = {"seed": sampling.seed} if sampling.temperature > 0 else {}
+        import openai
+
         async with self._semaphore:
-            response = await self._client.chat.completions.create(
-                model=self.served_model,
-                messages=chat_messages(frames, prompt),
-                max_tokens=sampling.max_tokens,
-                temperature=sampling.temperature,
-                **extra,
-            )
-        if not response.choices:
-            raise ValueError("the endpoint returned no choices")
-        choice, usage = response.choices[0], response.usage
-        return Generation(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason or "stop",
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            output_tokens=usage.completion_tokens if usage else None,
-        )
+            try:
+                response = await self._client.chat.completions.with_raw_response.create(
+                    model=self.served_model,
+                    messages=chat_messages(frames, prompt),
+                    max_tokens=sampling.max_tokens,
+                    temperature=sampling.temperature,
+                    **extra,
+                )
+                body = response.http_response.content
+            except openai.APIResponseValidationError as exc:
+                raise MalformedAnswer(f"{exc}") from None
+        return generation_of(body)
 
     def submit(self, frames: list[bytes], prompt: Prompt, sampling: Sampling) -> Future:
         """Send one clip's request now (it waits for a free slot of `concurrency`); a future of its answer."""
@@ -138,6 +138,40 @@ class OpenAIEngine:
             if task is not current:
                 task.cancel()
         await self._client.close()
+
+
+class MalformedAnswer(TransientError):
+    """A 200 whose body is not a chat completion: retried by a later run, like a 500."""
+
+    def __init__(self, why: str):
+        super().__init__(f"malformed answer from the endpoint: {why}")
+
+
+def generation_of(body: bytes) -> Generation:
+    """The generation in a chat completion's JSON body; MalformedAnswer when it holds none."""
+    import json
+
+    try:
+        data = json.loads(body)
+    except ValueError:  # truncated, not JSON, not UTF-8
+        raise MalformedAnswer(f"not JSON ({len(body)} bytes: {body[:60]!r})") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedAnswer(f"no choices list in {str(data)[:80]!r}")
+    choice = choices[0]
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason") or "stop"
+    if not isinstance(message, dict) or not isinstance(text, str | None) or not isinstance(finish, str):
+        raise MalformedAnswer(f"choice without a text message: {str(choice)[:80]!r}")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+
+    def tokens(key: str) -> int | None:
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return Generation(text=text or "", finish_reason=finish, prompt_tokens=tokens("prompt_tokens"),
+                      output_tokens=tokens("completion_tokens"))  # fmt: skip
 
 
 def _as_clip_error(exc: Exception) -> Exception:

@@ -154,10 +154,14 @@ class AestheticStage(Stage):
         import numpy as np
         import torch
 
+        from datakit.clip_models import in_fixed_calls
+
+        # One model call for the batch, always of the same shape (a short batch is padded): a clip's
+        # score is bit-identical whichever clips share its batch.
+        rows = self.batch_size * len(self.frames)
         pixels = torch.cat([i["pixels"] for i in items])
-        embeddings = self._clip.encode_images(pixels)  # one model call for the batch
-        with torch.no_grad():
-            scores = self._head(embeddings).float().cpu().numpy()
+        embeddings = self._clip.encode_images(pixels, call_rows=rows)
+        scores = in_fixed_calls(self._head, embeddings, rows).float().cpu().numpy()
         embeddings = embeddings.cpu()
         out, at, t = [], 0, now()
         for item in items:

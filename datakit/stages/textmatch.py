@@ -106,8 +106,9 @@ class TextMatchStage(Stage):
     def process_batch(self, items: list[dict]) -> list[dict]:
         import torch
 
-        images = self._clip.encode_images(torch.stack([i["pixels"] for i in items]))
-        texts = self._clip.encode_texts([i["caption"] for i in items])
+        # model calls of one shape (a short batch is padded): a clip's score does not depend on its batch
+        images = self._clip.encode_images(torch.stack([i["pixels"] for i in items]), call_rows=self.batch_size)
+        texts = self._clip.encode_texts([i["caption"] for i in items], call_rows=self.batch_size)
         sims = (images * texts).sum(-1).cpu().tolist()
         t = now()
         return [
