@@ -136,8 +136,8 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def _file_rows(ws: Workspace, version: SetVersion, cut: dict, image_format: str) -> tuple[list[dict], Counter]:
     """Each set row with the file a trainer reads (`file`, and its own frames/size/fps), and what is left out."""
-    rows = version.read().to_pylist()
-    image_set = "frame" in version.read().column_names
+    table = version.read()
+    rows, image_set = table.to_pylist(), "frame" in table.column_names
     cuts = {
         r["clip_id"]: r
         for r in ws.sql(
@@ -171,7 +171,7 @@ def _file_rows(ws: Workspace, version: SetVersion, cut: dict, image_format: str)
                         left_out["whose cut failed"] += 1
                         continue
                 info = {"file": got["path"], **{k: got[k] for k in ("num_frames", "fps", "width", "height")}}
-        except (OSError, ValueError, SetError):
+        except Exception:  # an undecodable frame or image is a row left out, never a crash
             left_out["whose file cannot be read"] += 1
             continue
         if not info["file"] or not Path(info["file"]).is_file():

@@ -267,3 +267,14 @@ def test_cli_export_errors_are_one_line_and_json_summarises(ws, tmp_path):
     ok = datakit("video", "--format", "opensora-v1.0", "--output", str(tmp_path / "v.csv"), "--root", str(ws.root), "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["rows"] == len(load_v10(tmp_path / "v.csv", root=ws.root)) > 0
+
+
+def test_rows_whose_frame_cannot_be_decoded_are_left_out_and_counted(tmp_path):
+    from tests.curation_fixtures import curated_manifest
+
+    ws = Workspace(tmp_path / "ws")
+    curated_manifest(ws)  # sources at /nonexistent/...: no frame can be decoded
+    select(ws, "img", recipe_sql("image"))
+    with pytest.raises(SetError, match=r"left out: \d+ whose file cannot be read"):
+        export_set(ws, "img", "opensora", tmp_path / "t.csv", progress=False)
+    assert not (ws.root / "data" / "frames").exists() or not any((ws.root / "data" / "frames").rglob("*.jpg"))
