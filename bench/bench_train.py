@@ -131,8 +131,8 @@ def bench_steps(ws: Path, root: Path, name: str, stage: str, steps: int, overrid
 def bench_features(ws: Path, root: Path, steps: int) -> tuple[dict, dict]:
     """Cache the tiny run's rows (`run0`), then train the same stage from the cache."""
     from datakit.executors import run_stage
-    from datakit.stages.features import FeaturesStage
     from datakit.workspace import Workspace
+    from training.features_stage import FeaturesStage
 
     stage = FeaturesStage(selection=str(root / "run0"), train_stage="video", preset="tiny",
                           overrides=[f"model.tiny_dir={root / 'tiny'}"])  # fmt: skip

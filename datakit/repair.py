@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from datakit import schema
+from datakit.schema import SCHEMA_VERSION, WRITTEN_COLUMN
 from datakit.workspace import Workspace, WorkspaceError, is_duckdb_file, part_problem
-from manifests import schema
-from manifests.schema import SCHEMA_VERSION, WRITTEN_COLUMN
 
 
 @dataclass

@@ -159,9 +159,9 @@ def _select_rows(ws: Workspace, sql: str) -> pa.Table:
 
 def manifest_snapshot(ws: Workspace) -> dict:
     """The live part files of every table and their row counts (what the set was selected from)."""
-    from manifests.schema import SCHEMA_VERSION, tables
+    from datakit.schema import SCHEMA_VERSION, fingerprint, tables
 
-    out: dict = {"schema_version": SCHEMA_VERSION, "tables": {}}
+    out: dict = {"schema_version": SCHEMA_VERSION, "schema": fingerprint(), "tables": {}}
     for name in tables():
         parts = ws.live_parts(name)
         out["tables"][name] = {

@@ -1,9 +1,12 @@
 """The stage contract.
 
-A stage is a small dataclass in one module under `datakit/stages/`. It declares
+A stage is a small dataclass in one module under `datakit/stages/` (or a module named in the
+`datakit.stages` entry-point group); defining the subclass registers it. It declares
 
-- `name`, its tables (`TABLES` in the module: columns and types) and which one is the
-  `marker_table` (one row per finished item; `extra_tables` are written before it),
+- `name`, its `tables` (columns and types) and which one is the `marker_table` (one row per
+  finished item; `extra_tables` are written before it), and the columns it adds to the `clips`
+  view (`clip_columns`),
+- `after`: the stages it runs after in `datakit run` (names; stages not installed are ignored),
 - `resources` one worker needs (cpus, gpus) and whether `datakit run` enables it by default,
 - its options as dataclass fields made with `option(...)`: the CLI command, the `datakit run`
   config section, validation and the run folder's config all come from them,
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from datakit.tables import Table
+from datakit.tables import ClipColumns, Table
 
 Rows = dict[str, list[dict]]
 
@@ -103,13 +106,15 @@ def describe(exc: BaseException) -> str:
 @dataclass(kw_only=True)
 class Stage:
     name: ClassVar[str]
+    tables: ClassVar[tuple[Table, ...]] = ()
     marker_table: ClassVar[str]
+    clip_columns: ClassVar[tuple[ClipColumns, ...]] = ()  # what the stage adds to the `clips` view
+    after: ClassVar[tuple[str, ...]] = ()  # run after these stages in `datakit run`
     extra_tables: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     io_bound: ClassVar[bool] = False  # True: the local executor runs workers as threads (downloads)
     run_by_default: ClassVar[bool] = True  # enabled in `datakit run` unless its config says otherwise
     default_workers: ClassVar[int] = 1
-    order: ClassVar[int] = 100  # position in `datakit run` (download 10, probe 20, scenes 30, cut 40, ...)
     order_by: ClassVar[str] = ""  # ORDER BY of pending items (default: the marker key)
     cli_path: ClassVar[tuple[str, ...]] = ()  # e.g. ("score", "aesthetic"); default (name,)
 
@@ -154,14 +159,8 @@ class Stage:
 
     # ------------------------------------------------------------------ provided
     @classmethod
-    def tables(cls) -> tuple[Table, ...]:
-        import sys
-
-        return tuple(getattr(sys.modules[cls.__module__], "TABLES", ()))
-
-    @classmethod
     def table(cls, name: str) -> Table:
-        for t in cls.tables():
+        for t in cls.tables:
             if t.name == name:
                 return t
         raise KeyError(f"stage {cls.name} declares no table {name!r}")

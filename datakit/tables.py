@@ -1,7 +1,8 @@
 """Table declarations: the columns a stage writes, declared next to the stage's code.
 
-A stage module lists its tables (`TABLES = (Table(...), ...)`); `manifests.schema` gathers them
-from the registry, the workspace creates their folders and views, and every write is checked
+A stage declares its tables as a class attribute (`tables = (Table(...), ...)`) and the columns it
+adds to the `clips` view (`clip_columns = (ClipColumns(...),)`); `datakit.schema` gathers both from
+the registry, the workspace creates the tables' folders and views, and every write is checked
 against them (an unknown column is an error, never a silently dropped value).
 
 Marker tables (one row per finished item) share the bookkeeping columns that the stage runner
@@ -79,3 +80,25 @@ class Table:
     def arrow_schema(self) -> pa.Schema:
         fields = [pa.field(c.name, ARROW_TYPES[c.type]) for c in self.columns]
         return pa.schema([*fields, pa.field(WRITTEN_COLUMN, pa.int64())])
+
+
+@dataclass(frozen=True)
+class ClipColumns:
+    """Columns a stage adds to the `clips` view, joined on `clip_id` (null until the stage has run).
+
+    By default the newest 'ok' row per clip of `table` (by `scored_at`, then `row_id`): the shape of
+    the versioned score tables. `sql` replaces that: a SELECT of `clip_id` and the columns, one row
+    per clip, over the `_latest_<table>` views."""
+
+    table: str
+    columns: tuple[str, ...]
+    sql: str | None = None
+
+    def select_sql(self) -> str:
+        if self.sql:
+            return self.sql
+        cols = ", ".join(self.columns)
+        return (
+            f"SELECT clip_id, {cols} FROM _latest_{self.table} WHERE status = 'ok' "
+            "QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY scored_at DESC, row_id DESC) = 1"
+        )

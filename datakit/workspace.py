@@ -41,8 +41,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests import schema
-from manifests.schema import SCHEMA_VERSION, VIEWS, WRITTEN_COLUMN, arrow_schema
+from datakit import schema
+from datakit.schema import SCHEMA_VERSION, WRITTEN_COLUMN, arrow_schema
 
 DEFAULT_WORKSPACE = "workspace"
 INIT_PART = "part-0000000000000000000-init.parquet"
@@ -148,7 +148,8 @@ class Workspace:
     def write_meta(self) -> None:
         """Record the schema version, the root, and the tables whose folders exist (a missing one was lost)."""
         tables = sorted(t for t in schema.tables() if self.table_dir(t).is_dir())
-        meta = {"schema_version": SCHEMA_VERSION, "root": str(self.root), "catalog": CATALOG_PATHS, "tables": tables}
+        meta = {"schema_version": SCHEMA_VERSION, "schema": schema.fingerprint(), "root": str(self.root),
+                "catalog": CATALOG_PATHS, "tables": tables}  # fmt: skip
         atomic_write_bytes(self.meta_path, (json.dumps(meta, indent=2) + "\n").encode())
 
     def read_meta(self) -> dict:
@@ -182,6 +183,7 @@ class Workspace:
         no_init_part = any(not (self.table_dir(t) / INIT_PART).exists() for t in schema.tables())
         if (
             version < SCHEMA_VERSION
+            or meta.get("schema") != schema.fingerprint()  # tables or views changed
             or no_init_part  # also a table new to this workspace
             or meta.get("catalog") != CATALOG_PATHS  # absolute globs (older datakit): rebuild once
             or "tables" not in meta
@@ -249,7 +251,7 @@ class Workspace:
         for name in schema.tables():
             views[f"_latest_{name}"] = self._latest_sql(name, None if parts is None else parts[name])
             views[name] = f"SELECT * FROM _latest_{name}"
-        for name, (_, sql) in VIEWS.items():
+        for name, (_, sql) in schema.views().items():
             views[name] = sql
         return views
 

@@ -69,7 +69,7 @@ def demo_sets_and_report(ws: Workspace, folder: Path, models: dict[str, str], *,
     """Text match (captioned clips), the three recipe sets, and the HTML report; returns the report."""
     from datakit.report import write_report
     from datakit.sets import recipe_sql, select
-    from datakit.stages.textmatch import TextMatchStage
+    from datakit.stages.match import TextMatchStage
 
     console.print(run_stage(ws, TextMatchStage(**models), progress=False).summary())
     for name, recipe in SETS:

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from datakit.stage import Resources, Stage, TransientError, WorkerContext, option
 from datakit.stages.probe import TABLES as PROBE_TABLES
 
-TABLES = PROBE_TABLES  # the test stages below write `probes` rows (a declared table)
-
 
 @dataclass(kw_only=True)
 class BatchStage(Stage):
     """Records how it was called: batch sizes, prepare order, the worker context."""
 
     name = "batchtest"
+    tables = PROBE_TABLES  # writes `probes` rows (a declared table)
     marker_table = "probes"
     fail_ids: list[str] = option([], "ids whose processing raises a plain error")
     transient_ids: list[str] = option([], "ids whose processing raises TransientError")

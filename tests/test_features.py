@@ -17,9 +17,9 @@ import torch
 
 from datakit.executors import plan, run_stage
 from datakit.stage import OptionError
-from datakit.stages.features import FeaturesStage, resolve_selection
 from datakit.workspace import Workspace
 from tests.conftest import PYTHON, ROOT, cli_env
+from training.features_stage import FeaturesStage, resolve_selection
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -168,7 +168,7 @@ def test_sigkill_between_a_shard_and_its_commit_then_rerun_gives_the_same_table(
         "    return write(self, table, rows)\n"
         "Workspace.write = dying\n"
         "from datakit.executors import run_stage\n"
-        "from datakit.stages.features import FeaturesStage\n"
+        "from training.features_stage import FeaturesStage\n"
         f"run_stage(Workspace({str(ws.root)!r}), FeaturesStage(**{opts!r}), progress=False)\n"
     )
     proc = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, timeout=240)

@@ -27,10 +27,10 @@ from datakit.executors import plan, run_stage
 from datakit.ingest import ingest
 from datakit.stages.aesthetic import AestheticStage
 from datakit.stages.dedup import DedupStage
+from datakit.stages.match import TextMatchStage
 from datakit.stages.motion import MotionStage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
-from datakit.stages.textmatch import TextMatchStage
 from datakit.workspace import Workspace
 from demo.samples import write_video
 from tests.conftest import PYTHON, ROOT, cli_env

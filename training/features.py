@@ -1,6 +1,6 @@
 """The feature cache, trainer side: which cache a config reads, its shards, the run's frozen index.
 
-`datakit features` (datakit/stages/features.py) stores, for each clip of a selection and a
+`datakit features` (training/features_stage.py) stores, for each clip of a selection and a
 training config, the VAE posterior (mean and std, scaled like the latents) of the clip's centred
 window, unflipped, and the T5 embedding of its caption (valid tokens only) with the token mask, in
 safetensors shards under `<workspace>/data/features/<key>/`. Tensors keep the dtype the encoders

@@ -13,6 +13,10 @@ batch becomes one safetensors shard, content-addressed by its clips, under
 committed: a batch redone after a kill rewrites the same file. The start of a run removes temp
 files and shards no row points to. `training/features.py` reads the shards
 (`python cli.py train ... data.source=features`).
+
+The stage lives on the training side (it builds training's encoders and buckets) and joins the
+datakit registry through the `datakit.stages` entry point declared in pyproject.toml, as any
+installed plugin does: datakit itself never imports training.
 """
 
 from __future__ import annotations
@@ -99,7 +103,8 @@ class FeaturesStage(Stage):
 
     name = "features"
     marker_table = "features"
-    order = 70
+    tables = TABLES
+    after = ("aesthetic", "caption", "dedup", "match", "motion")  # encodes a curated set: after curation
     resources = Resources(cpus=1, gpus=1)
     run_by_default = False
 
@@ -291,6 +296,3 @@ class FeaturesStage(Stage):
 
     def teardown(self) -> None:
         self._vae = self._t5 = None
-
-
-STAGE = FeaturesStage

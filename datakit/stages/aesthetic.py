@@ -28,8 +28,8 @@ from datakit.scoring import (
     weights_ref,
 )
 from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
+from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
-from datakit.tables import Table
 
 SCORER_VERSION = 1  # bump when a change here changes scores
 LAION_HEAD_URL = (
@@ -85,7 +85,9 @@ class AestheticStage(Stage):
     name = "aesthetic"
     marker_table = "aesthetic_scores"
     extra_tables = ("clip_embeddings",)
-    order = 50
+    tables = TABLES
+    after = ("cut",)
+    clip_columns = (ClipColumns("aesthetic_scores", ("aesthetic",)),)
     resources = Resources(cpus=1, gpus=1)
     run_by_default = False
     cli_path = ("score", "aesthetic")
@@ -192,6 +194,3 @@ class AestheticStage(Stage):
 
     def teardown(self) -> None:
         self._clip = self._head = None
-
-
-STAGE = AestheticStage

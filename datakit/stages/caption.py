@@ -65,7 +65,9 @@ class CaptionStage(Stage):
 
     name = "caption"
     marker_table = "captions"
-    order = 60
+    tables = TABLES
+    after = ("cut",)
+    clip_columns = ()  # caption, caption_status: picked by source preference in datakit.table_import
     resources = Resources(cpus=1, gpus=1)  # one worker (one vLLM server) per GPU; the CPU without one
     run_by_default = False
 
@@ -255,7 +257,6 @@ class CaptionStage(Stage):
         return rows
 
 
-STAGE = CaptionStage
 
 
 def _looks_like_path(model: str) -> bool:

@@ -47,7 +47,8 @@ class CutStage(Stage):
 
     name = "cut"
     marker_table = "cuts"
-    order = 40
+    tables = TABLES
+    after = ("scenes",)
     run_by_default = False  # clip files are optional: training reads spans from the sources
     order_by = "i.video_id, i.start_frame"  # consecutive clips of one video hit a warm page cache
 
@@ -90,7 +91,6 @@ class CutStage(Stage):
         return {"cuts": [{"clip_id": item["clip_id"], **row, "params": params}]}
 
 
-STAGE = CutStage
 
 
 TEMP_SUFFIX = ".partial"  # never a media extension: globbing or ingesting a clip folder skips temps

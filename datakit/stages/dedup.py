@@ -22,8 +22,8 @@ import numpy as np
 
 from datakit.scoring import latest_ok_sql, model_key, sql_str
 from datakit.stage import Stage, WorkerContext, option
+from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
-from datakit.tables import Table
 
 TABLES = (
     Table.marker(
@@ -54,6 +54,11 @@ TABLES = (
         ),
     ),
 )
+# The `clips` view's dup_group and dup_of: the rows of the latest ok dedup run.
+LATEST_GROUPS_SQL = """
+    SELECT clip_id, dup_group, dup_of FROM _latest_dup_groups
+    WHERE run_key = (SELECT run_key FROM _latest_dedup_runs WHERE status = 'ok' ORDER BY finished_at DESC LIMIT 1)
+"""
 
 
 # ----------------------------------------------------------------------------------- algorithm
@@ -213,7 +218,9 @@ class DedupStage(Stage):
     name = "dedup"
     marker_table = "dedup_runs"
     extra_tables = ("dup_groups",)
-    order = 70
+    tables = TABLES
+    after = ("aesthetic",)
+    clip_columns = (ClipColumns("dup_groups", ("dup_group", "dup_of"), sql=LATEST_GROUPS_SQL),)
     run_by_default = False  # needs embeddings (score aesthetic)
 
     threshold: float = option(0.98, "Cosine similarity at or above which two clips are near-duplicates.", min=-1, max=1)
@@ -266,6 +273,3 @@ class DedupStage(Stage):
         run = {"run_key": item["run_key"], "status": "ok", "embedding_key": item["embedding_key"],
                "threshold": self.threshold, "finished_at": time.time(), **stats}  # fmt: skip
         return {"dup_groups": rows, "dedup_runs": [run]}
-
-
-STAGE = DedupStage

@@ -140,7 +140,7 @@ class DownloadStage(Stage):
     name: ClassVar[str] = "download"
     marker_table: ClassVar[str] = "downloads"
     io_bound: ClassVar[bool] = True
-    order: ClassVar[int] = 10
+    tables = TABLES
     default_workers: ClassVar[int] = 8
 
     timeout_s: float = option(30.0, "Connect timeout, and the longest wait for the next byte of a body.", min=0.001)
@@ -845,6 +845,3 @@ def _ytdlp_path(info: dict) -> Path | None:
         if info.get(key):
             return Path(info[key])
     return None
-
-
-STAGE = DownloadStage

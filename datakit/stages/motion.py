@@ -16,8 +16,8 @@ from functools import cached_property
 
 from datakit.scoring import CLIP_ITEMS_SQL, clip_file, model_key, now, read_frames_at, sql_str
 from datakit.stage import Stage, option
+from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
-from datakit.tables import Table
 
 SCORER_VERSION = 1
 
@@ -66,7 +66,9 @@ class MotionStage(Stage):
 
     name = "motion"
     marker_table = "motion_scores"
-    order = 52
+    tables = TABLES
+    after = ("cut",)
+    clip_columns = (ClipColumns("motion_scores", ("motion", "static")),)
     cli_path = ("score", "motion")
 
     pairs: int = option(4, "Frame pairs per clip, evenly spaced over the span.", min=1)
@@ -117,6 +119,3 @@ class MotionStage(Stage):
         for row in rows[self.marker_table]:
             row.update(clip_id=item["clip_id"], model_key=self.settings_key, model=self.description, scored_at=now())
         return rows
-
-
-STAGE = MotionStage

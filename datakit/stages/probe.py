@@ -48,7 +48,8 @@ class ProbeStage(Stage):
 
     name = "probe"
     marker_table = "probes"
-    order = 20
+    tables = TABLES
+    after = ("download",)
 
     count_frames: bool = option(True, "Count packets for the true frame count (false: trust the header; faster).")
     max_pixels: int = option(8192 * 4352, "Refuse frames larger than this (the largest any H.264/HEVC/AV1 level allows; 0: no limit).", min=0)
@@ -61,7 +62,6 @@ class ProbeStage(Stage):
         return {"probes": [probe_file(item["video_id"], item["path"], count_frames=self.count_frames, max_pixels=self.max_pixels)]}
 
 
-STAGE = ProbeStage
 
 
 def probe_file(video_id: str, path: str, *, count_frames: bool = True, max_pixels: int | None = None) -> dict:

@@ -92,7 +92,8 @@ class SceneStage(Stage):
     name = "scenes"
     marker_table = "scene_runs"
     extra_tables = ("transitions", "clip_spans")
-    order = 30
+    tables = TABLES
+    after = ("probe",)
 
     detector: str = option("auto", "Detector; auto: transnetv2 on a GPU worker, adaptive on the CPU.",
                            choices=DETECTORS)  # fmt: skip
@@ -315,6 +316,3 @@ class SceneStage(Stage):
             "analysed_frames": n,
         }
         return {"transitions": transitions, "clip_spans": spans, "scene_runs": [run]}
-
-
-STAGE = SceneStage

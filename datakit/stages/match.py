@@ -25,8 +25,8 @@ from datakit.scoring import (
     weights_ref,
 )
 from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
+from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
-from datakit.tables import Table
 
 SCORER_VERSION = 1
 
@@ -54,7 +54,9 @@ class TextMatchStage(Stage):
 
     name = "match"
     marker_table = "text_match_scores"
-    order = 65  # after captioning
+    tables = TABLES
+    after = ("caption",)
+    clip_columns = (ClipColumns("text_match_scores", ("text_match",)),)
     resources = Resources(cpus=1, gpus=1)
     run_by_default = False
     cli_path = ("score", "match")
@@ -129,6 +131,3 @@ class TextMatchStage(Stage):
 
     def teardown(self) -> None:
         self._clip = None
-
-
-STAGE = TextMatchStage
