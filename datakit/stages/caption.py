@@ -257,8 +257,6 @@ class CaptionStage(Stage):
         return rows
 
 
-
-
 def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or os.path.exists(model)
 

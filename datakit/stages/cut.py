@@ -91,8 +91,6 @@ class CutStage(Stage):
         return {"cuts": [{"clip_id": item["clip_id"], **row, "params": params}]}
 
 
-
-
 TEMP_SUFFIX = ".partial"  # never a media extension: globbing or ingesting a clip folder skips temps
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}(\.partial|\.tmp\.mp4)$")  # ours, and the old `.tmp.mp4` ones
 

@@ -62,8 +62,6 @@ class ProbeStage(Stage):
         return {"probes": [probe_file(item["video_id"], item["path"], count_frames=self.count_frames, max_pixels=self.max_pixels)]}
 
 
-
-
 def probe_file(video_id: str, path: str, *, count_frames: bool = True, max_pixels: int | None = None) -> dict:
     """A `probes` row for one file. `max_pixels`: refuse larger frames (None: mediaio's default,
     the largest frame an H.264/HEVC/AV1 level allows; 0: no limit)."""
