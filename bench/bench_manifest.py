@@ -93,6 +93,22 @@ def timed(label: str, fn, repeat: int, limit: float = 1.0) -> float:
     return best
 
 
+def status_per_stage(ws: Workspace) -> list[tuple]:
+    """The status of the previous version: per stage, one status count and one pending count."""
+    from datakit.registry import stages
+
+    def run(con) -> list[tuple]:
+        out = [con.execute("SELECT status, count(*) FROM sources GROUP BY ALL").fetchall()]
+        for cls in stages().values():
+            stage = cls()
+            out.append(con.execute(f"SELECT status, count(*) FROM {stage.marker_table} GROUP BY ALL").fetchall())
+            out.append(con.execute(f"SELECT count(*) FROM ({stage.pending_sql()})").fetchall())
+        out.append(con.execute("SELECT count(*) FROM clips").fetchall())
+        return out
+
+    return ws.read(run)
+
+
 def measure(ws: Workspace, title: str, n_clips: int, repeat: int) -> dict[str, float]:
     con = ws.connect()  # a reader's snapshot of the parts as they are now
     parts = {t: len(ws.live_parts(t)) for t in ("clip_spans", "cuts")}
@@ -100,6 +116,8 @@ def measure(ws: Workspace, title: str, n_clips: int, repeat: int) -> dict[str, f
     big = n_clips >= 5_000_000
     t = {
         "status": timed("status: every stage's counts, one query (datakit status)", lambda: len(status(ws)), repeat),
+        "status-before": timed("  the same counts, one query per stage and count (before)", lambda: len(status_per_stage(ws)),
+                               repeat),  # fmt: skip
         "curated": timed("curated: @clips_2_15s LIMIT 1000", lambda: len(con.execute(CURATED).fetchall()), repeat,
                          3.0 if big else 1.0),  # fmt: skip
         "count": timed("curated: count(*) of @clips_2_15s", lambda: con.execute(CURATED_COUNT).fetchone()[0], repeat),
@@ -116,6 +134,7 @@ def main() -> None:
     ap.add_argument("--clips-per-video", type=int, default=20)
     ap.add_argument("--part-rows", type=int, default=200_000, help="rows per written part (a stage commits many)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compacted-only", action="store_true", help="skip the as-written and newer-part rounds (10M)")
     ap.add_argument("--workspace", type=Path, help="build here (kept; reused when it already holds the clips)")
     args = ap.parse_args()
     n_videos = max(1, args.clips // args.clips_per_video)
@@ -135,7 +154,8 @@ def main() -> None:
             build(ws, n_videos, args.clips_per_video, args.part_rows)
             print(f"built {n_videos} videos, {n_clips} clips in {time.perf_counter() - t0:.1f} s "
                   f"(parts of {args.part_rows} rows); peak RSS so far {peak_rss_mb():.0f} MB", flush=True)  # fmt: skip
-            measure(ws, "as written by the stages (many parts per table: full dedupe)", n_clips, args.repeat)
+            if not args.compacted_only:
+                measure(ws, "as written by the stages (many parts per table: full dedupe)", n_clips, args.repeat)
             rss = peak_rss_mb()
             t0 = time.perf_counter()
             for table in tables():
@@ -143,7 +163,7 @@ def main() -> None:
             print(f"compacted in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mb():.0f} MB "
                   f"(before compacting: {rss:.0f} MB)", flush=True)  # fmt: skip
         t = measure(ws, "after compaction (what a stage run does when parts pile up)", n_clips, args.repeat)
-        if not reuse:
+        if not reuse and not args.compacted_only:
             ws.write("cuts", [dict(clip_id=f"{i:016x}-0-{30 + i % 420}", status="error", error="redo") for i in range(1000)])
             measure(ws, "compacted + a newer part of 1000 rows (dedupe of the new part only)", n_clips, args.repeat)
         print(f"peak RSS {peak_rss_mb():.0f} MB; load average: {open('/proc/loadavg').read().strip()}")

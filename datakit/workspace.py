@@ -409,7 +409,7 @@ class Workspace:
         tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
         rows = 0
         try:
-            reader = con.execute(
+            reader = con.sql(
                 f"SELECT * FROM {_read_parts(parts)} {_newest_per_key(schema.tables()[table].key)} "
                 f"ORDER BY {WRITTEN_COLUMN}"
             ).to_arrow_reader(COMPACT_BATCH_ROWS)
