@@ -250,10 +250,9 @@ def _text(col: str, typ: pa.DataType) -> str:
 
 def _seconds(expr: str) -> str:
     """SQL: a time token ('0:01:02.5', '1:02.5', '62.5'; quotes already removed) in seconds."""
-    colons = f"(len({expr}) - len(replace({expr}, ':', '')))"
-    return (f"CASE WHEN {colons} = 0 THEN TRY_CAST({expr} AS DOUBLE) "
-            f"WHEN {colons} = 1 THEN epoch(TRY_CAST('0:' || {expr} AS INTERVAL)) "
-            f"WHEN {colons} = 2 THEN epoch(TRY_CAST({expr} AS INTERVAL)) END")  # fmt: skip
+    return (f"CASE WHEN NOT contains({expr}, ':') THEN TRY_CAST({expr} AS DOUBLE) "
+            f"WHEN {expr} LIKE '%:%:%:%' THEN NULL "
+            f"ELSE epoch(TRY_CAST(CASE WHEN {expr} LIKE '%:%:%' THEN {expr} ELSE '0:' || {expr} END AS INTERVAL)) END")  # fmt: skip
 
 
 def _strip(expr: str, chars: str) -> str:
@@ -521,8 +520,12 @@ def _url_sources(b: pa.Table, spans: pa.Table) -> pa.Table:
     """sources rows of the URLs of rows with a good span (repeats of the previous row's video dropped)."""
     import pyarrow.compute as pc
 
-    good = spans.filter(pc.equal(spans.column("status"), "ok")).column("video_id")
-    b = b.filter(pc.and_(pc.is_valid(b.column("__src")), pc.is_in(b.column("__vid"), value_set=pc.unique(good))))
+    ok = pc.equal(spans.column("status"), "ok")
+    keep = pc.is_valid(b.column("__src"))
+    if not pc.all(ok).as_py():  # some rows have no good span: their videos are no sources
+        good = pc.unique(spans.filter(ok).column("video_id"))
+        keep = pc.and_(keep, pc.is_in(b.column("__vid"), value_set=good))
+    b = b.filter(keep)
     ids = b.column("__vid").combine_chunks()
     if len(ids) > 1:
         changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
