@@ -586,7 +586,7 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
     ids = VideoIds(ws, p.parent)
     scores = sorted(f for f in mapping if f.startswith("score."))
     parse_sql = None
-    con = duckdb.connect()
+    con = duckdb.connect(config={"preserve_insertion_order": False})  # row order within a chunk is not needed
     writer, writing = ThreadPoolExecutor(1, thread_name_prefix="datakit-import-write"), None
     with ws.lock("stage-ingest"):
         try:
