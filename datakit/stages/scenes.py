@@ -91,7 +91,7 @@ class SceneStage(Stage):
 
     name = "scenes"
     marker_table = "scene_runs"
-    extra_tables = ("transitions", "clip_spans")
+    extra_tables = ("transitions", "clip_spans", "given_spans")  # given_spans: spans past the video's end
     tables = TABLES
     after = ("probe",)
 
@@ -117,6 +117,9 @@ class SceneStage(Stage):
                                     min=1, max=4096)  # fmt: skip
     skip_loop_filter: bool = option(True, "Faster H.264/HEVC decoding for analysis (no effect on spans).")
     redo: bool = option(False, "Re-detect videos whose last run used other settings (old clips vanish).")
+    given_spans: str = option("detect", "Spans from an imported metadata table: detect (split them at detected "
+                              "transitions), trust (take them as shots, no decoding), ignore.",
+                              choices=("detect", "trust", "ignore"))  # fmt: skip
     commit_every: int = option(16, "Items per committed part file.", min=1)
     batch_size: int = option(4, "Videos per batch (transnetv2 decodes them in parallel).",
                              min=1)  # fmt: skip
@@ -141,11 +144,15 @@ class SceneStage(Stage):
                               f"got {self.threshold}")  # fmt: skip
 
     def items_sql(self) -> str:
-        return """
-            SELECT p.video_id, coalesce(d.path, s.path) AS path, p.fps, p.num_frames, p.width, p.height
+        from datakit.table_import import GIVEN_SPANS_SQL
+
+        return f"""
+            SELECT p.video_id, coalesce(d.path, s.path) AS path, p.fps, p.num_frames, p.width, p.height,
+                   g.given_spans, g.given_digest
             FROM _latest_probes p
             JOIN _latest_sources s USING (video_id)
             LEFT JOIN _latest_downloads d USING (video_id)
+            LEFT JOIN ({GIVEN_SPANS_SQL}) g USING (video_id)  -- spans an imported table gave
             WHERE p.status = 'ok' AND coalesce(p.media_type, 'video') = 'video'  -- an image is its own clip
         """
 
@@ -170,12 +177,14 @@ class SceneStage(Stage):
     def stale_sql(self, marker: str) -> str | None:
         if not self.redo:  # a run with other settings does not count as done
             return None
-        done = ", ".join("'" + self.params_json(*s).replace("'", "''") + "'"
-                         for s in self.possible_settings())  # fmt: skip
+        done = ", ".join("'" + self.params_json(*s, g).replace("'", "''") + "'"
+                         for s in self.possible_settings() for g in (None, self.given_spans))  # fmt: skip
         return f"coalesce({marker}.params, '') NOT IN ({done})"
 
-    def params_json(self, detector: str, precision: str | None) -> str:
-        return json.dumps(self.params(detector, precision), sort_keys=True)
+    def params_json(self, detector: str, precision: str | None, given_spans: str | None = None) -> str:
+        """given_spans: the mode used for a video with imported spans (recorded only for those)."""
+        p = self.params(detector, precision)
+        return json.dumps(p | {"given_spans": given_spans} if given_spans else p, sort_keys=True)
 
     def params(self, detector: str, precision: str | None = None) -> dict:
         """What the run used: detector settings (transnetv2: model, weights hash) and the clip policy."""
@@ -233,15 +242,28 @@ class SceneStage(Stage):
     def teardown(self) -> None:
         self._transnet = None
 
+    def _trusted(self, item: dict) -> bool:
+        """The video's given spans are taken as shots: nothing to decode."""
+        return self.given_spans == "trust" and bool(item.get("given_spans"))
+
     def process_batch(self, items: list[dict]) -> list[Rows]:
         if self._transnet is None:
             return [self.process(item) for item in items]
-        results = self._transnet.detect_many([str(item["path"]) for item in items])
-        return [self._rows(item, result) for item, result in zip(items, results, strict=True)]
+        todo = [item for item in items if not self._trusted(item)]
+        results = iter(self._transnet.detect_many([str(item["path"]) for item in todo]) if todo else [])
+        return [self._rows(item, self._no_detection(item) if self._trusted(item) else next(results))
+                for item in items]  # fmt: skip
+
+    def _no_detection(self, item: dict) -> Detection:
+        from datakit.shot_detection import Detection
+
+        return Detection([], analysed_frames=int(item["num_frames"]))
 
     def process(self, item: dict) -> Rows:
         from datakit.shot_detection import detect_scenes
 
+        if self._trusted(item):
+            return self._rows(item, self._no_detection(item))
         detector, _ = self._settings
         try:
             det = detect_scenes(
@@ -265,9 +287,11 @@ class SceneStage(Stage):
 
         video_id = item["video_id"]
         detector, precision = self._settings
-        params = self.params_json(detector, precision)
+        given = item.get("given_spans") if self.given_spans != "ignore" else None
+        params = self.params_json(detector, precision, self.given_spans if given else None)
         # Clips belong to one run: the `clips` view shows those of the video's latest run only.
-        run_key = hashlib.blake2b(f"{video_id} {params}".encode(), digest_size=8).hexdigest()
+        digest = f" {item.get('given_digest')}" if given else ""
+        run_key = hashlib.blake2b(f"{video_id} {params}{digest}".encode(), digest_size=8).hexdigest()
         base = {"video_id": video_id, "detector": detector, "params": params, "run_key": run_key}
         if isinstance(det, BaseException):
             error = f"scene detection failed: {describe(det)}"
@@ -275,8 +299,16 @@ class SceneStage(Stage):
         fps = float(item["fps"])
         n = det.analysed_frames  # a partial decode (corrupt tail) ends the video where it stopped
         scenes = scenes_from_transitions(det.transitions, n)
-        clips = apply_clip_policy(scenes, fps, n, min_clip_s=self.min_clip_s, max_clip_s=self.max_clip_s,
-                                  trim_frames=self.trim_frames)  # fmt: skip
+        if given:  # clips inside the spans an imported table gave, never across a detected transition
+            from datakit.table_import import clips_in_spans, span_frames
+
+            frames, past_end = span_frames(given, video_id, fps, int(item.get("num_frames") or n))
+            frames = [(a, min(b, n)) for a, b in frames if a < n]  # a corrupt tail ends the video early
+            clips = clips_in_spans(scenes, frames, fps, n, min_clip_s=self.min_clip_s,
+                                   max_clip_s=self.max_clip_s, trim_frames=self.trim_frames)  # fmt: skip
+        else:
+            clips = apply_clip_policy(scenes, fps, n, min_clip_s=self.min_clip_s, max_clip_s=self.max_clip_s,
+                                      trim_frames=self.trim_frames)  # fmt: skip
         spans = [
             {
                 "clip_id": f"{video_id}-{s}-{e}",
@@ -315,4 +347,5 @@ class SceneStage(Stage):
             "num_transitions": len(transitions),
             "analysed_frames": n,
         }
-        return {"transitions": transitions, "clip_spans": spans, "scene_runs": [run]}
+        rows = {"transitions": transitions, "clip_spans": spans, "scene_runs": [run]}
+        return rows | {"given_spans": past_end} if given else rows
