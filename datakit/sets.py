@@ -123,15 +123,20 @@ def list_sets(ws: Workspace) -> dict[str, list[SetVersion]]:
     return {n: vs for n in names if (vs := versions(ws, n))}
 
 
-def _select_rows(ws: Workspace, sql: str) -> pa.Table:
+def _select_rows(ws: Workspace, sql: str, params: dict[str, float | str] | None = None) -> pa.Table:
     """Run the user's SELECT in the sandbox and complete its rows with the set columns."""
     import duckdb
 
     from datakit.query import check_read_only
 
     check_read_only(sql)
+    for key in params or {}:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", key):
+            raise SetError(f"bad recipe parameter name {key!r} (lower-case letters, digits, '_')")
 
     def run(con) -> pa.Table:
+        for key, value in (params or {}).items():
+            con.execute(f"SET VARIABLE {key} = ?", [value])
         picked = con.sql(sql).to_arrow_table()
         if "clip_id" not in picked.column_names:
             raise SetError(f"the selection has no clip_id column (it has {', '.join(picked.column_names)})")
@@ -171,12 +176,14 @@ def manifest_snapshot(ws: Workspace) -> dict:
     return out
 
 
-def select(ws: Workspace, name: str, sql: str, *, recipe: str | None = None, kind: str = "sql") -> SetVersion:
-    """Write the next version of set `name` from a SELECT; returns it."""
+def select(ws: Workspace, name: str, sql: str, *, recipe: str | None = None, kind: str = "sql",
+           params: dict[str, float | str] | None = None) -> SetVersion:  # fmt: skip
+    """Write the next version of set `name` from a SELECT; returns it. `params`: recipe parameters,
+    DuckDB variables the SQL reads with `getvariable('name')` (recorded in the card)."""
     if not NAME_RE.fullmatch(name):
         raise SetError(f"bad set name {name!r}: letters, digits, '_', '.', '-' (not starting with '.', '_' or '-')")
     snapshot = manifest_snapshot(ws)
-    rows = _select_rows(ws, sql)
+    rows = _select_rows(ws, sql, params)
     folder = sets_dir(ws) / name
     folder.mkdir(parents=True, exist_ok=True)
     with ws.lock(f"set-{name}"):
@@ -189,7 +196,7 @@ def select(ws: Workspace, name: str, sql: str, *, recipe: str | None = None, kin
             card = {
                 "name": name,
                 "version": version,
-                "recipe": {"name": recipe, "kind": kind, "text": sql},
+                "recipe": {"name": recipe, "kind": kind, "text": sql, "params": dict(params or {})},
                 "row_count": rows.num_rows,
                 "columns": rows.column_names,
                 "manifest": snapshot,

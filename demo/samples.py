@@ -373,3 +373,88 @@ def make_two_stream_sample(out_dir: Path) -> EdgeSample:
             for packet in stream.encode():
                 out.mux(packet)
     return EdgeSample(path, large)
+
+
+# ------------------------------------------------------------------------------ learnable shots
+# Shots simple enough for tiny models to learn on a CPU in minutes: a flat, lightly textured
+# background and a ball of another colour moving in one direction. Each shot's caption is drawn
+# from the same parameters that paint it, so it is true, and the metadata table that lists the
+# shots has Panda-70M's layout: the demo ingests it as a user ingests Panda-70M.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (205, 45, 40), "green": (45, 165, 60), "blue": (40, 75, 205), "yellow": (225, 205, 45),
+    "purple": (125, 50, 170), "orange": (235, 135, 35), "pink": (240, 140, 185), "teal": (35, 150, 150),
+}  # fmt: skip
+DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+@dataclass
+class Shot:
+    background: str
+    ball: str
+    direction: str
+
+    @property
+    def caption(self) -> str:
+        def a(word: str) -> str:
+            return ("an " if word[0] in "aeiou" else "a ") + word
+
+        return f"{a(self.ball)} ball moves {self.direction} over {a(self.background)} background"
+
+
+def learnable_shots(videos: int = 4, shots_per_video: int = 4) -> list[list[Shot]]:
+    """Every background colour twice (other ball, other direction), spread over the videos."""
+    names, dirs = list(COLOURS), list(DIRECTIONS)
+    shots = [Shot(bg, names[(i + 3 + 2 * k) % len(names)], dirs[(i + k) % len(dirs)])
+             for k in range(2) for i, bg in enumerate(names)]  # fmt: skip
+    n = videos * shots_per_video
+    shots = (shots * (n // len(shots) + 1))[:n]
+    order = np.random.default_rng(7).permutation(n)  # neighbouring shots differ
+    return [[shots[j] for j in order[v * shots_per_video : (v + 1) * shots_per_video]] for v in range(videos)]
+
+
+def paint_shot(shot: Shot, t: int, n: int, size: int, seed: int) -> np.ndarray:
+    """Frame `t` of `n` of a shot: background with a light texture, and the moving ball."""
+    rng = np.random.default_rng(seed)
+    base = np.array(COLOURS[shot.background], np.float32)
+    texture = np.kron(rng.normal(0, 8, (size // 8, size // 8, 1)), np.ones((8, 8, 1))).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    frame = np.clip(base * (0.9 + 0.2 * yy / size)[..., None] + texture, 0, 255)
+    dx, dy = DIRECTIONS[shot.direction]
+    progress = t / max(1, n - 1) - 0.5  # the ball crosses the middle half of the frame
+    cx, cy = size / 2 + dx * progress * size * 0.5, size / 2 + dy * progress * size * 0.5
+    frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (size / 6) ** 2] = COLOURS[shot.ball]
+    return frame.astype(np.uint8)
+
+
+def _stamp(seconds: float) -> str:
+    m, s = divmod(seconds, 60)
+    return f"{int(m // 60)}:{int(m % 60):02d}:{s:06.3f}"
+
+
+def make_learnable_set(out_dir: Path, *, size: int = 96, fps: int = 12, shot_s: float = 3.0,
+                       videos: int = 4, shots_per_video: int = 4) -> Path:  # fmt: skip
+    """Write the shot videos and `meta.csv` (Panda-70M's columns `videoID,url,timestamp,caption`;
+    url is the video's path relative to the table). Returns the table's path; reruns reuse it."""
+    import csv
+
+    out_dir = Path(out_dir)
+    table = out_dir / "meta.csv"
+    if table.is_file():
+        return table
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = round(shot_s * fps)
+    rows = []
+    for v, shots in enumerate(learnable_shots(videos, shots_per_video)):
+        name = f"shots_{v:02d}"
+        frames = (paint_shot(s, t, n, size, seed=100 * v + k) for k, s in enumerate(shots) for t in range(n))
+        write_video(out_dir / f"{name}.mp4", frames, fps=fps, codec="libx264", width=size, height=size)
+        spans = [[_stamp(k * n / fps), _stamp((k + 1) * n / fps)] for k in range(len(shots))]
+        rows.append({"videoID": name, "url": f"{name}.mp4", "timestamp": repr(spans),
+                     "caption": repr([s.caption for s in shots])})  # fmt: skip
+    tmp = table.with_name(".meta.csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["videoID", "url", "timestamp", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(table)
+    return table

@@ -20,6 +20,37 @@ def _slug(text: str, limit: int = 40) -> str:
     return slug[:limit].rstrip("-") or "sample"
 
 
+def _models_of_run(ckpt: str | None, vae: str | None, t5: str | None, local: bool) -> tuple[str, str, bool]:
+    """VAE and T5 not given: the ones a training run recorded (RUN/models.json, local folders
+    need no hub), else the 1.0 defaults. A recorded model that is gone exits with one line."""
+    from .run_models import MissingModelError, run_models
+
+    try:
+        recorded = run_models(ckpt) if ckpt is not None and Path(ckpt).is_dir() else None
+    except MissingModelError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if recorded is None:
+        return vae or DEFAULT_VAE, t5 or DEFAULT_T5, local
+    both_recorded = vae is None and t5 is None and recorded["local"]
+    return vae or recorded["vae"], t5 or recorded["text_encoder"], local or both_recorded
+
+
+def _missing_model_line(err: Exception, vae: str, t5: str) -> str | None:
+    """One line for a model that cannot be found or fetched (instead of a hub traceback)."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    for name, value in (("VAE", vae), ("text encoder", t5)):
+        if value in str(err):
+            return f"error: cannot load the {name} {value!r}: {text}"
+    return f"error: cannot load a model ({type(err).__name__}: {text})"
+
+
+def _pipeline(cls, ckpt, vae, text_encoder, opts: dict):
+    keys = ("model", "num_frames", "height", "width", "sampler", "steps", "cfg_scale", "cfg_channels",
+            "space_scale", "time_scale", "device", "dtype", "vae_micro_batch_size", "local_files_only")  # fmt: skip
+    return cls.from_paths(ckpt, vae=vae, text_encoder=text_encoder, **{k: opts[k] for k in keys})
+
+
 def sample(
     prompt: Annotated[
         list[str] | None, typer.Option("--prompt", "-p", help="Prompt; repeat for several videos.")
@@ -36,11 +67,13 @@ def sample(
     ] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("samples"),
     vae: Annotated[
-        str, typer.Option(help="VAE: hub id or local diffusers AutoencoderKL directory.")
-    ] = DEFAULT_VAE,
+        str | None,
+        typer.Option(help=f"VAE: hub id or local diffusers AutoencoderKL directory (default: the run's, else {DEFAULT_VAE})."),
+    ] = None,
     text_encoder: Annotated[
-        str, typer.Option(help="T5: hub id or local directory (tokenizer + encoder).")
-    ] = DEFAULT_T5,
+        str | None,
+        typer.Option(help=f"T5: hub id or local directory, tokenizer + encoder (default: the run's, else {DEFAULT_T5})."),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -106,26 +139,13 @@ def sample(
         raise typer.BadParameter("give at least one --prompt or a --prompt-file")
     if ckpt is None:
         typer.echo("warning: no --ckpt given, sampling with random STDiT weights", err=True)
+    vae, text_encoder, local_files_only = _models_of_run(ckpt, vae, text_encoder, local_files_only)
 
-    pipe = TextToVideoPipeline.from_paths(
-        ckpt,
-        vae=vae,
-        text_encoder=text_encoder,
-        model=model,
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        sampler=sampler,
-        steps=steps,
-        cfg_scale=cfg_scale,
-        cfg_channels=cfg_channels,
-        space_scale=space_scale,
-        time_scale=time_scale,
-        device=device,
-        dtype=dtype,
-        vae_micro_batch_size=vae_micro_batch_size,
-        local_files_only=local_files_only,
-    )
+    try:
+        pipe = _pipeline(TextToVideoPipeline, ckpt, vae, text_encoder, locals())
+    except (OSError, ValueError) as err:  # hub errors are OSErrors (no network, unknown id, gated)
+        typer.echo(_missing_model_line(err, vae, text_encoder), err=True)
+        raise typer.Exit(1) from None
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for start in range(0, len(prompts), batch_size):

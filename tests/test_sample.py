@@ -194,3 +194,43 @@ def test_cli_registers_sample_command():
     cli._register()
     result = CliRunner().invoke(cli.app, ["sample", "--help"])
     assert result.exit_code == 0 and "--cfg-channels" in result.output
+
+
+def test_sample_from_a_run_folder_anywhere(tmp_path):
+    """A run folder records its VAE and T5 (relative to itself): `sample --ckpt RUN` needs nothing
+    else, from any folder and after the runs are moved; a missing model is one line, no traceback."""
+    import shutil
+    import subprocess
+
+    from models.checkpoint import save_weights
+    from models.run_models import MODELS_FILE, record_models
+    from models.stdit import STDiT
+    from models.tiny import tiny_stdit_config
+    from tests.conftest import PYTHON, ROOT, cli_env
+
+    runs = tmp_path / "runs"
+    vae, t5 = save_tiny_vae_x8(runs / "models" / "vae"), save_tiny_t5(runs / "models" / "t5")
+    save_weights(STDiT(**tiny_stdit_config()), runs / "hq" / "ema.safetensors")
+    record_models(runs / "hq", str(vae), str(t5))
+    assert json.loads((runs / "hq" / MODELS_FILE).read_text())["vae"] == {"path": "../models/vae"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def sample(run) -> subprocess.CompletedProcess:
+        args = ["sample", "--ckpt", str(run), "--prompt", "a red ball", "--num-frames", "1", "--height", "64",
+                "--width", "64", "--steps", "2", "--device", "cpu", "--out", "out", "--no-progress", "--no-gif"]  # fmt: skip
+        return subprocess.run([PYTHON, str(ROOT / "cli.py"), *args], cwd=elsewhere, env=cli_env(),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    proc = sample(runs / "hq")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    moved = tmp_path / "moved" / "runs"
+    shutil.move(runs, moved)
+    proc = sample(moved / "hq")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    settings = json.loads((elsewhere / "out" / "samples.json").read_text())["settings"]
+    assert settings["vae"] == str(moved / "models" / "vae")
+    shutil.rmtree(moved / "models" / "vae")
+    proc = sample(moved / "hq")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "vae is missing" in proc.stderr, proc.stderr

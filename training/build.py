@@ -114,9 +114,15 @@ def stdit_args_for(cfg: RunConfig, caption_channels: int, latent: tuple[int, int
 
 
 def encoder_paths(cfg: RunConfig) -> tuple[str, str]:
-    """(VAE, T5): hub ids or local folders (`--preset tiny`: the tiny ones, built on first use)."""
+    """(VAE, T5): hub ids or local folders (`--preset tiny`: the tiny ones, built on first use,
+    except a VAE given as a local folder). `model.vae` may be a `vae` stage's run folder."""
+    from .vae_train import vae_path
+
     m = cfg.model
-    return (m.vae, m.text_encoder) if not m.tiny else ensure_tiny_models(m.tiny_dir)
+    if not m.tiny:
+        return str(vae_path(m.vae)), m.text_encoder
+    vae, t5 = ensure_tiny_models(m.tiny_dir)
+    return (str(vae_path(m.vae)) if Path(m.vae).is_dir() else vae), t5
 
 
 def encoder_dtype(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype:

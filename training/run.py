@@ -106,6 +106,12 @@ def _prepare_new_run(run_dir: Path, cfg: RunConfig, source: Source, ctx: DistCon
 
         freeze_index(run_dir, source.workspace, cfg, rows)
     _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+    from models.run_models import record_models
+
+    from .build import encoder_paths
+
+    vae, t5 = encoder_paths(cfg)
+    record_models(run_dir, vae, t5, tiny_random_text_encoder=cfg.model.tiny)  # sample --ckpt RUN reads it
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -8,16 +8,18 @@
 -- Captions: `caption` is the first source with one, in the order provided (the imported table's own,
 -- e.g. Panda-70M's) > vlm (datakit caption); caption_source says which. To prefer the VLM here, select
 -- `* REPLACE (coalesce(vlm_caption, provided_caption) AS caption)`; given_* columns are the table's scores.
+-- Parameters (DuckDB variables, read with getvariable; unset: the numbers below): hq_min_aesthetic, hq_min_text_match. Set them in
+-- Python: datakit.sets.select(ws, name, sql, params={...}) (recorded in the set's card).
 SELECT *
 FROM clips
 WHERE media_type = 'video'
   AND end_s - start_s BETWEEN 2 AND 15       -- clips of 2-15 s
-  AND aesthetic >= 6.0                       -- aesthetic >= 6 (5.5 fair, 6.5 high)
+  AND aesthetic >= coalesce(getvariable('hq_min_aesthetic'), 6.0)  -- aesthetic >= 6 (5.5 fair, 6.5 high)
   AND motion BETWEEN 0.05 AND 1.0            -- visible motion, not chaotic
   AND static = false                         -- not a static clip
   AND caption_status = 'ok'                  -- the latest caption passed caption QA
   AND length(caption) >= 40                  -- a descriptive caption, not a few words
-  AND text_match >= 0.25                     -- the caption describes the frame
+  AND text_match >= coalesce(getvariable('hq_min_text_match'), 0.25)  -- the caption describes the frame
   AND dup_group IS NOT NULL                  -- dedup has compared this clip
   AND dup_of IS NULL                         -- one clip per near-duplicate group
 ORDER BY clip_id

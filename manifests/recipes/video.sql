@@ -7,11 +7,13 @@
 -- Captions: `caption` is the first source with one, in the order provided (the imported table's own,
 -- e.g. Panda-70M's) > vlm (datakit caption); caption_source says which. To prefer the VLM here, select
 -- `* REPLACE (coalesce(vlm_caption, provided_caption) AS caption)`; given_* columns are the table's scores.
+-- Parameters (DuckDB variables, read with getvariable; unset: the numbers below): video_min_aesthetic. Set them in
+-- Python: datakit.sets.select(ws, name, sql, params={...}) (recorded in the set's card).
 SELECT *
 FROM clips
 WHERE media_type = 'video'
   AND end_s - start_s BETWEEN 2 AND 15       -- clips of 2-15 s
-  AND aesthetic >= 4.5                       -- aesthetic >= 4.5 (pretraining range 4.5-5)
+  AND aesthetic >= coalesce(getvariable('video_min_aesthetic'), 4.5)  -- aesthetic >= 4.5 (pretraining range 4.5-5)
   AND static = false                         -- motion scored and not a static clip
   AND caption_status = 'ok'                  -- captioned, and the caption passed caption QA
   AND dup_group IS NOT NULL                  -- dedup has compared this clip
