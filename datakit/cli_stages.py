@@ -146,8 +146,10 @@ def _help(cls: type[Stage]) -> str:
 
 def stage_commands() -> dict[str, click.Command]:
     """Top-level name -> command, one per registered stage (nested groups for cli_path like ("score", "aesthetic"))."""
-    from datakit.registry import stages
+    from datakit.registry import broken_lines, stages
 
+    for line in broken_lines():  # the other stages and commands still work
+        click.echo(f"warning: {line}", err=True)
     top: dict[str, click.Command] = {}
     for cls in stages().values():
         path = cls.cli_path or (cls.name,)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from datakit.executors import StageStats, run_stage
+from datakit.executors import EXECUTORS, StageStats, run_stage
 from datakit.registry import stage_class, stages
 from datakit.stage import OptionError, Resources, Stage
 from datakit.workspace import Workspace
@@ -46,8 +46,8 @@ def run_settings(name: str, section: dict) -> tuple[dict, dict]:
     }
     if not isinstance(run["workers"], int) or isinstance(run["workers"], bool) or run["workers"] < 1:
         raise OptionError(f"{name}: workers must be a positive integer, got {run['workers']!r}")
-    if run["executor"] not in ("local", "ray"):
-        raise OptionError(f"{name}: executor must be 'local' or 'ray', not {run['executor']!r}")
+    if run["executor"] not in EXECUTORS:
+        raise OptionError(f"{name}: executor must be one of {', '.join(EXECUTORS)}, not {run['executor']!r}")
     if not isinstance(run["enabled"], bool):
         raise OptionError(f"{name}: enabled must be true or false, got {run['enabled']!r}")
     for key in ("cpus", "gpus"):

@@ -82,6 +82,43 @@ def test_a_failing_setup_stops_the_run_before_any_row(tmp_path):
     assert _rows(ws) == {}, "no item was marked: a fixed setup processes them all"
 
 
+@pytest.mark.parametrize("executor,workers", [("local", 2), ("ray", 1)])
+def test_a_failing_setup_stops_every_executor_with_one_line(tmp_path, executor, workers):
+    """Before: with -j 2 each item became a 'worker died' retry row and the pool restarted per item."""
+    from datakit.executors import StageSetupError
+
+    ws = _workspace(tmp_path, 4)
+    with pytest.raises(StageSetupError, match="^batchtest: setup failed: model weights not found: /nowhere/model.pt$"):
+        run_stage(ws, BatchStage(fail_setup=True, batch_size=1), workers=workers, executor=executor, progress=False)
+    assert _rows(ws) == {}, "no item was marked: a fixed setup processes them all"
+
+
+def test_the_cli_prints_a_failing_setup_as_one_line(tmp_path, demo_samples):
+    ws = tmp_path / "ws"
+    env = cli_env() | {"DATAKIT_STAGES": "tests.stage_fixtures:BatchStage"}
+    subprocess.run([PYTHON, "-m", "datakit.cli", "ingest", "-w", str(ws), *[str(s.path) for s in demo_samples]],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
+    out = subprocess.run([PYTHON, "-m", "datakit.cli", "batchtest", "-w", str(ws), "-j", "2", "--fail-setup"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == ["error: batchtest: setup failed: model weights not found: /nowhere/model.pt"]
+
+
+def test_a_stage_module_that_fails_to_import_is_named_and_the_rest_works(tmp_path):
+    (tmp_path / "broken_stage.py").write_text("import not_a_module_anywhere\n")
+    env = cli_env() | {"DATAKIT_STAGES": "broken_stage", "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    for args in (["--help"], ["probe", "--help"]):
+        out = subprocess.run([PYTHON, "-m", "datakit.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "stage module broken_stage failed to import and is skipped: ModuleNotFoundError" in out.stderr
+    assert "probe" in out.stdout or "--count-frames" in out.stdout
+    Workspace(tmp_path / "ws")
+    bad = subprocess.run([PYTHON, "-m", "datakit.cli", "status", "-w", str(tmp_path / "ws")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 0 and "probe" in bad.stdout, bad.stderr
+
+
 def test_cuda_out_of_memory_is_transient():
     class OutOfMemoryError(RuntimeError):  # what torch.cuda raises, by name
         pass

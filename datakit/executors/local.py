@@ -18,16 +18,17 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
+from datakit.executors.base import ContextFactory, Executor, StageSetupError, setup_stage
 from datakit.executors.work import iter_results
-from datakit.stage import Rows, Stage, WorkerContext
+from datakit.stage import Rows, Stage
 
-ContextFactory = Callable[..., WorkerContext]
+__all__ = ["LocalExecutor", "StageSetupError", "local_results", "plan_workers", "visible_gpus"]
 
 
 def visible_gpus() -> list[str]:
@@ -66,14 +67,14 @@ def local_results(stage: Stage, items: list[dict], workers: int, make_ctx: Conte
         return
     device = "cpu"
     if n <= 1 or len(items) == 1:
-        _setup(stage, make_ctx(rank=0, world_size=1, device=device))
+        setup_stage(stage, make_ctx(rank=0, world_size=1, device=device))
         try:
             yield from iter_results(stage, items)
         finally:
             stage.teardown()
         return
     if stage.io_bound:
-        _setup(stage, make_ctx(rank=0, world_size=1, device=device))
+        setup_stage(stage, make_ctx(rank=0, world_size=1, device=device))
         try:
             with ThreadPoolExecutor(n, thread_name_prefix=stage.name) as pool:
                 yield from _bounded(pool, lambda chunk: list(iter_results(stage, chunk)), items, stage, n)
@@ -83,24 +84,21 @@ def local_results(stage: Stage, items: list[dict], workers: int, make_ctx: Conte
     yield from _process_pool(stage, items, n, make_ctx, [])
 
 
-class StageSetupError(RuntimeError):
-    """`setup` failed (a model that does not load, a server that does not start): nothing ran."""
+class LocalExecutor(Executor):
+    name = "local"
 
-
-def _setup(stage: Stage, ctx: WorkerContext) -> None:
-    try:
-        stage.setup(ctx)
-    except Exception as exc:
-        raise StageSetupError(f"{stage.name}: setup failed: {exc}") from exc
+    def results(self, stage: Stage, items: list[dict], make_ctx: ContextFactory) -> Iterator[Rows]:
+        return local_results(stage, items, self.workers, make_ctx)
 
 
 # --------------------------------------------------------------------------- process pool
 _worker_stage: Stage | None = None
+_setup_error: str | None = None  # this worker's setup failed: every chunk raises it (one line, no rows)
 
 
 def _init_worker(stage: Stage, make_ctx: ContextFactory, counter, world_size: int, gpu_slots: list[str],
                  parent_pid: int) -> None:  # fmt: skip
-    global _worker_stage
+    global _worker_stage, _setup_error
     _start_watchdog(parent_pid)
     with counter.get_lock():
         rank = counter.value
@@ -110,11 +108,16 @@ def _init_worker(stage: Stage, make_ctx: ContextFactory, counter, world_size: in
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_slots[rank % len(gpu_slots)]
         device = "cuda:0"
     _worker_stage = stage
-    stage.setup(make_ctx(rank=rank % world_size, world_size=world_size, device=device))
+    try:  # an initializer that raises would break the pool: each item would become a "worker died" retry
+        setup_stage(stage, make_ctx(rank=rank % world_size, world_size=world_size, device=device))
+    except StageSetupError as exc:
+        _setup_error = str(exc)
 
 
 def _run_chunk(chunk: list[dict]) -> list[Rows]:
     assert _worker_stage is not None
+    if _setup_error is not None:
+        raise StageSetupError(_setup_error)
     return list(iter_results(_worker_stage, chunk))
 
 

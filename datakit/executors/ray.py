@@ -19,10 +19,11 @@ import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
-from datakit.executors.local import ContextFactory
+from datakit.executors.base import ContextFactory, Executor, StageSetupError, setup_stage
 from datakit.executors.work import run_batch
 from datakit.stage import Rows, Stage
 
+SETUP_FAILED = "__setup_failed__"  # a "rows" dict holding only this key: the actor's setup failed
 # Items and rows travel pickled: Arrow needs one type per column, rows and frames do not have it.
 
 
@@ -31,13 +32,18 @@ class _StageActor:
         import ray
 
         self.stage = stage
-        gpu_ids = ray.get_gpu_ids()
-        device = "cuda:0" if gpu_ids else "cpu"
+        device = _device(ray.get_gpu_ids())
         # Ray does not number actors: a stable hash of the actor id stands in for the rank.
         rank = int(ray.get_runtime_context().get_actor_id()[-8:], 16) % max(1, world_size)
-        stage.setup(make_ctx(rank=rank, world_size=world_size, device=device))
+        self.setup_error: str | None = None
+        try:  # a raising constructor would only restart actors: keep the line, answer every batch with it
+            setup_stage(stage, make_ctx(rank=rank, world_size=world_size, device=device))
+        except StageSetupError as exc:
+            self.setup_error = str(exc)
 
     def __call__(self, batch: dict) -> dict:
+        if self.setup_error is not None:  # the driver stops the run on this marker (a raise here ends as ActorDiedError)
+            return {"rows": [pickle.dumps({SETUP_FAILED: self.setup_error})] * len(batch["item"])}
         out: list[bytes] = []
         ready = []
         for blob in batch["item"]:
@@ -51,6 +57,12 @@ class _StageActor:
         return {"rows": out}
 
 
+def _device(gpu_ids: list) -> str:
+    """cuda:0 (the GPU Ray gave this actor) on a node with NVIDIA devices; a GPU that is only a
+    logical Ray resource (`--num-gpus` on a node without one, as in a test cluster) runs on the CPU."""
+    return "cuda:0" if gpu_ids and any(Path("/dev").glob("nvidia[0-9]*")) else "cpu"
+
+
 def _prepare_fn(stage: Stage):
     def prepare(row: dict) -> dict:
         item, _ = pickle.loads(row["item"])
@@ -60,6 +72,16 @@ def _prepare_fn(stage: Stage):
             return {"item": pickle.dumps((None, stage.failure_rows(item, exc)))}
 
     return prepare
+
+
+class RayExecutor(Executor):
+    """Ray Data actors; `address` joins an existing cluster (default: a local Ray)."""
+
+    name = "ray"
+
+    def results(self, stage: Stage, items: list[dict], make_ctx: ContextFactory) -> Iterator[Rows]:
+        workers = self.workers if self.workers > 1 else None
+        return ray_results(stage, items, make_ctx, workers=workers, address=self.options.get("address"))
 
 
 def ray_results(stage: Stage, items: list[dict], make_ctx: ContextFactory, *, workers: int | None = None,
@@ -100,4 +122,7 @@ def ray_results(stage: Stage, items: list[dict], make_ctx: ContextFactory, *, wo
     )
     for batch in results.iter_batches(batch_size=1, batch_format="numpy"):
         for blob in batch["rows"]:
-            yield pickle.loads(blob)
+            rows = pickle.loads(blob)
+            if SETUP_FAILED in rows:
+                raise StageSetupError(rows[SETUP_FAILED])
+            yield rows

@@ -15,10 +15,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from datakit.executors.base import executor_class
 from datakit.stage import Rows, Stage, WorkerContext
 from datakit.workspace import Workspace
 
@@ -117,16 +119,14 @@ def run_stage(
 ) -> StageStats:
     """Plan pending items, process them, commit results in batches. Safe to kill and rerun."""
     stage.validate()
-    if executor not in ("local", "ray"):
-        raise ValueError(f"unknown executor {executor!r} (local or ray)")
-    from rich.console import Console
+    runner = executor_class(executor)(workers=workers, address=ray_address)  # unknown name: ValueError
+    from datakit.progress import Progress
 
-    console = Console(stderr=True)
     stats = StageStats(stage.name)
     t_lock = time.monotonic()
 
     def on_wait(_name: str) -> None:
-        console.print(f"[yellow]waiting: another {stage.name} run holds this workspace[/]")
+        print(f"waiting: another {stage.name} run holds this workspace", file=sys.stderr, flush=True)
 
     with ws.lock(f"stage-{stage.name}", on_wait=on_wait):
         t0 = time.monotonic()
@@ -138,18 +138,11 @@ def run_stage(
         make_ctx = functools.partial(WorkerContext.for_workspace, ws.root, stage.name)
         stage.begin_run(make_ctx())
         committer = _Committer(ws, stage, items, stats)
-        if executor == "ray":
-            from datakit.executors.ray import ray_results
-
-            stream = ray_results(stage, items, make_ctx, workers=workers if workers > 1 else None, address=ray_address)
-        else:
-            from datakit.executors.local import local_results
-
-            stream = local_results(stage, items, workers, make_ctx)
-        with _progress(console, stage.name, len(items), enabled=progress and bool(items)) as advance:
+        stream = runner.results(stage, items, make_ctx)
+        with Progress(stage.name, len(items), enabled=progress and bool(items)) as bar:  # plain lines off a TTY
             for rows in stream:
                 committer.add(rows)
-                advance()
+                bar.advance()
         committer.flush()
         for table in stats.rows_written:
             if ws.needs_compaction(table, compact_above_parts):
@@ -157,29 +150,6 @@ def run_stage(
         stats.seconds = time.monotonic() - t0
         (run_dir / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
     return stats
-
-
-class _progress:
-    """A rich progress bar (imported only when shown)."""
-
-    def __init__(self, console, label: str, total: int, enabled: bool):
-        self.console, self.label, self.total, self.enabled = console, label, total, enabled
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(f"[bold]{self.label}[/]"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=self.console)  # fmt: skip
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 def _start_run_dir(ws: Workspace, stage: Stage, workers: int, executor: str) -> Path:
