@@ -106,7 +106,7 @@ def run_stage_command(name: str, *, workspace: Path, workers: int | None, limit:
     except WorkspaceError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    from datakit.executors.local import StageSetupError
+    from datakit.executors import StageSetupError
 
     try:
         stats = run_stage(ws, stage, workers=workers or run["workers"], limit=limit,
