@@ -43,7 +43,7 @@ def test_recipe_funnel_counts_what_each_condition_removes(tmp_path):
     assert got == {
         "(media_type = 'video')": (0, 0),
         "((end_s - start_s) BETWEEN 2 AND 15)": (2, 2),  # short, long
-        "(aesthetic >= 4.5)": (2, 2),  # ugly, unscored
+        "(aesthetic >= COALESCE(getvariable('video_min_aesthetic'), 4.5))": (2, 2),  # ugly, unscored (a recipe parameter)
         "(static = false)": (1, 1),  # still
         "(caption_status = 'ok')": (1, 1),  # refused
         "(dup_group IS NOT NULL)": (1, 1),  # undeduped
