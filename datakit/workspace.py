@@ -30,6 +30,7 @@ import difflib
 import fcntl
 import json
 import os
+import re
 import time
 import uuid
 import weakref
@@ -294,9 +295,14 @@ class Workspace:
         weakref.finalize(con, release)
         return con
 
-    def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *, sandbox: bool = False) -> T:
-        """Run `fn(connection)` on a snapshot of the views; damaged parts raise DamagedPartsError."""
-        con, release, files = self._snapshot(sandbox)
+    def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *, sandbox: bool = False,
+             for_sql: str | None = None) -> T:  # fmt: skip
+        """Run `fn(connection)` on a snapshot of the views; damaged parts raise DamagedPartsError.
+
+        for_sql: the one query `fn` runs (not sandboxed): only the views it names, directly or
+        through other views, are created (binding a view reads its parts' footers: start-up cost).
+        """
+        con, release, files = self._snapshot(sandbox, None if sandbox else for_sql)
         try:
             return fn(con)
         except duckdb.Error as exc:
@@ -314,12 +320,12 @@ class Workspace:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
-        return self.read(run, sandbox=sandbox)
+        return self.read(run, sandbox=sandbox, for_sql=query)
 
     def arrow(self, query: str, params: list | None = None, *, sandbox: bool = False) -> pa.Table:
-        return self.read(lambda con: con.sql(query, params=params).to_arrow_table(), sandbox=sandbox)
+        return self.read(lambda con: con.sql(query, params=params).to_arrow_table(), sandbox=sandbox, for_sql=query)
 
-    def _snapshot(self, sandbox: bool) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None], list[Path]]:
+    def _snapshot(self, sandbox: bool, for_sql: str | None = None) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None], list[Path]]:
         """A connection over the live parts as listed now, a release function, and the files it reads."""
         reader = self._reader_lock()
         release = reader.close if reader else lambda: None
@@ -333,7 +339,8 @@ class Workspace:
             try:
                 if sandbox:
                     _lock_down(con, files)
-                for name, sql in self.view_sql(parts).items():
+                views = self.view_sql(parts)
+                for name, sql in (views if for_sql is None else _views_named_by(views, for_sql)).items():
                     con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
             except duckdb.Error as exc:
                 con.close()
@@ -592,6 +599,21 @@ def is_duckdb_file(path: Path) -> bool:
             return fh.read(12)[8:12] == b"DUCK"
     except OSError:
         return False
+
+
+def _views_named_by(views: dict[str, str], sql: str) -> dict[str, str]:
+    """The views `sql` names, with every view they name in turn, in the order of `views`."""
+    needed: set[str] = set()
+    frontier = [w for w in _WORD.findall(sql) if w in views]
+    while frontier:
+        name = frontier.pop()
+        if name not in needed:
+            needed.add(name)
+            frontier += [w for w in _WORD.findall(views[name]) if w in views and w not in needed]
+    return {name: sql for name, sql in views.items() if name in needed}
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _newest_per_key(key: str) -> str:
