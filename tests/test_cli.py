@@ -240,3 +240,14 @@ def test_status_counts_pending_per_model_key_run(tmp_path):
     assert "mine" in text and "aesthetic" in text
     card = json.loads(datakit("select", "mine", "--where", "aesthetic >= 5", "-w", str(tmp_path), "--json").stdout)
     assert card["set"] == "mine@v1" and card["row_count"] == 1 and Path(card["path"]).is_dir()
+
+
+def test_off_a_terminal_a_stage_prints_plain_progress_lines(tmp_path, demo_samples):
+    ws = str(tmp_path / "ws")
+    datakit("ingest", "-w", ws, *[str(t.path) for t in demo_samples[:2]])
+    env = cli_env() | {"DATAKIT_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", "probe", "-w", ws], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("probe: ")]
+    assert lines[0].startswith("probe: 1/2 (50%)") and "items/s" in lines[0]
+    assert lines[-1].startswith("probe: 2/2 (100%)"), lines
