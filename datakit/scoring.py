@@ -17,9 +17,14 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+
+from datakit.stage import OptionError, Rows, Stage, option
+from datakit.tables import Column
 
 _WEIGHT_SUFFIXES = (".json", ".pt", ".pth", ".bin", ".safetensors", ".npz")
 # Consecutive wanted frames at most this far apart are decoded in one pass instead of two seeks.
@@ -130,13 +135,16 @@ CLIP_ITEMS_SQL = """
 def clip_file(item: dict) -> tuple[str, int, int, float | None, str]:
     """(file, start, end, fps, 'source' or 'cut') to read a clip row of CLIP_ITEMS_SQL from.
 
-    The source span when the source file exists (exact, any frame rate), else the whole cut file."""
+    The source span when the source file exists (exact, any frame rate), else the whole cut file
+    (the rule of `datakit.sets.media_path`, which the trainer uses too)."""
+    from datakit.sets import media_path
+
     source = item["source_path"]
-    if source and Path(source).is_file():
+    path, is_cut = media_path({"source_path": source, "path": item.get("cut_path")}, "source")
+    if path and not is_cut:
         return source, int(item["start_frame"]), int(item["end_frame"]), item["fps"], "source"
-    cut = item.get("cut_path")
-    if cut and Path(cut).is_file():
-        return cut, 0, int(item["cut_frames"]), item["cut_fps"], "cut"
+    if path:
+        return path, 0, int(item["cut_frames"]), item["cut_fps"], "cut"
     raise FileNotFoundError(f"neither the source {source} nor a cut file of clip {item['clip_id']} exists")
 
 
@@ -146,3 +154,67 @@ def latest_ok_sql(table: str, columns: str, *, key: str = "clip_id") -> str:
         f"SELECT {key}, {columns} FROM _latest_{table} WHERE status = 'ok' "
         f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY scored_at DESC, row_id DESC) = 1"
     )
+
+
+# ------------------------------------------------------------------------------- score stages
+def identity_columns(key_doc: str, model_doc: str) -> tuple[Column, ...]:
+    """clip_id, model_key and model: the columns every versioned score row carries."""
+    return (
+        Column("clip_id", "VARCHAR", "id of the clip"),
+        Column("model_key", "VARCHAR", key_doc),
+        Column("model", "VARCHAR", model_doc),
+    )
+
+
+@dataclass(kw_only=True)
+class ScoreStage(Stage):
+    """A stage whose rows are versioned by model: `row_id = <clip_id>:<score_key>`, each row
+    (error rows included) with the identity columns and the time it was written."""
+
+    time_column: ClassVar[str] = "scored_at"
+
+    @property
+    def score_key(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def score_model(self) -> str:
+        """Readable: the model, weights and versions behind `score_key`."""
+        raise NotImplementedError
+
+    def identity(self, item: dict) -> dict:
+        return {"clip_id": item["clip_id"], "model_key": self.score_key, "model": self.score_model}
+
+    def failure_extra(self, item: dict) -> dict:
+        """Columns besides the identity that an error row keeps (e.g. the caption it compared)."""
+        return {}
+
+    def failure_rows(self, item: dict, exc: BaseException) -> Rows:
+        rows = super().failure_rows(item, exc)
+        for row in rows[self.marker_table]:
+            row.update(self.identity(item), **self.failure_extra(item), **{self.time_column: now()})
+        return rows
+
+
+@dataclass(kw_only=True)
+class ClipOptions:
+    """The open_clip options of every CLIP stage (aesthetic, text match): one declaration, so the
+    stages share names, defaults and checks and cannot silently default to different models."""
+
+    model: str = option("ViT-L-14", "open_clip model: a name, local-dir:/folder, hf-hub:org/repo or a config .json.")
+    pretrained: str | None = option("openai", "open_clip pretrained tag or weights file (none: random weights).")
+    cache_dir: str | None = option(None, "Where open_clip (and torch hub) cache downloaded weights.")
+
+    def check_clip_refs(self, *extra: tuple[str, str | None]) -> None:
+        for label, ref in (("model", self.model), ("pretrained", self.pretrained), *extra):
+            if missing_local_ref(ref):
+                raise OptionError(f"{self.name}: {label} not found: {ref}")  # type: ignore[attr-defined]
+
+    def clip_identity(self) -> dict:
+        """What of the CLIP model enters a model key."""
+        return {"model": clip_model_id(self.model), "pretrained": weights_ref(self.pretrained)}
+
+    def clip_model_description(self) -> str:
+        from importlib.metadata import version
+
+        return f"open_clip {self.model} pretrained={describe_ref(self.pretrained)} (open_clip {version('open_clip_torch')})"

@@ -77,8 +77,17 @@ class SetVersion:
         return pq.read_table(self.rows_path)
 
 
-def sets_dir(ws: Workspace) -> Path:
-    return ws.root / "sets"
+def sets_dir(ws: Workspace | Path) -> Path:
+    """`<workspace>/sets` (a Workspace or just its folder: reading a set opens no catalog)."""
+    return (ws.root if isinstance(ws, Workspace) else Path(ws)) / "sets"
+
+
+def parse_spec(spec: str) -> tuple[str, int | None]:
+    """`NAME` -> (NAME, None: the latest version); `NAME@vN` or `NAME@N` -> (NAME, N)."""
+    match = re.fullmatch(r"([^@/\s]+)(?:@v?(\d+))?", spec.strip())
+    if not match:
+        raise SetError(f"set {spec!r} is not NAME or NAME@vN")
+    return match.group(1), int(match.group(2)) if match.group(2) else None
 
 
 def recipe_sql(name: str) -> str:
@@ -90,8 +99,13 @@ def recipe_sql(name: str) -> str:
     return path.read_text()
 
 
-def versions(ws: Workspace, name: str) -> list[SetVersion]:
-    folder = sets_dir(ws) / name
+def versions(ws: Workspace | Path, name: str) -> list[SetVersion]:
+    return versions_in(sets_dir(ws) / name, name)
+
+
+def versions_in(folder: Path, name: str | None = None) -> list[SetVersion]:
+    """The complete versions (card.json written last) in a set folder, oldest first."""
+    name = name or folder.name
     found = []
     for d in folder.glob("v*") if folder.is_dir() else []:
         if re.fullmatch(r"v\d+", d.name) and (d / "card.json").is_file():
@@ -99,25 +113,49 @@ def versions(ws: Workspace, name: str) -> list[SetVersion]:
     return sorted(found, key=lambda v: v.version)
 
 
-def resolve(ws: Workspace, spec: str) -> SetVersion:
-    """`NAME` (latest version) or `NAME@vN` -> the set version."""
+def resolve(ws: Workspace | Path, spec: str) -> SetVersion:
+    """`NAME` (latest version) or `NAME@vN` -> the set version (the trainer and `features` use this too)."""
     name, _, ver = spec.partition("@")
+    if ver and not re.fullmatch(r"v?\d+", ver):
+        raise SetError(f"bad set version {ver!r} in {spec!r}: use NAME@v2")
+    name, wanted = parse_spec(spec)
     found = versions(ws, name)
     if not found:
         known = ", ".join(list_sets(ws)) or "none yet"
-        raise SetError(f"no set named {name!r} in {sets_dir(ws)} (sets: {known})")
-    if not ver:
+        raise SetError(f"no curated set named {name!r} in {sets_dir(ws)} (sets: {known})")
+    if wanted is None:
         return found[-1]
-    if not re.fullmatch(r"v?\d+", ver):
-        raise SetError(f"bad set version {ver!r} in {spec!r}: use NAME@v2")
-    wanted = int(ver.lstrip("v"))
     for v in found:
         if v.version == wanted:
             return v
-    raise SetError(f"set {name} has no version v{wanted} (versions: {', '.join(f'v{v.version}' for v in found)})")
+    raise SetError(f"set {name} has no version {wanted} (versions: {', '.join(f'v{v.version}' for v in found)})")
 
 
-def list_sets(ws: Workspace) -> dict[str, list[SetVersion]]:
+def resolve_folder(spec: str) -> SetVersion | None:
+    """A set given by folder: `<ws>/sets/NAME` (latest), `<ws>/sets/NAME@vN`, or a version folder."""
+    path = Path(spec).expanduser()
+    if not path.exists() and "@" in spec:
+        folder, _, _ = spec.rpartition("@")
+        _, wanted = parse_spec(Path(folder).name + spec[len(folder):])
+        return next((v for v in versions_in(Path(folder).expanduser()) if v.version == wanted), None)
+    if (path / "card.json").is_file() and re.fullmatch(r"v\d+", path.name):
+        return SetVersion(path.parent.name, int(path.name[1:]), path)
+    found = versions_in(path) if path.is_dir() else []
+    return found[-1] if found else None
+
+
+def media_path(row: dict, prefer: str = "source") -> tuple[str | None, bool]:
+    """(file to read a clip from, whether it is the cut file): the source file (`source_path`,
+    exact spans at any frame rate) or the cut file (`path`), `prefer` first; None when neither exists."""
+    source, cut = row.get("source_path"), row.get("path")
+    order = [(cut, True), (source, False)] if prefer == "cut" else [(source, False), (cut, True)]
+    for path, is_cut in order:
+        if path and os.path.isfile(path):
+            return path, is_cut
+    return None, False
+
+
+def list_sets(ws: Workspace | Path) -> dict[str, list[SetVersion]]:
     root = sets_dir(ws)
     names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     return {n: vs for n in names if (vs := versions(ws, n))}

@@ -22,13 +22,12 @@ installed plugin does: datakit itself never imports training.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from datakit.scoring import now, sql_str
-from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
+from datakit.scoring import ScoreStage, identity_columns, now, sql_str
+from datakit.stage import OptionError, Resources, WorkerContext, option
 from datakit.tables import Column as C
 from datakit.tables import Table
 from training.config import STAGES as TRAIN_STAGES  # stdlib only: listing stages stays fast
@@ -42,13 +41,8 @@ TABLES = (
         "Cached VAE posteriors and T5 caption embeddings per clip and training config, for "
         "`train ... data.source=features`. Written by `features`.",
         (
-            C("clip_id", "VARCHAR", "id of the clip"),
-            C(
-                "model_key",
-                "VARCHAR",
-                "features key: hash of the VAE, T5, caption length, frame and size buckets, version",
-            ),
-            C("model", "VARCHAR", "readable: encoders and training settings the features were made with"),
+            *identity_columns("features key: hash of the VAE, T5, caption length, frame and size buckets, version",
+                              "readable: encoders and training settings the features were made with"),
             C(
                 "shard",
                 "VARCHAR",
@@ -74,31 +68,29 @@ TABLES = (
 
 
 def resolve_selection(spec: str) -> Path:
-    """The rows file of `spec`: a .parquet file, a set version folder, a set folder (latest
-    version; `FOLDER@vN` for another) or a training run folder (its data/rows.parquet)."""
+    """The rows file of `spec`: a .parquet file, a curated set given by folder (`datakit.sets`:
+    latest version, `FOLDER@vN`, or a version folder) or a training run folder (its data/rows.parquet)."""
+    from datakit.sets import SetError, resolve_folder
+
     path = Path(spec).expanduser()
-    version = re.fullmatch(r"(.+)@v?(\d+)", spec)
-    if not path.exists() and version:
-        path = Path(version.group(1)).expanduser() / f"v{version.group(2)}"
     if path.is_file():
         return path.resolve()
-    for candidate in (path / "rows.parquet", path / "data" / "rows.parquet"):
-        if candidate.is_file():
-            return candidate.resolve()
-    versions = sorted(
-        (int(p.name[1:]), p)
-        for p in path.glob("v*")
-        if p.name[1:].isdigit() and (p / "rows.parquet").is_file()
-    )
-    if versions:
-        return (versions[-1][1] / "rows.parquet").resolve()
+    for rows in (path / "rows.parquet", path / "data" / "rows.parquet"):  # a rows folder, a run folder
+        if rows.is_file():
+            return rows.resolve()
+    try:
+        found = resolve_folder(spec)
+    except SetError:
+        found = None
+    if found is not None:
+        return found.rows_path.resolve()
     raise OptionError(
         f"features: selection {spec!r} is not a rows .parquet file, a set (version) folder or a run folder"
     )
 
 
 @dataclass(kw_only=True)
-class FeaturesStage(Stage):
+class FeaturesStage(ScoreStage):
     """VAE latents and T5 embeddings of a selection's clips, cached in shards for training."""
 
     name = "features"
@@ -107,6 +99,7 @@ class FeaturesStage(Stage):
     after = ("aesthetic", "caption", "dedup", "match", "motion")  # encodes a curated set: after curation
     resources = Resources(cpus=1, gpus=1)
     run_by_default = False
+    time_column = "computed_at"
 
     selection: str | None = option(
         None,
@@ -287,12 +280,16 @@ class FeaturesStage(Stage):
             for i, (it, e) in enumerate(zip(items, entries, strict=True))
         ]  # fmt: skip
 
-    def failure_rows(self, item: dict, exc: BaseException) -> dict:
-        rows = super().failure_rows(item, exc)
-        for row in rows[self.marker_table]:
-            row.update(clip_id=item["clip_id"], model_key=self.features_key, model=self.describe_model(),
-                       caption_md5=item.get("caption_md5"), computed_at=now())  # fmt: skip
-        return rows
+    @property
+    def score_key(self) -> str:
+        return self.features_key
+
+    @property
+    def score_model(self) -> str:
+        return self.describe_model()
+
+    def failure_extra(self, item: dict) -> dict:
+        return {"caption_md5": item.get("caption_md5")}
 
     def teardown(self) -> None:
         self._vae = self._t5 = None

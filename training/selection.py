@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from datakit import sets
+from datakit.sets import media_path  # one home: which file (source or cut) a clip is read from
+
+__all__ = ["SelectionError", "check_files", "freeze", "load_frozen", "media_path", "normalise", "read_set"]
 
 REQUIRED = ("start_frame", "end_frame", "fps", "width", "height")
 ROWS_FILE, CARD_FILE = "rows.parquet", "card.json"
@@ -31,34 +35,21 @@ class SelectionError(ValueError):
 
 # ------------------------------------------------------------------------------------ sources
 def parse_set_spec(spec: str) -> tuple[str, int | None]:
-    """ "name" -> (name, None: latest); "name@v3" or "name@3" -> (name, 3)."""
-    match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:@v?(\d+))?", spec.strip())
-    if not match:
-        raise SelectionError(f"--set {spec!r} is not NAME or NAME@vN")
-    return match.group(1), int(match.group(2)) if match.group(2) else None
+    """ "name" -> (name, None: latest); "name@v3" or "name@3" -> (name, 3) (datakit.sets' rule)."""
+    try:
+        return sets.parse_spec(spec)
+    except sets.SetError as err:
+        raise SelectionError(f"--set: {err}") from None
 
 
 def read_set(workspace: str | os.PathLike, spec: str) -> tuple[pa.Table, dict[str, Any]]:
     """Rows and card of a curated set version (the latest when no version is given)."""
-    name, version = parse_set_spec(spec)
-    root = Path(workspace) / "sets" / name
-    versions = sorted(
-        int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit() and (p / ROWS_FILE).is_file()
-    )
-    if not versions:
-        raise SelectionError(f"no curated set {name!r} in {root.parent} (expected {root}/v<N>/{ROWS_FILE})")
-    if version is None:
-        version = versions[-1]
-    elif version not in versions:
-        raise SelectionError(f"set {name!r} has no version {version}; versions: {versions}")
-    folder = root / f"v{version}"
-    card_path = folder / CARD_FILE
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    card = {"name": name, "version": version, **card, "source": str(folder)}
     try:
-        return pq.read_table(folder / ROWS_FILE), card
-    except (OSError, pa.ArrowException) as err:
-        raise SelectionError(f"cannot read {folder / ROWS_FILE}: {err}") from None
+        found = sets.resolve(Path(workspace), spec)
+        card = {"name": found.name, "version": found.version, **found.card, "source": str(found.path)}
+        return found.read(), card
+    except (sets.SetError, OSError, ValueError, pa.ArrowException) as err:
+        raise SelectionError(str(err)) from None
 
 
 def run_select(workspace: str | os.PathLike, sql: str) -> tuple[pa.Table, dict[str, Any]]:
@@ -128,16 +119,6 @@ def normalise(table: pa.Table) -> pa.Table:
     ]
     rest = [c for c in table.column_names if c not in first]
     return table.select(first + rest)
-
-
-def media_path(row: dict[str, Any], prefer: str) -> tuple[str | None, bool]:
-    """(file to decode, whether it is the cut file) for a row; None when neither file exists."""
-    source, cut = row.get("source_path"), row.get("path")
-    order = [(cut, True), (source, False)] if prefer == "cut" else [(source, False), (cut, True)]
-    for path, is_cut in order:
-        if path and os.path.isfile(path):
-            return path, is_cut
-    return None, False
 
 
 def check_files(rows: Sequence[dict[str, Any]], examples: int = 5) -> None:

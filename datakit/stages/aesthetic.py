@@ -12,22 +12,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from importlib.metadata import version
 
 from datakit.scoring import (
     CLIP_ITEMS_SQL,
+    ClipOptions,
+    ScoreStage,
     clip_file,
-    clip_model_id,
     describe_ref,
     frame_positions,
-    missing_local_ref,
+    identity_columns,
     model_key,
     now,
     read_frames_at,
     sql_str,
     weights_ref,
 )
-from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
+from datakit.stage import OptionError, Resources, WorkerContext, option
 from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
 
@@ -36,10 +36,9 @@ LAION_HEAD_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
 )
 
-_VERSIONED = (
-    C("clip_id", "VARCHAR", "id of the clip"),
-    C("model_key", "VARCHAR", "short hash of model, weights, settings and scorer version"),
-    C("model", "VARCHAR", "readable: model, weights and package version that made the row"),
+_VERSIONED = identity_columns(
+    "short hash of model, weights, settings and scorer version",
+    "readable: model, weights and package version that made the row",
 )
 
 TABLES = (
@@ -79,7 +78,7 @@ def clip_frames(item: dict, fractions: list[float]) -> tuple[str, list[int], str
 
 
 @dataclass(kw_only=True)
-class AestheticStage(Stage):
+class AestheticStage(ScoreStage, ClipOptions):
     """CLIP image embeddings and the LAION aesthetic score of each clip (mean over a few frames)."""
 
     name = "aesthetic"
@@ -92,26 +91,20 @@ class AestheticStage(Stage):
     run_by_default = False
     cli_path = ("score", "aesthetic")
 
-    model: str = option("ViT-L-14", "open_clip model: a name, local-dir:/folder, hf-hub:org/repo or a config .json.")
-    pretrained: str | None = option("openai", "open_clip pretrained tag or weights file (none: random weights).")
     head: str = option(LAION_HEAD_URL, "Aesthetic head weights (path or URL; the LAION state dict layout).")
     frames: list[float] = option([0.1, 0.5, 0.9], "Fractions of the clip span at which frames are scored.")
-    cache_dir: str | None = option(None, "Where open_clip / torch hub cache downloaded weights.")
     batch_size: int = option(32, "Clips per model call.", min=1)
     commit_every: int = option(256, "Items per committed part file.", min=1)
 
     def check(self) -> None:
         if not self.frames or any(not 0 <= f < 1 for f in self.frames):
             raise OptionError(f"{self.name}: frames must be fractions in [0, 1), got {self.frames}")
-        for label, ref in (("model", self.model), ("pretrained", self.pretrained), ("head", self.head)):
-            if missing_local_ref(ref):
-                raise OptionError(f"{self.name}: {label} not found: {ref}")
+        self.check_clip_refs(("head", self.head))
 
     # ------------------------------------------------------------------ keys
     @cached_property
     def embed_key(self) -> str:
-        return model_key(model=clip_model_id(self.model), pretrained=weights_ref(self.pretrained), frames=self.frames,
-                         version=SCORER_VERSION)  # fmt: skip
+        return model_key(**self.clip_identity(), frames=self.frames, version=SCORER_VERSION)
 
     @cached_property
     def score_key(self) -> str:
@@ -120,12 +113,15 @@ class AestheticStage(Stage):
     @cached_property
     def clip_description(self) -> str:
         """Readable model of an embedding row: CLIP, its weights (files with their hash), package version."""
-        return (f"open_clip {self.model} pretrained={describe_ref(self.pretrained)} "
-                f"(open_clip {version('open_clip_torch')}); frames {self.frames}")  # fmt: skip
+        return f"{self.clip_model_description()}; frames {self.frames}"
 
     @cached_property
     def score_description(self) -> str:
         return f"{self.clip_description}; head {describe_ref(self.head)}"
+
+    @property
+    def score_model(self) -> str:
+        return self.score_description
 
     def items_sql(self) -> str:
         return f"SELECT *, clip_id || ':' || {sql_str(self.score_key)} AS row_id FROM ({CLIP_ITEMS_SQL})"
@@ -185,12 +181,6 @@ class AestheticStage(Stage):
                 }],
             })  # fmt: skip
         return out
-
-    def failure_rows(self, item: dict, exc: BaseException) -> dict:
-        rows = super().failure_rows(item, exc)
-        for row in rows[self.marker_table]:
-            row.update(clip_id=item["clip_id"], model_key=self.score_key, model=self.score_description, scored_at=now())
-        return rows
 
     def teardown(self) -> None:
         self._clip = self._head = None

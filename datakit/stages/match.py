@@ -9,22 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from importlib.metadata import version
 
 from datakit.scoring import (
     CLIP_ITEMS_SQL,
+    ClipOptions,
+    ScoreStage,
     clip_file,
-    clip_model_id,
-    describe_ref,
     frame_positions,
-    missing_local_ref,
+    identity_columns,
     model_key,
     now,
     read_frames_at,
     sql_str,
-    weights_ref,
 )
-from datakit.stage import OptionError, Resources, Stage, WorkerContext, option
+from datakit.stage import Resources, WorkerContext, option
 from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
 
@@ -36,9 +34,8 @@ TABLES = (
         C("row_id", "VARCHAR", "'<clip_id>:<model_key>'"),
         "CLIP similarity of caption and middle frame, per clip and model. Written by `score match`.",
         (
-            C("clip_id", "VARCHAR", "id of the clip"),
-            C("model_key", "VARCHAR", "short hash of CLIP model, weights and scorer version"),
-            C("model", "VARCHAR", "readable: model, weights and package version"),
+            *identity_columns("short hash of CLIP model, weights and scorer version",
+                              "readable: model, weights and package version"),
             C("text_match", "DOUBLE", "cosine similarity of the caption and middle-frame embeddings (-1..1)"),
             C("caption_md5", "VARCHAR", "md5 of the caption compared (a new caption makes the clip pending)"),
             C("frame", "BIGINT", "index of the frame compared, in the file read"),
@@ -49,7 +46,7 @@ TABLES = (
 
 
 @dataclass(kw_only=True)
-class TextMatchStage(Stage):
+class TextMatchStage(ScoreStage, ClipOptions):
     """CLIP similarity of each captioned clip's caption and middle frame."""
 
     name = "match"
@@ -61,25 +58,27 @@ class TextMatchStage(Stage):
     run_by_default = False
     cli_path = ("score", "match")
 
-    model: str = option("ViT-L-14", "open_clip model: a name, local-dir:/folder, hf-hub:org/repo or a config .json.")
-    pretrained: str | None = option("openai", "open_clip pretrained tag or weights file (none: random weights).")
-    cache_dir: str | None = option(None, "Where open_clip caches downloaded weights.")
     batch_size: int = option(32, "Clips per model call.", min=1)
     commit_every: int = option(256, "Items per committed part file.", min=1)
 
     def check(self) -> None:
-        for label, ref in (("model", self.model), ("pretrained", self.pretrained)):
-            if missing_local_ref(ref):
-                raise OptionError(f"{self.name}: {label} not found: {ref}")
+        self.check_clip_refs()
 
     @cached_property
     def match_key(self) -> str:
-        return model_key(model=clip_model_id(self.model), pretrained=weights_ref(self.pretrained), frame=0.5,
-                         version=SCORER_VERSION)  # fmt: skip
+        return model_key(**self.clip_identity(), frame=0.5, version=SCORER_VERSION)
 
     @cached_property
     def description(self) -> str:
-        return f"open_clip {self.model} pretrained={describe_ref(self.pretrained)} (open_clip {version('open_clip_torch')})"
+        return self.clip_model_description()
+
+    @property
+    def score_key(self) -> str:
+        return self.match_key
+
+    @property
+    def score_model(self) -> str:
+        return self.description
 
     def items_sql(self) -> str:
         return f"""
@@ -122,12 +121,8 @@ class TextMatchStage(Stage):
             for item, sim in zip(items, sims, strict=True)
         ]  # fmt: skip
 
-    def failure_rows(self, item: dict, exc: BaseException) -> dict:
-        rows = super().failure_rows(item, exc)
-        for row in rows[self.marker_table]:
-            row.update(clip_id=item["clip_id"], model_key=self.match_key, model=self.description,
-                       caption_md5=item.get("caption_md5"), scored_at=now())  # fmt: skip
-        return rows
+    def failure_extra(self, item: dict) -> dict:
+        return {"caption_md5": item.get("caption_md5")}
 
     def teardown(self) -> None:
         self._clip = None

@@ -14,8 +14,17 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 
-from datakit.scoring import CLIP_ITEMS_SQL, clip_file, model_key, now, read_frames_at, sql_str
-from datakit.stage import Stage, option
+from datakit.scoring import (
+    CLIP_ITEMS_SQL,
+    ScoreStage,
+    clip_file,
+    identity_columns,
+    model_key,
+    now,
+    read_frames_at,
+    sql_str,
+)
+from datakit.stage import option
 from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
 
@@ -27,9 +36,8 @@ TABLES = (
         C("row_id", "VARCHAR", "'<clip_id>:<model_key>'"),
         "Optical-flow motion per clip and settings. Written by `score motion`.",
         (
-            C("clip_id", "VARCHAR", "id of the clip"),
-            C("model_key", "VARCHAR", "short hash of the flow settings, threshold and scorer version"),
-            C("model", "VARCHAR", "readable: method, OpenCV version and settings"),
+            *identity_columns("short hash of the flow settings, threshold and scorer version",
+                              "readable: method, OpenCV version and settings"),
             C("motion", "DOUBLE", "mean flow magnitude in short sides per second"),
             C("static", "BOOLEAN", "motion below the static threshold"),
             C("pair_motion", "FLOAT[]", "motion of each frame pair"),
@@ -61,7 +69,7 @@ def flow_magnitude(a, b) -> float:
 
 
 @dataclass(kw_only=True)
-class MotionStage(Stage):
+class MotionStage(ScoreStage):
     """Optical-flow motion of each video clip (Farneback on CPU) and a static-clip flag."""
 
     name = "motion"
@@ -114,8 +122,10 @@ class MotionStage(Stage):
         }  # fmt: skip
         return {"motion_scores": [row]}
 
-    def failure_rows(self, item: dict, exc: BaseException) -> dict:
-        rows = super().failure_rows(item, exc)
-        for row in rows[self.marker_table]:
-            row.update(clip_id=item["clip_id"], model_key=self.settings_key, model=self.description, scored_at=now())
-        return rows
+    @property
+    def score_key(self) -> str:
+        return self.settings_key
+
+    @property
+    def score_model(self) -> str:
+        return self.description
