@@ -44,7 +44,8 @@ TABLES = (
             C("external_id", "VARCHAR", "the table's own id of the video (videoID, YoutubeID, path...)"),
             C("import_key", "VARCHAR", "hash of the table's path, format and mapping: provided captions' model key"),
             C("import_run", "VARCHAR", "hash of the table file's size and mtime at import (error rows of older runs are stale)"),
-            C("table_row", "BIGINT", "data row of the table (1 = first row after any header)"),
+            C("table_row", "BIGINT", "data row of the table (1 = first row after any header; CSV rows with the wrong "
+                                     "number of cells are not counted: their error rows quote them)"),
             C("span_index", "INTEGER", "index of the span in its table row (0 for one-span rows)"),
         ),
     ),
@@ -171,8 +172,9 @@ def _csv_has_header(path: Path, delimiter: str) -> tuple[bool, list[str]]:
     return not looks_data, cells
 
 
-def open_batches(path: Path, batch_rows: int = 65536) -> tuple[list[str], Iterator[pa.RecordBatch]]:
-    """(column names, record batches) of a CSV/TSV/Parquet/JSONL table, streamed."""
+def open_batches(path: Path, batch_rows: int = 65536, skipped: list | None = None) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+    """(column names, record batches) of a CSV/TSV/Parquet/JSONL table, streamed. CSV rows with the wrong
+    number of cells are left out and appended to `skipped` as (expected, found, text)."""
     kind = _kind(path)
     if kind == "parquet":
         import pyarrow.parquet as pq
@@ -192,7 +194,13 @@ def open_batches(path: Path, batch_rows: int = 65536) -> tuple[list[str], Iterat
     read = pcsv.ReadOptions(block_size=16 << 20, column_names=names)
     # Every column as text: ids such as "0001" stay as written; scores are cast in SQL.
     convert = pcsv.ConvertOptions(strings_can_be_null=True, column_types={}, auto_dict_encode=False)
-    parse = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    def bad_row(row) -> str:  # called from the reader's threads; list.append is atomic
+        if skipped is None:
+            return "error"
+        skipped.append((row.expected_columns, row.actual_columns, row.text))
+        return "skip"
+
+    parse = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=bad_row)
     reader = pcsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     return reader.schema.names, iter(reader)
 
@@ -469,6 +477,13 @@ def write_arrow(ws, table: str, data: pa.Table) -> None:
         _fsync_and_rename(tmp, path)
 
 
+def _unreadable_rows(skipped: list[tuple[int, int, str]], import_key: str, import_run: str) -> pa.Table:
+    rows = [{"span_id": f"error:{import_key}:unreadable:{_short_hash(text)}", "status": "error",
+             "error": f"unreadable row ({expected} columns expected, {found} found): {text[:200]}",
+             "import_key": import_key, "import_run": import_run} for expected, found, text in list(skipped)]  # fmt: skip
+    return pa.Table.from_pylist(rows)
+
+
 def _write_chunk(ws, out: dict[str, pa.Table]) -> None:
     for table in ("sources", "given_spans", "given_scores"):
         if table in out:
@@ -569,8 +584,9 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
     p = Path(path).absolute()
     if not p.is_file():
         raise TableImportError(f"{p}: no such table file")
+    skipped: list[tuple[int, int, str]] = []
     try:
-        columns, batches = open_batches(p, batch_rows)
+        columns, batches = open_batches(p, batch_rows, skipped)
     except (OSError, pa.ArrowException) as exc:
         raise TableImportError(f"{p}: cannot read the table: {exc}") from None
     fmt, mapping = resolve_mapping(fmt, columns, dict(cols or {}))
@@ -605,6 +621,10 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
                 parse_sql = parse_sql or batch_sql(fmt, mapping, batch.schema)
                 out = _batch_tables(con, b, parse_sql, import_key, import_run, scores)
                 con.unregister("b")
+                if skipped:  # CSV rows that did not parse: error rows named by their text
+                    out["given_spans"] = pa.concat_tables([out["given_spans"], _unreadable_rows(skipped, import_key, import_run)],
+                                                          promote_options="default")  # fmt: skip
+                    skipped.clear()
                 spans = out["given_spans"]
                 ok = pc.equal(spans.column("status"), "ok")
                 errors = spans.filter(pc.invert(ok))
@@ -630,6 +650,10 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
             raise TableImportError(f"{p}: cannot read the table after row {stats.rows}: {exc}") from None
             if writing is not None:
                 writing.result()
+            if skipped:  # unreadable rows after the last good one
+                write_arrow(ws, "given_spans", _unreadable_rows(skipped, import_key, import_run))
+                stats.errors += len(skipped)
+                stats.error_messages += [r[2] for r in skipped[: max(0, max_messages - len(stats.error_messages))]]
         finally:
             writer.shutdown(wait=True)
             con.close()

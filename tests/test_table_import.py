@@ -132,6 +132,16 @@ def test_bad_rows_become_error_rows_and_every_good_row_imports(tmp_path):
     assert ids == {url_video_id("https://example.com/a.mp4"), url_video_id("https://example.com/c.mp4")}
 
 
+def test_csv_rows_with_the_wrong_number_of_cells_are_error_rows_quoting_them(tmp_path):
+    table = _csv(tmp_path / "ragged.csv", PANDA_HEADER + "a,https://x.org/a.mp4,\"[[0, 2]]\",['a'],[0.1]\n"
+                 "b,https://x.org/b.mp4,\"[[0, 2]]\"\n" "c,https://x.org/c.mp4,\"[[0, 2]]\",['c'],[0.2]\n")  # fmt: skip
+    ws = Workspace(tmp_path / "ws")
+    stats = import_table(ws, table, "panda70m")
+    assert (stats.spans, stats.errors) == (2, 1)
+    errors = [r["error"] for r in _spans(ws) if r["status"] == "error"]
+    assert errors == ['unreadable row (5 columns expected, 3 found): b,https://x.org/b.mp4,"[[0, 2]]"']
+
+
 def test_a_wrong_format_or_missing_column_fails_before_anything_is_written(tmp_path):
     table = _csv(tmp_path / "p.csv", PANDA_HEADER + "a,https://x.org/a.mp4,\"[[0, 2]]\",['a'],\n")
     ws = Workspace(tmp_path / "ws")
