@@ -744,9 +744,9 @@ def test_end_to_end_with_rerun(server, video, tmp_path):
     stats = run_stage(ws, stage, workers=4, progress=False)  # only the two 'retry' rows again
     assert stats.planned == 2
     r = rows()
-    assert (r["down"]["status"], r["down"]["attempts"]) == ("error", 4)  # max_attempts_total reached
+    assert (r["down"]["status"], r["down"]["attempts"]) == ("error", 4)  # max_attempts reached
     assert r["down"]["error"] == (
-        "HTTP 500 Internal Server Error after 2 attempts (4 over all runs); giving up (max_attempts_total 4)"
+        "HTTP 500 Internal Server Error after 2 attempts (4 over all runs); giving up (max_attempts 4)"
     )
     assert (r["cut"]["status"], r["cut"]["attempts"]) == ("error", 4)
     changed = {p for p in paths.values() if server.hits[p] != hits[p]}

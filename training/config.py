@@ -112,7 +112,7 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------------------------ presets
-# Open-Sora 1.0's recipe (BRIEF §1): lr 2e-5, wd 0, no warmup, clip 1.0, EMA 0.9999, caption
+# Open-Sora 1.0's recipe (its report and released configs): lr 2e-5, wd 0, no warmup, clip 1.0, EMA 0.9999, caption
 # dropout 0.1, grad checkpointing; video 16 frames at interval 3, 256 px (80k steps); HQ 256 px
 # (24k) or 512 px (20k, `data.resolution=[512]`). 1.0 had no image stage of its own (PixArt-α was
 # it); ours trains 1-frame samples in the same model, with no step count from the recipe.

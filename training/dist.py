@@ -77,14 +77,6 @@ def all_true(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item())
 
 
-def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
-    if ctx.world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def barrier(ctx: DistContext) -> None:
     if ctx.world_size > 1:
         dist.barrier()

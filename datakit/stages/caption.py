@@ -23,10 +23,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datakit.stage import OptionError, Resources, Rows, Stage, WorkerContext, option
 from datakit.tables import Column as C
 from datakit.tables import Table
+
+if TYPE_CHECKING:  # the interface every caption engine implements (vLLM, OpenAI-compatible, transformers)
+    from datakit.captioning.base import Engine
 
 TABLES = (
     Table.marker(
@@ -181,13 +185,13 @@ class CaptionStage(Stage):
             self._engine = self._start_vllm(ctx)
         self._model_desc = self._engine.model + (" [random weights]" if _is_random(self.model_name) else "")
 
-    def _client(self, endpoint: str, model: str, *, api_key: str | None = None, name: str = "openai"):
+    def _client(self, endpoint: str, model: str, *, api_key: str | None = None, name: str = "openai") -> Engine:
         from datakit.captioning.openai_engine import OpenAIEngine
 
         return OpenAIEngine(endpoint, model, api_key=api_key, concurrency=self.concurrency,
                             timeout_s=self.request_timeout_s, max_retries=self.max_retries, name=name)  # fmt: skip
 
-    def _start_vllm(self, ctx: WorkerContext):
+    def _start_vllm(self, ctx: WorkerContext) -> Engine:
         from datakit.captioning.vllm_server import VllmServer
 
         served = Path(self.model_name).name or "model"

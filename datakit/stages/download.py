@@ -10,7 +10,7 @@ Python API.
 Every URL ends as one `downloads` row. Transient failures (5xx, 408, 429, timeouts, stalls,
 truncated bodies, connection errors) are retried within the run with exponential backoff and
 jitter, honouring Retry-After; when the run's attempts are spent the row is 'retry' and the next
-run tries again, until `max_attempts_total` attempts over all runs make it 'error'. Permanent
+run tries again, until `max_attempts` attempts over all runs make it 'error'. Permanent
 failures (other 4xx, too large, redirect loops, a port that does not speak HTTP, an HTML/JSON/text
 body instead of a video) are 'error' at once.
 
@@ -157,10 +157,6 @@ class DownloadStage(Stage):
     fsync: bool = option(True, "fsync each file before the rename that publishes it.")
     commit_every: int = option(32, "Items per committed part file.", min=1)
 
-    @property
-    def max_attempts_total(self) -> int:  # the shared contract's max_attempts, under download's old name
-        return self.max_attempts
-
     def __post_init__(self) -> None:
         self.media_dir = ""  # set by setup(ctx): the workspace's media/
         # Counters of this process (worker threads add to them); not options, not in the config.
@@ -250,11 +246,11 @@ class DownloadStage(Stage):
         # budget spans runs (attempts are stored per row), a long Retry-After defers the row to a later
         # run, and Retry sleeps with time.sleep, jitters with `random` and dates Retry-After by
         # time.time(): the injected clock and rng that make the tests exact would be lost.
-        budget = min(self.max_retries, self.max_attempts_total - prev)
+        budget = min(self.max_retries, self.max_attempts - prev)
         if budget <= 0:
             return {
                 "status": "error",
-                "error": f"gave up after {prev} attempts (max_attempts_total {self.max_attempts_total})",
+                "error": f"gave up after {prev} attempts (max_attempts {self.max_attempts})",
                 "attempts": prev,
             }
         made, last, deferred = 0, None, False
@@ -295,8 +291,8 @@ class DownloadStage(Stage):
                 f"; server asked to retry after {last.retry_after:.0f} s (> max_wait_s {self.max_wait_s:g})"
             )
         status = "retry"
-        if total >= self.max_attempts_total:
-            status, message = "error", f"{message}; giving up (max_attempts_total {self.max_attempts_total})"
+        if total >= self.max_attempts:
+            status, message = "error", f"{message}; giving up (max_attempts {self.max_attempts})"
         return {
             "status": status,
             "error": message,
