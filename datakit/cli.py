@@ -378,6 +378,20 @@ def report(output: Path | None, set_name: str | None, workspace: Path) -> None:
     click.echo(f"wrote {path}")
 
 
+@app.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--workspace", "-w", type=click.Path(path_type=Path), help="Workspace (default: the one the run's set names).")
+def lineage(run_dir: Path, workspace: Path | None) -> None:
+    """Where a training run's data came from: run → set@version → recipe SQL → model keys of its scores and captions → sources."""
+    from datakit.lineage import LineageError
+    from datakit.lineage import lineage as lines
+
+    try:
+        click.echo("\n".join(lines(run_dir, _open(workspace, create=False) if workspace else None)))
+    except LineageError as err:
+        fail(str(err))
+
+
 def main_group() -> click.Group:
     """The `datakit` click group: the commands above plus one command per stage (built on demand)."""
     return app

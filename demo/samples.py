@@ -416,13 +416,16 @@ def paint_shot(shot: Shot, t: int, n: int, size: int, seed: int) -> np.ndarray:
     """Frame `t` of `n` of a shot: background with a light texture, and the moving ball."""
     rng = np.random.default_rng(seed)
     base = np.array(COLOURS[shot.background], np.float32)
-    texture = np.kron(rng.normal(0, 8, (size // 8, size // 8, 1)), np.ones((8, 8, 1))).astype(np.float32)
+    cell = max(2, size // 12)
+    texture = np.kron(rng.normal(0, 14, (size // cell + 2, size // cell + 2, 1)), np.ones((cell, cell, 1)))
+    dx, dy = DIRECTIONS[shot.direction]
+    drift = int(round(t * size / (3 * n)))  # the texture drifts a third of the frame against the ball
+    texture = np.roll(texture, (int(dy) * -drift, int(dx) * -drift), axis=(0, 1))[:size, :size].astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     frame = np.clip(base * (0.9 + 0.2 * yy / size)[..., None] + texture, 0, 255)
-    dx, dy = DIRECTIONS[shot.direction]
-    progress = t / max(1, n - 1) - 0.5  # the ball crosses the middle half of the frame
-    cx, cy = size / 2 + dx * progress * size * 0.5, size / 2 + dy * progress * size * 0.5
-    frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (size / 6) ** 2] = COLOURS[shot.ball]
+    progress = t / max(1, n - 1) - 0.5  # the ball crosses the middle 80% of the frame
+    cx, cy = size / 2 + dx * progress * size * 0.8, size / 2 + dy * progress * size * 0.8
+    frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (size / 5) ** 2] = COLOURS[shot.ball]
     return frame.astype(np.uint8)
 
 

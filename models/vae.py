@@ -28,7 +28,7 @@ class VideoAutoencoderKL(nn.Module):
         self,
         from_pretrained: str = DEFAULT_VAE,
         micro_batch_size: int | None = None,
-        scaling_factor: float = 0.18215,
+        scaling_factor: float | None = None,  # None: the model config's (0.18215 for SD's VAEs)
         subfolder: str | None = None,
         dtype: torch.dtype | None = None,
         cache_dir: str | None = None,
@@ -47,7 +47,7 @@ class VideoAutoencoderKL(nn.Module):
         self.spatial_factor = 2 ** (len(self.module.config.block_out_channels) - 1)
         self.patch_size = (1, self.spatial_factor, self.spatial_factor)
         self.micro_batch_size = micro_batch_size
-        self.scaling_factor = scaling_factor
+        self.scaling_factor = scaling_factor if scaling_factor is not None else self.module.config.scaling_factor
 
     @property
     def dtype(self) -> torch.dtype:

@@ -84,11 +84,14 @@ def build_vae(cfg: VaeConfig):
     if cfg.init_from:
         return AutoencoderKL.from_pretrained(str(vae_path(cfg.init_from)), local_files_only=True)
     n = len(cfg.block_out_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups, sample_size=cfg.resolution,
     )  # fmt: skip
+    with torch.no_grad():  # start from a nearly deterministic posterior (std e^-3): the decoder
+        vae.quant_conv.bias[cfg.latent_channels :] = -6.0  # is not first drowned in sampling noise
+    return vae
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -175,6 +178,11 @@ def train_vae(rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, c
         "val_loss": [vals[0]["val_loss"], vals[-1]["val_loss"]] if vals else None,
         "val_psnr": vals[-1]["val_psnr"] if vals else None,
     }  # fmt: skip
+    # As SD's 0.18215: latents scaled to unit std, the scale the diffusion stages assume.
+    with torch.no_grad():
+        z = torch.cat([vae.encode(train_x[i : i + 64]).latent_dist.mode() for i in range(0, len(train_x), 64)])
+    vae.register_to_config(scaling_factor=float(1 / z.std().clamp_min(1e-6)))
+    summary["scaling_factor"] = vae.config.scaling_factor
     tmp = run_dir / f".{VAE_DIR}.tmp"
     vae.save_pretrained(tmp)
     (run_dir / "vae_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
