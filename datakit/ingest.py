@@ -121,6 +121,7 @@ class IngestStats:
     error_messages: list[str] = field(default_factory=list)
     skipped_workspaces: list[str] = field(default_factory=list)  # datakit workspaces the walk left out
     imports: list[str] = field(default_factory=list)  # one summary line per metadata table imported
+    table_errors: int = 0  # error rows of the imported tables (counted in `errors` too)
 
     def summary(self) -> str:
         text = (
@@ -130,7 +131,11 @@ class IngestStats:
         if self.skipped_workspaces:
             names = ", ".join(self.skipped_workspaces)
             text += f"; skipped {len(self.skipped_workspaces)} datakit workspace(s): {names}"
-        return "\n".join([text, *self.imports]) if self.imports else text
+        if not self.imports:
+            return text
+        only_tables = not (self.files or self.urls or self.unchanged or self.duplicates or self.skipped_workspaces
+                           or self.errors > self.table_errors)  # fmt: skip
+        return "\n".join(self.imports if only_tables else [text, *self.imports])
 
 
 def _read_url_list(path: Path) -> list[str]:
@@ -308,5 +313,6 @@ def ingest(ws: Workspace, inputs: list[str], fmt: str | None = None, cols: dict[
         result = table_import.import_table(ws, p, f, cols)
         stats.imports.append(result.summary(str(p)))
         stats.errors += result.errors
+        stats.table_errors += result.errors
         stats.error_messages += [f"{p}: {m}" for m in result.error_messages]
     return stats
