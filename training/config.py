@@ -86,6 +86,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept (older ones are deleted)
     optim_shard_mb: int = 1024  # optimizer state is saved in files of at most this many MB
     max_nonfinite: int = 3  # a non-finite loss/grad norm skips the step; this many in a row stop the run
+    compile: str = ""  # torch.compile backend for the STDiT ("inductor"; "" = off)
     val_every: int = 500
     val_timesteps: list[int] = field(default_factory=lambda: [50, 250, 500, 750, 950])
     caption_dropout: float = 0.1

@@ -160,6 +160,17 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def release_run_dir(handle: Any, run_dir: Path) -> None:
+    """Drop the lock; a folder this launch created and left without a run (a refused selection)
+    is removed again, so a failed launch leaves nothing behind."""
+    try:
+        if not (run_dir / CONFIG_FILE).exists() and {p.name for p in run_dir.iterdir()} == {LOCK_FILE}:
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
+    finally:
+        handle.close()
+
+
 def check_same_run(
     saved: RunConfig, given: RunConfig | None, source: Source | None, card: dict[str, Any]
 ) -> None:
@@ -229,10 +240,16 @@ def launch(
 
         from .trainer import Trainer
 
-        return Trainer(cfg, run_dir, ctx, rows, resume=resume).fit()
+        trainer = Trainer(cfg, run_dir, ctx, rows, resume=resume)
+        out = trainer.fit()
+        if cfg.train.clip_losses:  # the data-centric loop: per-clip loss back into the manifest
+            from .clip_loss import write_clip_losses
+
+            write_clip_losses(trainer, source.workspace if source is not None else card.get("workspace"))
+        return out
     finally:
         for handle in held:
-            handle.close()
+            release_run_dir(handle, run_dir)
 
 
 def _check_inputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]]) -> None:

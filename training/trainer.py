@@ -217,6 +217,11 @@ class Trainer:
                 log.warning("no features for clip %s: %s", clip_id, why)
             log.info("reading the feature cache: one centred window per clip, no flips, no VAE/T5 in the step")
 
+        if cfg.train.compile:  # in place (nn.Module.compile): the Booster wraps the compiled module
+            if not self.zero:  # dynamo's DDP bucketing cannot split the checkpointed blocks' graphs
+                torch._dynamo.config.optimize_ddp = False
+            self.models.stdit.compile(backend=cfg.train.compile)
+            log.info("STDiT compiled with torch.compile(backend=%r)", cfg.train.compile)
         fp32 = fp32_snapshot(self.models.stdit) if self.zero else None  # before boosting casts to bf16
         self.booster, self.model, self.optimizer, self.scheduler = make_booster(cfg, self.models)
         self.weights = WeightView(self.models.stdit, self.optimizer, zero=self.zero)
@@ -483,6 +488,8 @@ class Trainer:
                     "step_time": elapsed, "bucket": batch["bucket"], "failed_clips": s.failed_clips,
                     "nonfinite_steps": s.nonfinite_steps,
                 }  # fmt: skip
+                if ctx.device.type == "cuda":
+                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
                 if s.step % c.train.val_every == 0 or self.done():
                     record["val_loss"] = self.validate()
                 if self.metrics:
