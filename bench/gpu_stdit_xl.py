@@ -1,4 +1,7 @@
-"""GPU training-step benchmark of STDiT-XL/2 at Open-Sora 1.0's 16×256×256 stage.
+"""GPU benchmark of the BARE STDiT-XL/2 step at Open-Sora 1.0's 16×256×256 stage: random latents
+and caption embeddings, an MSE on the latent channels, torch AdamW; no decoding, VAE, T5, IDDPM
+loss or ColossalAI. Not comparable with Open-Sora's whole-step samples/s: `bench/gpu_check.sh`
+measures the whole step through the trainer.
 
 Model: STDiT-XL/2 (759.6M params), caption 120×4096, latent 4×16×32×32 (4096 tokens/sample).
 Recipe mirrored: fp32 master params + bf16 autocast, gradient checkpointing per block, AdamW
