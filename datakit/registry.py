@@ -19,33 +19,65 @@ import importlib
 import os
 import pkgutil
 import types
+from pathlib import Path
 
 from datakit.stage import Stage, describe
 from datakit.tables import ClipColumns, Table
 
 # Modules that declare tables without being a stage (ingest writes `sources` directly): module-level
 # `TABLES` and, optionally, `CLIP_COLUMNS`.
-TABLE_MODULES = ("datakit.ingest", "datakit.table_import")
+TABLE_MODULES = ("datakit.ingest", "datakit.table_import", "datakit.train_losses")
 STAGE_PACKAGE = "datakit.stages"
 ENTRY_POINT_GROUP = "datakit.stages"
 # Stage modules of your own project without packaging: DATAKIT_STAGES=my_pkg.stages.foo,other.mod:MyStage
 PLUGIN_ENV = "DATAKIT_STAGES"
 
 
-def _sources() -> list[tuple[str, object]]:
-    """(name, loader) of every place stages come from, in discovery order."""
+def entry_point_values() -> list[str]:
+    """The `module:Class` values of the `datakit.stages` entry points.
+
+    Scanning every installed distribution costs tens of milliseconds on each command, so the list
+    is cached per interpreter, keyed by the modification times of the sys.path folders (installing
+    or removing a package, an editable reinstall included, changes its folder's mtime)."""
+    import hashlib
+    import json
+    import sys
+
+    stamp = [(p, os.stat(p).st_mtime_ns) for p in sys.path if p and os.path.isdir(p)]
+    key = hashlib.blake2b(json.dumps([sys.executable, stamp]).encode(), digest_size=8).hexdigest()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datakit" / "entry-points.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return list(cached["values"])
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
     from importlib.metadata import entry_points
 
+    values = [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "values": values}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home: scan each time
+    return values
+
+
+def _sources() -> list[tuple[str, object]]:
+    """(name, loader) of every place stages come from, in discovery order."""
     package = importlib.import_module(STAGE_PACKAGE)
-    found = [(f"{STAGE_PACKAGE}.{i.name}", f"{STAGE_PACKAGE}.{i.name}") for i in pkgutil.iter_modules(package.__path__)]
-    found += [(ep.value, ep) for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    found = [
+        (f"{STAGE_PACKAGE}.{i.name}", f"{STAGE_PACKAGE}.{i.name}")
+        for i in pkgutil.iter_modules(package.__path__)
+    ]
+    found += [(value, value) for value in entry_point_values()]
     found += [(m.strip(), m.strip()) for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
     return found
 
 
-def _load(ref) -> object:
-    if not isinstance(ref, str):
-        return ref.load()  # an entry point
+def _load(ref: str) -> object:
     module, _, attr = ref.partition(":")
     loaded = importlib.import_module(module)
     return getattr(loaded, attr) if attr else loaded
@@ -83,7 +115,9 @@ def _discover() -> tuple[dict[str, type[Stage]], dict[str, str]]:
         for cls in classes:
             other = found.get(cls.name)
             if other is not None and other is not cls:
-                raise RuntimeError(f"two stages share the name {cls.name!r}: {other.__module__} and {cls.__module__}")
+                raise RuntimeError(
+                    f"two stages share the name {cls.name!r}: {other.__module__} and {cls.__module__}"
+                )
             found[cls.name] = cls
     return run_order(found), broken
 
@@ -103,7 +137,9 @@ def run_order(found: dict[str, type[Stage]]) -> dict[str, type[Stage]]:
                 if not d:
                     heapq.heappush(ready, other)
     if len(out) != len(found):
-        raise RuntimeError(f"stages depend on each other in a circle: {', '.join(sorted(set(found) - set(out)))}")
+        raise RuntimeError(
+            f"stages depend on each other in a circle: {', '.join(sorted(set(found) - set(out)))}"
+        )
     return out
 
 

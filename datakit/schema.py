@@ -24,8 +24,17 @@ import pyarrow as pa
 
 from datakit.tables import WRITTEN_COLUMN, Column, Table
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "WRITTEN_COLUMN", "Column", "Table", "arrow_schema", "fingerprint",
-           "tables", "views"]  # fmt: skip
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "WRITTEN_COLUMN",
+    "Column",
+    "Table",
+    "arrow_schema",
+    "fingerprint",
+    "tables",
+    "views",
+]
 
 # 2: tables declared by their stages; every marker table has attempts and retry_at.
 # 3: score tables, captions, dedup; `clips` gained media_type, the latest scores and caption.
@@ -150,7 +159,14 @@ def render_markdown() -> str:
         "",
     ]
     for t in tables().values():
-        out += [f"## Table `{t.name}` (key `{t.key}`)", "", t.doc, "", "| column | type | meaning |", "|---|---|---|"]
+        out += [
+            f"## Table `{t.name}` (key `{t.key}`)",
+            "",
+            t.doc,
+            "",
+            "| column | type | meaning |",
+            "|---|---|---|",
+        ]
         out += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in t.columns]
         out.append("")
     for name, (doc, sql) in views().items():
@@ -165,7 +181,10 @@ def generated() -> dict[Path, str]:
     """What the generated files of a source checkout should hold, by path."""
     from datakit.pipeline import render_default_config
 
-    return {ROOT / "manifests" / "SCHEMA.md": render_markdown(), ROOT / "datakit" / "defaults.toml": render_default_config()}
+    return {
+        ROOT / "manifests" / "SCHEMA.md": render_markdown(),
+        ROOT / "datakit" / "defaults.toml": render_default_config(),
+    }
 
 
 if __name__ == "__main__":  # python -m datakit.schema [--write]: print SCHEMA.md, or rewrite both files

@@ -201,8 +201,12 @@ class ClipOptions:
     """The open_clip options of every CLIP stage (aesthetic, text match): one declaration, so the
     stages share names, defaults and checks and cannot silently default to different models."""
 
-    model: str = option("ViT-L-14", "open_clip model: a name, local-dir:/folder, hf-hub:org/repo or a config .json.")
-    pretrained: str | None = option("openai", "open_clip pretrained tag or weights file (none: random weights).")
+    model: str = option(
+        "ViT-L-14", "open_clip model: a name, local-dir:/folder, hf-hub:org/repo or a config .json."
+    )
+    pretrained: str | None = option(
+        "openai", "open_clip pretrained tag or weights file (none: random weights)."
+    )
     cache_dir: str | None = option(None, "Where open_clip (and torch hub) cache downloaded weights.")
 
     def check_clip_refs(self, *extra: tuple[str, str | None]) -> None:

@@ -62,8 +62,9 @@ class WorkerContext:
     stage_dir: Path  # <workspace>/data/<stage>: files a stage writes besides rows
 
     @classmethod
-    def for_workspace(cls, root: Path, stage_name: str, *, rank: int = 0, world_size: int = 1,
-                      device: str = "cpu") -> WorkerContext:  # fmt: skip
+    def for_workspace(
+        cls, root: Path, stage_name: str, *, rank: int = 0, world_size: int = 1, device: str = "cpu"
+    ) -> WorkerContext:
         root = Path(root).absolute()
         return cls(rank, world_size, device, root, root / "media", root / "clips", root / "data" / stage_name)
 
@@ -80,8 +81,15 @@ class OptionError(ValueError):
     """A stage option is invalid: raised before anything is planned or written."""
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,
-           min: float | None = None, max: float | None = None, cli: bool = True) -> Any:  # noqa: A002  # fmt: skip
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    cli: bool = True,
+) -> Any:  # noqa: A002
     """A stage option: a dataclass field whose metadata drives help text and validation."""
     meta = {"help": help, "choices": choices, "min": min, "max": max, "cli": cli}
     if isinstance(default, list | dict):
@@ -120,7 +128,9 @@ class Stage:
 
     commit_every: int = option(32, "Items per committed part file (a kill loses at most this many).", min=1)
     batch_size: int = option(1, "Items per process_batch call (one model call).", min=1)
-    max_attempts: int = option(3, "Attempts over all runs before a transient failure becomes an error.", min=1)
+    max_attempts: int = option(
+        3, "Attempts over all runs before a transient failure becomes an error.", min=1
+    )
     prepare_threads: int = option(2, "Threads running prepare() ahead of the model step.", min=1)
     prefetch: int = option(4, "Prepared batches queued ahead of the model step (bounded).", min=1)
 
@@ -223,7 +233,7 @@ class Stage:
             SELECT i.*, coalesce(m.attempts, 0) AS attempts
             FROM ({self.items_sql()}) i
             LEFT JOIN (SELECT * FROM _latest_{marker}) m ON i.{key} = m.{key}
-            WHERE {' OR '.join(due)}
+            WHERE {" OR ".join(due)}
             ORDER BY {order}
         """
 

@@ -39,7 +39,9 @@ class Column:
 
     def __post_init__(self) -> None:
         if self.type not in ARROW_TYPES:
-            raise ValueError(f"column {self.name}: unknown type {self.type!r} (one of {', '.join(ARROW_TYPES)})")
+            raise ValueError(
+                f"column {self.name}: unknown type {self.type!r} (one of {', '.join(ARROW_TYPES)})"
+            )
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,19 @@ class Table:
             doc,
             (
                 key,
-                Column("status", "VARCHAR", "'ok', 'error' (permanent) or 'retry' (transient: a rerun tries again)"),
+                Column(
+                    "status",
+                    "VARCHAR",
+                    "'ok', 'error' (permanent) or 'retry' (transient: a rerun tries again)",
+                ),
                 Column("error", "VARCHAR", "readable reason when status is not 'ok'"),
                 *columns,
                 Column("attempts", "INTEGER", "attempts made so far, over all runs"),
-                Column("retry_at", "DOUBLE", "unix time before which a rerun skips a 'retry' row (null: next run)"),
+                Column(
+                    "retry_at",
+                    "DOUBLE",
+                    "unix time before which a rerun skips a 'retry' row (null: next run)",
+                ),
             ),
         )
 

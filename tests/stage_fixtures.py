@@ -42,9 +42,17 @@ class BatchStage(Stage):
                 raise ValueError(f"bad input {item['video_id']}")
             if item["video_id"] in self.transient_ids:
                 raise TransientError("device busy")
-        info = {"batch": len(items), "device": self.ctx.device, "rank": self.ctx.rank,
-                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "thread": items[0]["prepared_by"]}  # fmt: skip
-        return [{"probes": [{"video_id": i["video_id"], "status": "ok", "codec": json.dumps(info)}]} for i in items]
+        info = {
+            "batch": len(items),
+            "device": self.ctx.device,
+            "rank": self.ctx.rank,
+            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "thread": items[0]["prepared_by"],
+        }
+        return [
+            {"probes": [{"video_id": i["video_id"], "status": "ok", "codec": json.dumps(info)}]}
+            for i in items
+        ]
 
 
 @dataclass(kw_only=True)

@@ -67,8 +67,10 @@ def test_no_package_imports_a_higher_floor():
 def test_the_walk_sees_lazy_imports(tmp_path):
     """Function-level, relative and import_module imports are all found (the walk is not blind)."""
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from training import run\n    from ..models import vae\n"
-                     "    import importlib\n    importlib.import_module('demo.run')\n")
+    probe.write_text(
+        "def f():\n    from training import run\n    from ..models import vae\n"
+        "    import importlib\n    importlib.import_module('demo.run')\n"
+    )
     names = [n for _, n in imported_names(probe, "datakit.stages")]
     assert names == ["training", "datakit.models", "importlib", "demo.run"]
 

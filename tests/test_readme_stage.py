@@ -18,14 +18,20 @@ from tests.conftest import PYTHON, ROOT, cli_env
 
 def _readme_stage_source() -> str:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Extending: a new stage is one file"):]
+    section = text[text.index("### Extending: a new stage is one file") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def _runner(cwd, env):
     def datakit(*args: str) -> subprocess.CompletedProcess:
-        out = subprocess.run([PYTHON, "-m", "datakit.cli", *args], cwd=cwd, env=env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+        out = subprocess.run(
+            [PYTHON, "-m", "datakit.cli", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         return out
 
@@ -40,8 +46,14 @@ def test_the_readme_stage_is_one_file_in_the_tree(tmp_path, demo_samples):
     env = cli_env()
     env["PYTHONPATH"] = f"{tree}:{env['PYTHONPATH']}"
     datakit = _runner(tree, env)
-    where = subprocess.run([PYTHON, "-c", "import datakit; print(datakit.__file__)"], cwd=tree, env=env,
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    where = subprocess.run(
+        [PYTHON, "-c", "import datakit; print(datakit.__file__)"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(tree)), where
 
     ws = tmp_path / "ws"
@@ -50,9 +62,13 @@ def test_the_readme_stage_is_one_file_in_the_tree(tmp_path, demo_samples):
     datakit("scenes", "-w", str(ws))
     assert "--batch-size" in datakit("brightness", "--help").stdout
     run = datakit("brightness", "-w", str(ws), "--batch-size", "2")
-    n_clips = int(datakit("query", "-w", str(ws), "select count(*) from clips", "--format", "csv").stdout.split()[-1])
+    n_clips = int(
+        datakit("query", "-w", str(ws), "select count(*) from clips", "--format", "csv").stdout.split()[-1]
+    )
     assert f"{n_clips}/{n_clips} items ({n_clips} ok)" in run.stdout
-    values = datakit("query", "-w", str(ws), "select brightness from clips", "--format", "csv").stdout.split()[1:]
+    values = datakit(
+        "query", "-w", str(ws), "select brightness from clips", "--format", "csv"
+    ).stdout.split()[1:]
     assert len(values) == n_clips and all(0 < float(m) < 255 for m in values)
     assert '"stage": "brightness"' in datakit("status", "-w", str(ws), "--json").stdout
     assert "[brightness]" in datakit("config").stdout

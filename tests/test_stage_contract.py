@@ -22,8 +22,19 @@ from tests.stage_fixtures import BatchStage, GpuStage
 
 def _workspace(tmp_path: Path, n: int) -> Workspace:
     ws = Workspace(tmp_path / "ws")
-    ws.write("sources", [{"video_id": f"v{i:03d}", "source": f"/x/{i}.mp4", "source_kind": "file",
-                          "path": f"/x/{i}.mp4", "status": "ok"} for i in range(n)])  # fmt: skip
+    ws.write(
+        "sources",
+        [
+            {
+                "video_id": f"v{i:03d}",
+                "source": f"/x/{i}.mp4",
+                "source_kind": "file",
+                "path": f"/x/{i}.mp4",
+                "status": "ok",
+            }
+            for i in range(n)
+        ],
+    )
     return ws
 
 
@@ -37,7 +48,9 @@ def test_process_batch_gets_batches_and_prepare_runs_in_threads(tmp_path):
     assert stats.statuses == {"ok": 10}
     infos = [json.loads(r["codec"]) for r in _rows(ws).values()]
     assert sorted(i["batch"] for i in infos) == [2, 2] + [4] * 8, "batches of 4, 4 and the rest"
-    assert all(i["thread"].startswith("batchtest-prepare") for i in infos), "prepare ran in the prepare threads"
+    assert all(i["thread"].startswith("batchtest-prepare") for i in infos), (
+        "prepare ran in the prepare threads"
+    )
     assert all(r["attempts"] == 1 for r in _rows(ws).values())
     assert stats.rows_written["probes"] == 10 and stats.commits == 4, "committed every 3 items"
 
@@ -88,34 +101,64 @@ def test_a_failing_setup_stops_every_executor_with_one_line(tmp_path, executor, 
     from datakit.executors import StageSetupError
 
     ws = _workspace(tmp_path, 4)
-    with pytest.raises(StageSetupError, match="^batchtest: setup failed: model weights not found: /nowhere/model.pt$"):
-        run_stage(ws, BatchStage(fail_setup=True, batch_size=1), workers=workers, executor=executor, progress=False)
+    with pytest.raises(
+        StageSetupError, match="^batchtest: setup failed: model weights not found: /nowhere/model.pt$"
+    ):
+        run_stage(
+            ws, BatchStage(fail_setup=True, batch_size=1), workers=workers, executor=executor, progress=False
+        )
     assert _rows(ws) == {}, "no item was marked: a fixed setup processes them all"
 
 
 def test_the_cli_prints_a_failing_setup_as_one_line(tmp_path, demo_samples):
     ws = tmp_path / "ws"
     env = cli_env() | {"DATAKIT_STAGES": "tests.stage_fixtures:BatchStage"}
-    subprocess.run([PYTHON, "-m", "datakit.cli", "ingest", "-w", str(ws), *[str(s.path) for s in demo_samples]],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
-    out = subprocess.run([PYTHON, "-m", "datakit.cli", "batchtest", "-w", str(ws), "-j", "2", "--fail-setup"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [PYTHON, "-m", "datakit.cli", "ingest", "-w", str(ws), *[str(s.path) for s in demo_samples]],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    out = subprocess.run(
+        [PYTHON, "-m", "datakit.cli", "batchtest", "-w", str(ws), "-j", "2", "--fail-setup"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == ["error: batchtest: setup failed: model weights not found: /nowhere/model.pt"]
+    assert out.stderr.strip().splitlines() == [
+        "error: batchtest: setup failed: model weights not found: /nowhere/model.pt"
+    ]
 
 
 def test_a_stage_module_that_fails_to_import_is_named_and_the_rest_works(tmp_path):
     (tmp_path / "broken_stage.py").write_text("import not_a_module_anywhere\n")
     env = cli_env() | {"DATAKIT_STAGES": "broken_stage", "PYTHONPATH": f"{tmp_path}:{ROOT}"}
     for args in (["--help"], ["probe", "--help"]):
-        out = subprocess.run([PYTHON, "-m", "datakit.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+        out = subprocess.run(
+            [PYTHON, "-m", "datakit.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         assert "stage module broken_stage failed to import and is skipped: ModuleNotFoundError" in out.stderr
     assert "probe" in out.stdout or "--count-frames" in out.stdout
     Workspace(tmp_path / "ws")
-    bad = subprocess.run([PYTHON, "-m", "datakit.cli", "status", "-w", str(tmp_path / "ws")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [PYTHON, "-m", "datakit.cli", "status", "-w", str(tmp_path / "ws")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 0 and "probe" in bad.stdout, bad.stderr
 
 
@@ -124,7 +167,9 @@ def test_cuda_out_of_memory_is_transient():
         pass
 
     stage = BatchStage()
-    rows = stage.failure_rows({"video_id": "v"}, OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    rows = stage.failure_rows(
+        {"video_id": "v"}, OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    )
     assert rows["probes"][0]["status"] == "retry"
     assert stage.failure_rows({"video_id": "v"}, ValueError("x"))["probes"][0]["status"] == "error"
 
@@ -165,8 +210,14 @@ def test_a_typo_on_the_command_line_writes_nothing(tmp_path, demo_samples):
     ws = tmp_path / "ws"
 
     def datakit(*args):
-        return subprocess.run([PYTHON, "-m", "datakit.cli", *args, "-w", str(ws)], cwd=ROOT, env=cli_env(),
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [PYTHON, "-m", "datakit.cli", *args, "-w", str(ws)],
+            cwd=ROOT,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     assert datakit("ingest", str(demo_samples[0].path)).returncode == 0
     assert datakit("probe").returncode == 0
@@ -185,8 +236,14 @@ def test_every_option_is_a_cli_flag_and_a_config_key():
 
     rendered = render_default_config()
     for name, cls in stages().items():
-        out = subprocess.run([PYTHON, "-m", "datakit.cli", *(cls.cli_path or (name,)), "--help"], cwd=ROOT, env=cli_env() | {"COLUMNS": "200"},
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        out = subprocess.run(
+            [PYTHON, "-m", "datakit.cli", *(cls.cli_path or (name,)), "--help"],
+            cwd=ROOT,
+            env=cli_env() | {"COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         for f in cls.options():
             assert f"# {f.name} " in rendered or f"# {f.name} =" in rendered
@@ -200,12 +257,30 @@ def test_workers_exit_when_the_run_is_killed(tmp_path, demo_samples):
     """SIGKILL of a `-j 2` run must not leave worker processes behind."""
     ws = tmp_path / "ws"
     env = cli_env()
-    subprocess.run([PYTHON, "-m", "datakit.cli", "ingest", *[str(s.path) for s in demo_samples], "-w", str(ws)],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
-    subprocess.run([PYTHON, "-m", "datakit.cli", "probe", "-w", str(ws)], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
-    proc = subprocess.Popen([PYTHON, "-m", "datakit.cli", "scenes", "-j", "2", "-w", str(ws)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    subprocess.run(
+        [PYTHON, "-m", "datakit.cli", "ingest", *[str(s.path) for s in demo_samples], "-w", str(ws)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run(
+        [PYTHON, "-m", "datakit.cli", "probe", "-w", str(ws)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "datakit.cli", "scenes", "-j", "2", "-w", str(ws)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     children: set[int] = set()
     while time.monotonic() < deadline and len(children) < 2:
@@ -254,13 +329,14 @@ def test_ray_actors_get_real_batches_and_match_a_local_run(tmp_path):
     assert max(batches) == 3, "map_batches handed the actors the stage's batch size"
 
 
-
 def test_pixel_limit_option_defaults_to_mediaio():
     import mediaio
     from datakit.stages.cut import CutStage
     from datakit.stages.probe import ProbeStage
 
     assert CutStage().max_pixels == ProbeStage().max_pixels == mediaio.MAX_PIXELS
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
 
@@ -282,3 +358,37 @@ def test_images_are_one_clip_each_and_skip_scenes_and_cut(tmp_path, demo_samples
     assert scenes.statuses == {"ok": 1} and set(cut.statuses) == {"ok"}, "no error row for the image"
     images = ws.sql("SELECT * FROM clips WHERE media_type = 'image'")
     assert len(images) == 1 and images[0]["clip_id"].endswith("-0-1") and images[0]["cut_status"] is None
+
+
+def test_the_clip_stages_share_one_declaration_of_their_clip_model():
+    """Aesthetic and text match take model/pretrained/cache_dir from one place (same names and defaults)."""
+    import dataclasses
+
+    from datakit.scoring import ClipOptions
+    from datakit.stages.aesthetic import AestheticStage
+    from datakit.stages.match import TextMatchStage
+
+    shared = {f.name: f.default for f in dataclasses.fields(ClipOptions)}
+    assert set(shared) == {"model", "pretrained", "cache_dir"}
+    for cls in (AestheticStage, TextMatchStage):
+        assert issubclass(cls, ClipOptions)
+        assert {f.name: f.default for f in dataclasses.fields(cls) if f.name in shared} == shared
+    assert AestheticStage().clip_identity() == TextMatchStage().clip_identity()
+
+
+def test_a_score_stage_error_row_carries_the_identity_columns():
+    from datakit.scoring import ScoreStage
+    from datakit.stages.motion import MotionStage
+
+    stage = MotionStage()
+    assert isinstance(stage, ScoreStage)
+    (row,) = stage.failure_rows({"clip_id": "c1", "row_id": "c1:k"}, ValueError("unreadable"))[
+        "motion_scores"
+    ]
+    assert (row["row_id"], row["clip_id"], row["model_key"], row["status"]) == (
+        "c1:k",
+        "c1",
+        stage.settings_key,
+        "error",
+    )
+    assert row["model"].startswith("farneback") and row["scored_at"] > 0

@@ -41,8 +41,10 @@ TABLES = (
         "Cached VAE posteriors and T5 caption embeddings per clip and training config, for "
         "`train ... data.source=features`. Written by `features`.",
         (
-            *identity_columns("features key: hash of the VAE, T5, caption length, frame and size buckets, version",
-                              "readable: encoders and training settings the features were made with"),
+            *identity_columns(
+                "features key: hash of the VAE, T5, caption length, frame and size buckets, version",
+                "readable: encoders and training settings the features were made with",
+            ),
             C(
                 "shard",
                 "VARCHAR",
@@ -127,8 +129,12 @@ class FeaturesStage(ScoreStage):
         from training.config import ConfigError, resolve_config
 
         try:
-            return resolve_config(self.train_stage, tiny=self.preset == "tiny", config_file=self.train_config,
-                                  overrides=list(self.overrides))  # fmt: skip
+            return resolve_config(
+                self.train_stage,
+                tiny=self.preset == "tiny",
+                config_file=self.train_config,
+                overrides=list(self.overrides),
+            )
         except ConfigError as err:
             raise OptionError(f"{self.name}: {err}") from None
 
@@ -186,8 +192,10 @@ class FeaturesStage(ScoreStage):
         """Done, but for another caption than the selection's now."""
         if not self.selection:
             return None
-        return (f"{marker}.caption_md5 IS DISTINCT FROM (SELECT md5(s.caption) FROM ({self._rows_sql()}) s "
-                f"WHERE s.clip_id = {marker}.clip_id)")  # fmt: skip
+        return (
+            f"{marker}.caption_md5 IS DISTINCT FROM (SELECT md5(s.caption) FROM ({self._rows_sql()}) s "
+            f"WHERE s.clip_id = {marker}.clip_id)"
+        )
 
     def begin_run(self, ctx: WorkerContext) -> None:
         """Remove what killed runs left: temp files, and shards no row points to."""
@@ -257,10 +265,14 @@ class FeaturesStage(ScoreStage):
                 means[i], stds[i] = mean[j], std[j]
         text = self._t5.encode([it["caption"] for it in items])
         entries = [
-            {"mean": means[i], "std": stds[i], "text": text["y"][i, 0][text["mask"][i].bool()],
-             "mask": text["mask"][i].to(torch.uint8)}
+            {
+                "mean": means[i],
+                "std": stds[i],
+                "text": text["y"][i, 0][text["mask"][i].bool()],
+                "mask": text["mask"][i].to(torch.uint8),
+            }
             for i in range(len(items))
-        ]  # fmt: skip
+        ]
         entries = [{k: v.detach().to("cpu", copy=True) for k, v in e.items()} for e in entries]
         ids = [it["clip_id"] for it in items]
         shard = shard_name(self.features_key, ids)
@@ -269,16 +281,29 @@ class FeaturesStage(ScoreStage):
         )
         t, model = now(), self.describe_model()
         return [
-            {"features": [{
-                "row_id": it["row_id"], "clip_id": it["clip_id"], "model_key": self.features_key,
-                "model": model, "status": "ok", "shard": shard, "shard_index": i,
-                "frames": it["bucket"].frames, "height": it["bucket"].height, "width": it["bucket"].width,
-                "tokens": int(e["mask"].sum()), "caption_md5": it["caption_md5"],
-                "frames_read": json.dumps(it["frames_read"]), "dtype": str(e["mean"].dtype).removeprefix("torch."),
-                "computed_at": t,
-            }]}
+            {
+                "features": [
+                    {
+                        "row_id": it["row_id"],
+                        "clip_id": it["clip_id"],
+                        "model_key": self.features_key,
+                        "model": model,
+                        "status": "ok",
+                        "shard": shard,
+                        "shard_index": i,
+                        "frames": it["bucket"].frames,
+                        "height": it["bucket"].height,
+                        "width": it["bucket"].width,
+                        "tokens": int(e["mask"].sum()),
+                        "caption_md5": it["caption_md5"],
+                        "frames_read": json.dumps(it["frames_read"]),
+                        "dtype": str(e["mean"].dtype).removeprefix("torch."),
+                        "computed_at": t,
+                    }
+                ]
+            }
             for i, (it, e) in enumerate(zip(items, entries, strict=True))
-        ]  # fmt: skip
+        ]
 
     @property
     def score_key(self) -> str:

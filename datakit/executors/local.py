@@ -96,8 +96,9 @@ _worker_stage: Stage | None = None
 _setup_error: str | None = None  # this worker's setup failed: every chunk raises it (one line, no rows)
 
 
-def _init_worker(stage: Stage, make_ctx: ContextFactory, counter, world_size: int, gpu_slots: list[str],
-                 parent_pid: int) -> None:  # fmt: skip
+def _init_worker(
+    stage: Stage, make_ctx: ContextFactory, counter, world_size: int, gpu_slots: list[str], parent_pid: int
+) -> None:
     global _worker_stage, _setup_error
     _start_watchdog(parent_pid)
     with counter.get_lock():
@@ -137,8 +138,9 @@ def _start_watchdog(parent_pid: int, interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _process_pool(stage: Stage, items: list[dict], n: int, make_ctx: ContextFactory,
-                  gpu_slots: list[str]) -> Iterator[Rows]:  # fmt: skip
+def _process_pool(
+    stage: Stage, items: list[dict], n: int, make_ctx: ContextFactory, gpu_slots: list[str]
+) -> Iterator[Rows]:
     ctx = get_context("forkserver")  # safe with threads (torch, PyAV) in the parent
     remaining = items
     while remaining:
@@ -158,7 +160,9 @@ def _lost_rows(stage: Stage, items: list[dict], message: str) -> Iterator[Rows]:
         yield stage.failure_rows(item, BrokenProcessPool(message))
 
 
-def _bounded(pool, fn, items: list[dict], stage: Stage, workers: int, lost: list[dict] | None = None) -> Iterator[Rows]:
+def _bounded(
+    pool, fn, items: list[dict], stage: Stage, workers: int, lost: list[dict] | None = None
+) -> Iterator[Rows]:
     """Submit chunks of `batch_size` items, at most 2 per worker in flight; yield rows as they finish."""
     size = max(1, stage.batch_size)
     chunks = iter([items[i : i + size] for i in range(0, len(items), size)])

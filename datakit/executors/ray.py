@@ -42,7 +42,9 @@ class _StageActor:
             self.setup_error = str(exc)
 
     def __call__(self, batch: dict) -> dict:
-        if self.setup_error is not None:  # the driver stops the run on this marker (a raise here ends as ActorDiedError)
+        if (
+            self.setup_error is not None
+        ):  # the driver stops the run on this marker (a raise here ends as ActorDiedError)
             return {"rows": [pickle.dumps({SETUP_FAILED: self.setup_error})] * len(batch["item"])}
         out: list[bytes] = []
         ready = []
@@ -84,8 +86,14 @@ class RayExecutor(Executor):
         return ray_results(stage, items, make_ctx, workers=workers, address=self.options.get("address"))
 
 
-def ray_results(stage: Stage, items: list[dict], make_ctx: ContextFactory, *, workers: int | None = None,
-                address: str | None = None) -> Iterator[Rows]:  # fmt: skip
+def ray_results(
+    stage: Stage,
+    items: list[dict],
+    make_ctx: ContextFactory,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+) -> Iterator[Rows]:
     """Yield each item's rows (in completion order) from a pool of Ray actors."""
     import ray
 

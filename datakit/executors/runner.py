@@ -53,7 +53,9 @@ class StageStats:
 class _Committer:
     """Completes marker rows, buffers rows and commits them as part files (marker table last)."""
 
-    def __init__(self, ws: Workspace, stage: Stage, items: list[dict], stats: StageStats, flush_seconds: float = 10.0):
+    def __init__(
+        self, ws: Workspace, stage: Stage, items: list[dict], stats: StageStats, flush_seconds: float = 10.0
+    ):
         self.ws, self.stage, self.stats = ws, stage, stats
         self.allowed = {stage.marker_table, *stage.extra_tables}
         self.attempts = {item[stage.key]: int(item.get("attempts") or 0) for item in items}
@@ -65,7 +67,9 @@ class _Committer:
     def add(self, rows: Rows) -> None:
         unknown = set(rows) - self.allowed
         if unknown:
-            raise RuntimeError(f"stage {self.stage.name} wrote to {sorted(unknown)}, not its tables {sorted(self.allowed)}")
+            raise RuntimeError(
+                f"stage {self.stage.name} wrote to {sorted(unknown)}, not its tables {sorted(self.allowed)}"
+            )
         for row in rows.get(self.stage.marker_table, []):
             self._complete(row)
         for table, table_rows in rows.items():
@@ -81,7 +85,9 @@ class _Committer:
             row["attempts"] = self.attempts.get(row.get(self.stage.key), 0) + 1
         if status == "retry" and row["attempts"] >= self.stage.max_attempts:
             row["status"] = "error"
-            row["error"] = f"{row.get('error') or 'transient failure'}; gave up after {row['attempts']} attempts"
+            row["error"] = (
+                f"{row.get('error') or 'transient failure'}; gave up after {row['attempts']} attempts"
+            )
             row["retry_at"] = None
         self.stats.statuses[row["status"]] = self.stats.statuses.get(row["status"], 0) + 1
         if row["status"] == "error" and self.stats.first_error is None:
@@ -139,7 +145,9 @@ def run_stage(
         stage.begin_run(make_ctx())
         committer = _Committer(ws, stage, items, stats)
         stream = runner.results(stage, items, make_ctx)
-        with Progress(stage.name, len(items), enabled=progress and bool(items)) as bar:  # plain lines off a TTY
+        with Progress(
+            stage.name, len(items), enabled=progress and bool(items)
+        ) as bar:  # plain lines off a TTY
             for rows in stream:
                 committer.add(rows)
                 bar.advance()

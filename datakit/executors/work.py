@@ -67,4 +67,3 @@ def iter_results(stage: Stage, items: Iterable[dict]) -> Iterator[Rows]:
             batch = []
     if batch:
         yield from run_batch(stage, batch)
-

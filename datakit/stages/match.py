@@ -34,8 +34,10 @@ TABLES = (
         C("row_id", "VARCHAR", "'<clip_id>:<model_key>'"),
         "CLIP similarity of caption and middle frame, per clip and model. Written by `score match`.",
         (
-            *identity_columns("short hash of CLIP model, weights and scorer version",
-                              "readable: model, weights and package version"),
+            *identity_columns(
+                "short hash of CLIP model, weights and scorer version",
+                "readable: model, weights and package version",
+            ),
             C("text_match", "DOUBLE", "cosine similarity of the caption and middle-frame embeddings (-1..1)"),
             C("caption_md5", "VARCHAR", "md5 of the caption compared (a new caption makes the clip pending)"),
             C("frame", "BIGINT", "index of the frame compared, in the file read"),
@@ -102,24 +104,40 @@ class TextMatchStage(ScoreStage, ClipOptions):
         path, start, end, _, _ = clip_file(item)
         (middle,) = frame_positions(start, end, [0.5])
         (frame,) = read_frames_at(path, [middle])
-        return {**item, "pixels": image_transform(self.model, self.pretrained)(Image.fromarray(frame)), "frame": middle}
+        return {
+            **item,
+            "pixels": image_transform(self.model, self.pretrained)(Image.fromarray(frame)),
+            "frame": middle,
+        }
 
     def process_batch(self, items: list[dict]) -> list[dict]:
         import torch
 
         # model calls of one shape (a short batch is padded): a clip's score does not depend on its batch
-        images = self._clip.encode_images(torch.stack([i["pixels"] for i in items]), call_rows=self.batch_size)
+        images = self._clip.encode_images(
+            torch.stack([i["pixels"] for i in items]), call_rows=self.batch_size
+        )
         texts = self._clip.encode_texts([i["caption"] for i in items], call_rows=self.batch_size)
         sims = (images * texts).sum(-1).cpu().tolist()
         t = now()
         return [
-            {"text_match_scores": [{
-                "row_id": item["row_id"], "clip_id": item["clip_id"], "model_key": self.match_key,
-                "model": self.description, "status": "ok", "text_match": sim,
-                "caption_md5": item["caption_md5"], "frame": item["frame"], "scored_at": t,
-            }]}
+            {
+                "text_match_scores": [
+                    {
+                        "row_id": item["row_id"],
+                        "clip_id": item["clip_id"],
+                        "model_key": self.match_key,
+                        "model": self.description,
+                        "status": "ok",
+                        "text_match": sim,
+                        "caption_md5": item["caption_md5"],
+                        "frame": item["frame"],
+                        "scored_at": t,
+                    }
+                ]
+            }
             for item, sim in zip(items, sims, strict=True)
-        ]  # fmt: skip
+        ]
 
     def failure_extra(self, item: dict) -> dict:
         return {"caption_md5": item.get("caption_md5")}
