@@ -204,9 +204,14 @@ def run(inputs: tuple[str, ...], config: Path | None, workspace: Path, only: tup
     try:
         cfg = load_config(config)
         cfg["ingest"]["inputs"] = list(cfg["ingest"].get("inputs", [])) + list(inputs)
-        run_pipeline(_open(workspace), cfg, only=list(only) or None)
+        results = run_pipeline(_open(workspace), cfg, only=list(only) or None)
     except OptionError as exc:
         fail(str(exc), 2)
+    failures = [f for stats in results or [] if (f := stats.failure())]
+    for failure in failures:
+        click.echo(f"error: {failure}", err=True)
+    if failures:
+        raise SystemExit(1)
 
 
 @app.command("config")

@@ -251,3 +251,10 @@ def test_off_a_terminal_a_stage_prints_plain_progress_lines(tmp_path, demo_sampl
     lines = [line for line in proc.stderr.splitlines() if line.startswith("probe: ")]
     assert lines[0].startswith("probe: 1/2 (50%)") and "items/s" in lines[0]
     assert lines[-1].startswith("probe: 2/2 (100%)"), lines
+
+
+def test_run_exits_1_when_every_item_of_a_stage_errored(tmp_path, bad_inputs):
+    ws = str(tmp_path / "ws")
+    datakit("ingest", "-w", ws, str(bad_inputs["corrupt"]), str(bad_inputs["truncated"]))
+    proc = datakit("run", "-w", ws, "--only", "probe", check=False)
+    assert proc.returncode == 1 and "every item of probe ended in error (2)" in proc.stderr.decode()
