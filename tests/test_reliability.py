@@ -211,3 +211,23 @@ def test_aesthetic_scores_are_bit_identical_whichever_clips_share_a_batch(tmp_pa
     shuffled = random.Random(0).sample(items, len(items))
     regrouped = scored([shuffled[:1], shuffled[1:4], shuffled[4:6], shuffled[6:10], shuffled[10:]])
     assert regrouped == in_order  # exact: every float of every clip
+
+    # the text match: the same, for the caption and the middle frame
+    from datakit.stages.match import TextMatchStage
+    from tests.curation_fixtures import write_scores
+
+    words = ["a dog on a beach", "a city street at night", "two cats", "rain on a window", "a red car"]
+    write_scores(ws, {item["clip_id"]: {"caption": words[k % 5] + f" {k}", "caption_status": "ok"}
+                      for k, item in enumerate(items)})  # fmt: skip
+    match = TextMatchStage(model=str(config), pretrained=str(weights), batch_size=4)
+    match.setup(WorkerContext.for_workspace(ws.root, match.name))
+    pairs = [match.prepare(i) for i in plan(ws, match)]
+    assert len(pairs) == 13
+
+    def matched(batches: list[list[dict]]) -> dict[str, float]:
+        return {r["text_match_scores"][0]["clip_id"]: r["text_match_scores"][0]["text_match"]
+                for batch in batches for r in match.process_batch(batch)}  # fmt: skip
+
+    shuffled = random.Random(1).sample(pairs, len(pairs))
+    assert matched([shuffled[:3], shuffled[3:4], shuffled[4:8], shuffled[8:]]) == matched(
+        [pairs[i : i + 4] for i in range(0, 13, 4)])  # fmt: skip
