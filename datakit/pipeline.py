@@ -117,9 +117,15 @@ def run_pipeline(ws: Workspace, config: dict, *, only: list[str] | None = None, 
     console = Console(stderr=True)
     planned = plan_pipeline(config, only)  # every option is checked before the first stage runs
     results = []
-    inputs = config.get("ingest", {}).get("inputs", [])
+    section = config.get("ingest", {})
+    inputs = section.get("inputs", [])
     if inputs and (not only or "ingest" in only):
-        console.print(ingest(ws, inputs).summary())
+        from datakit.table_import import TableImportError
+
+        try:  # format / columns: metadata tables (datakit.table_import), checked before anything is written
+            console.print(ingest(ws, inputs, section.get("format"), section.get("columns")).summary())
+        except TableImportError as exc:
+            raise OptionError(f"[ingest]: {exc}") from None
     for stage, run in planned:
         stats = run_stage(ws, stage, workers=run["workers"], progress=progress, executor=run["executor"])
         console.print(stats.summary())
@@ -138,7 +144,9 @@ def render_default_config() -> str:
         "# `datakit <stage> --config FILE` reads that stage's section. Relative inputs are relative to this file.",
         "",
         "[ingest]",
-        "inputs = []  # files, directories, URL lists (.txt/.csv/.parquet) or URLs",
+        "inputs = []  # files, directories, URL lists (.txt/.csv/.parquet), URLs or dataset metadata tables",
+        '# format = "panda70m"  # tables are metadata of: panda70m, webvid, internvid, opensora or auto',
+        '# columns = { url = "contentUrl", caption = "name" }  # field -> column (url, id, spans, start, end, caption, score.NAME)',
     ]
     for name, cls in stages().items():
         lines += ["", f"[{name}]", f"# {(cls.__doc__ or '').strip().splitlines()[0]}"]
