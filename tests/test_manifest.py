@@ -27,7 +27,7 @@ REQUIRED_CLIP_COLUMNS = "clip_id video_id start_frame end_frame start_s end_s nu
 
 def test_schema_doc_is_in_sync():
     doc = (Path(__file__).resolve().parents[1] / "manifests" / "SCHEMA.md").read_text()
-    assert doc == render_markdown(), "run: python -m datakit.schema --write"
+    assert doc == render_markdown(), "run: python -m datakit.generated"
     assert f"version {SCHEMA_VERSION} (fingerprint {fingerprint()})" in doc
 
 

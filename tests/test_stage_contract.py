@@ -250,7 +250,7 @@ def test_every_option_is_a_cli_flag_and_a_config_key():
             if f.type in ("int", "float", "str", "bool", "float | None", "int | None", "str | None"):
                 assert "--" + f.name.replace("_", "-") in out.stdout, f"{name} --{f.name}"
     shipped = (ROOT / "datakit" / "defaults.toml").read_text()
-    assert shipped == rendered, "datakit/defaults.toml is stale: python -m datakit.schema --write"
+    assert shipped == rendered, "datakit/defaults.toml is stale: python -m datakit.generated"
 
 
 def test_workers_exit_when_the_run_is_killed(tmp_path, demo_samples):
