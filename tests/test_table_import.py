@@ -246,3 +246,18 @@ def test_fast_url_ids_match_url_video_id(tmp_path):
             "https://example.com/x.mp4?utm_source=y", "HTTPS://EXAMPLE.com/a", "https://example.com:443/a"]  # fmt: skip
     ids, errors, _, _ = VideoIds(Workspace(tmp_path / "ws"), tmp_path)(pa.array(urls))
     assert ids.to_pylist() == [url_video_id(u) for u in urls] and errors.null_count == len(urls)
+
+
+def test_the_benchmarks_generated_panda_table_imports_without_errors(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_import", Path(__file__).parents[1] / "bench" / "bench_import.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.make_table(tmp_path / "p.csv", 3000, 3, chunk=1000)
+    ws = Workspace(tmp_path / "ws")
+    stats = import_table(ws, tmp_path / "p.csv", "panda70m", batch_rows=1024)
+    assert (stats.rows, stats.spans, stats.errors, stats.videos) == (3000, 9000, 0, 3000)
+    first = ws.sql("SELECT start_s, end_s, caption FROM given_spans WHERE table_row = 1 ORDER BY span_index")
+    assert len(first) == 3 and all(0 < r["start_s"] < r["end_s"] for r in first)
+    assert ws.sql("SELECT count(*) AS n FROM given_scores")[0]["n"] == 9000
