@@ -99,7 +99,6 @@ FORMAT_COLUMNS: dict[str, dict[str, str]] = {
 }  # fmt: skip
 REQUIRED = {"panda70m": ("url", "spans"), "webvid": ("url",), "internvid": ("id", "start", "end"),
             "opensora": ("url",), "generic": ("url",)}  # fmt: skip
-OPTIONAL_COLUMNS = {"score.matching_score", "score.aes", "score.flow", "score.match", "caption"}
 SCALES = {
     "matching_score": "Panda-70M's caption-clip matching score (its retrieval model; higher fits better)",
     "aes": "Open-Sora's aesthetic score (LAION predictor, about 1-10)",
@@ -232,10 +231,11 @@ def resolve_mapping(fmt: str, columns: list[str], cols: dict[str, str]) -> tuple
         mapping |= {f"score.{c.lower()}": c for c in columns if c not in known}
         if "url" in have:
             mapping["url"] = "url"
-    mapping = {f: c for f, c in mapping.items() if c in have or f not in OPTIONAL_COLUMNS and not f.startswith("score.")}
     mapping |= cols
     required = REQUIRED.get(fmt, ("url",))
     missing = [f"{f} ({mapping.get(f, 'unmapped')})" for f in required if mapping.get(f) not in have]
+    # A format's optional columns (id, caption, scores) may be absent; a column named with --col may not.
+    mapping = {f: c for f, c in mapping.items() if c in have or f in required or f in cols}
     missing += [f"{f} ({c})" for f, c in mapping.items() if c not in have and f not in required]
     if fmt == "generic" and ("start" in mapping) != ("end" in mapping):
         raise TableImportError("--col start and --col end go together")
