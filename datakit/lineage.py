@@ -40,13 +40,17 @@ def lineage(run_dir: Path, ws: Workspace | None = None, max_sources: int = 10) -
         con.execute(f"CREATE TEMP VIEW __run AS SELECT clip_id FROM read_parquet('{rows_file.resolve()}')")
         tables = [r[0] for r in con.execute(
             "SELECT table_name FROM duckdb_columns() WHERE column_name IN ('clip_id', 'model_key') "
-            "AND table_name NOT LIKE '\\_\\_%' ESCAPE '\\' GROUP BY table_name HAVING count(DISTINCT column_name) = 2 "
+            "AND NOT starts_with(table_name, '_') GROUP BY table_name HAVING count(DISTINCT column_name) = 2 "
             "ORDER BY table_name").fetchall()]  # fmt: skip
         out = ["    model keys of its scores and captions:"]
         for table in tables:
             for key, n in con.execute(f'SELECT model_key, count(DISTINCT clip_id) FROM "{table}" '
                                       "WHERE clip_id IN (SELECT clip_id FROM __run) GROUP BY ALL ORDER BY 1").fetchall():  # fmt: skip
                 out.append(f"      {table}: {key} ({n} clips)")
+        if "caption_source" in [r[0] for r in con.execute("DESCRIBE clips").fetchall()]:
+            used = con.execute("SELECT caption_source, count(*) FROM clips WHERE clip_id IN (SELECT clip_id FROM __run) "
+                               "GROUP BY ALL ORDER BY 1").fetchall()  # fmt: skip
+            out.append("    captions by source: " + ", ".join(f"{src} ({n} clips)" for src, n in used))
         sources = con.execute("SELECT v.source, count(*) FROM clips c JOIN videos v USING (video_id) "
                               "WHERE c.clip_id IN (SELECT clip_id FROM __run) GROUP BY ALL ORDER BY 1").fetchall()  # fmt: skip
         out.append(f"    sources ({len(sources)} videos):")

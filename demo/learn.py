@@ -24,7 +24,7 @@ STAGES = (  # (stage, frames, steps)
     ("video", 4, 160),
     ("hq", 4, 160),
 )
-VAE_STEPS = 400
+VAE_STEPS = 600
 CHECK = "learned_prompts.json"
 
 
@@ -56,12 +56,12 @@ def train_and_check(ws, workspace: Path, timer, console, *, scale: float = 1.0) 
     runs, out = workspace / "runs", {}
     console.rule("[bold]6. training: VAE, then image → video → hq STDiT on the curated sets (2 CPU cores)")
     with timer.part("train vae"):
-        table, card = read_set(ws.root, "image")
-        cfg = VaeConfig(resolution=RES, crop=None, batch_size=16, lr=3e-3, steps=max(10, round(VAE_STEPS * scale)),
+        table, card = read_set(ws.root, "video")  # the shots: held-out frames are of held-out shots
+        cfg = VaeConfig(resolution=RES, crop=None, batch_size=16, lr=4e-3, steps=max(10, round(VAE_STEPS * scale)),
                         val_every=max(5, round(VAE_STEPS * scale) // 4))  # fmt: skip
         vae = train_vae(table.to_pylist(), card, runs / "vae", cfg)
     out["vae"] = vae
-    console.print(f"  vae   AutoencoderKL x4 on {vae['train_frames']} frames of set image: held-out PSNR "
+    console.print(f"  vae   AutoencoderKL x4 on {vae['train_frames']} frames of set video: held-out PSNR "
                   f"{vae['val_psnr']:.1f} dB, val loss {vae['val_loss'][0]:.4f} → {vae['val_loss'][1]:.4f}  "
                   f"({runs / 'vae'})", highlight=False)  # fmt: skip
     previous, out["stages"] = None, {}
@@ -154,4 +154,17 @@ def _report(ws, workspace: Path, runs: Path) -> None:
     out = workspace / "curation" / "report.html"
     links = [{"href": str(Path("..") / "runs" / r / "loss.png"), "text": f"{r}: loss curve (loss.png)"}
              for r in ("vae", *(s for s, _, _ in STAGES)) if (runs / r / "loss.png").is_file()]  # fmt: skip
-    write_report(ws, out, extra_sections=[{"title": "Training runs", "links": links}])
+    sections = [{"title": "Training runs", "links": links}]
+    top = ws.sql("SELECT clip_id, round(train_loss, 4) AS train_loss, caption FROM clips "
+                 "WHERE train_loss IS NOT NULL ORDER BY train_loss DESC LIMIT 6")  # fmt: skip
+    if top:
+        from datakit.preview import contact_sheet
+
+        ids = ", ".join(f"'{r['clip_id']}'" for r in top)
+        sheet = contact_sheet(ws, out.parent / "highest_loss_clips.png",
+                              f"SELECT * FROM clips WHERE clip_id IN ({ids}) ORDER BY train_loss DESC", len(top))  # fmt: skip
+        sections.append({"title": "Clips the last run fits worst (clips.train_loss, highest first)",
+                         "links": [{"href": sheet.name, "text": "their frames (first, middle, last)"}],
+                         "headers": ["clip_id", "train_loss", "caption"],
+                         "rows": [[r["clip_id"], r["train_loss"], r["caption"]] for r in top]})  # fmt: skip
+    write_report(ws, out, extra_sections=sections)

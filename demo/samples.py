@@ -416,11 +416,13 @@ def paint_shot(shot: Shot, t: int, n: int, size: int, seed: int) -> np.ndarray:
     """Frame `t` of `n` of a shot: background with a light texture, and the moving ball."""
     rng = np.random.default_rng(seed)
     base = np.array(COLOURS[shot.background], np.float32)
-    cell = max(2, size // 12)
-    texture = np.kron(rng.normal(0, 14, (size // cell + 2, size // cell + 2, 1)), np.ones((cell, cell, 1)))
+    import cv2
+
+    grid = rng.normal(0, 24, (6, 6)).astype(np.float32)  # smooth blotches, wrapping around the frame
+    texture = cv2.resize(np.tile(grid, (2, 2)), (2 * size, 2 * size), interpolation=cv2.INTER_CUBIC)[..., None]
     dx, dy = DIRECTIONS[shot.direction]
-    drift = int(round(t * size / (3 * n)))  # the texture drifts a third of the frame against the ball
-    texture = np.roll(texture, (int(dy) * -drift, int(dx) * -drift), axis=(0, 1))[:size, :size].astype(np.float32)
+    drift = int(round(t * size / n))  # the texture drifts a frame width per shot, against the ball
+    texture = np.roll(texture, (int(dy) * -drift, int(dx) * -drift), axis=(0, 1))[:size, :size]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     frame = np.clip(base * (0.9 + 0.2 * yy / size)[..., None] + texture, 0, 255)
     progress = t / max(1, n - 1) - 0.5  # the ball crosses the middle 80% of the frame

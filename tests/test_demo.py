@@ -50,7 +50,11 @@ def test_demo_models_learn(demo_run):
         assert len(val) >= 2 and val[-1] < val[0], (stage, val)
     for run in ("vae", "image", "video", "hq"):
         assert (ws / "runs" / run / "loss.png").stat().st_size > 5_000
-    assert "runs/hq/loss.png" in (ws / "curation" / "report.html").read_text()
+    report = (ws / "curation" / "report.html").read_text()
+    assert "runs/hq/loss.png" in report and "Clips the last run fits worst" in report
+    con = duckdb.connect(str(ws / "manifest" / "manifest.duckdb"), read_only=True)
+    stages = dict(con.sql("select stage, count(*) from train_losses group by all").fetchall())
+    assert set(stages) == {"image", "video", "hq"}, "each stage wrote its per-clip loss back"
     assert len(summary["prompts"]) == 4 and summary["prompts_nearest_own"] >= 3, summary["prompts"]
     assert f"{summary['prompts_nearest_own']}/4 prompts nearest their own clip's colour" in out
 
@@ -74,7 +78,7 @@ def test_demo_lineage(demo_run):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "set hq@v1" in out and "recipe @hq with parameters" in out and "hq_min_aesthetic" in out
-    assert "aesthetic_scores:" in out and "captions: provided" in out and "shots_00.mp4" in out
+    assert "aesthetic_scores:" in out and "captions by source: provided" in out and "shots_00.mp4" in out
     bad = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", "lineage", str(ws)], env=cli_env(),
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

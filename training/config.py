@@ -98,6 +98,7 @@ class TrainConfig:
     )
     sample_steps: int = 100  # IDDPM sampling steps
     sample_cfg_scale: float = 7.0
+    clip_losses: bool = True  # at the end: each training clip's loss into the manifest's train_losses
 
 
 @dataclass
