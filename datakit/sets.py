@@ -234,7 +234,7 @@ def select(ws: Workspace, name: str, sql: str, *, recipe: str | None = None, kin
             card = {
                 "name": name,
                 "version": version,
-                "recipe": {"name": recipe, "kind": kind, "text": sql, "params": dict(params or {})},
+                "recipe": {"name": recipe, "kind": kind, "text": sql, **({"params": dict(params)} if params else {})},
                 "row_count": rows.num_rows,
                 "columns": rows.column_names,
                 "manifest": snapshot,
