@@ -25,7 +25,7 @@ def test_vae_stage_trains_and_is_taken_by_run_folder(tmp_path):
     header = table.read_text().splitlines()[0]
     assert header == "videoID,url,timestamp,caption"
     assert "ball moves" in table.read_text() and "background" in table.read_text()
-    cfg = VaeConfig(resolution=32, crop=16, frames_per_clip=2, block_out_channels=[8, 8], steps=4,
+    cfg = VaeConfig(resolution=32, crop=16, frames_per_clip=2, block_out_channels=[8, 8], steps=4, permute_colours=True,
                     batch_size=4, val_every=2, val_fraction=0.25)  # fmt: skip
     run = tmp_path / "runs" / "vae"
     summary = train_vae(_rows(table), {"name": "image", "version": 1}, run, cfg)

@@ -41,7 +41,7 @@ class VaeConfig:
     block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 32])  # 3 levels: ×4
     layers_per_block: int = 1
     latent_channels: int = 4
-    norm_num_groups: int = 8
+    norm_num_groups: int = 1  # 1: flat colours survive the norms (with more groups each group's mean is lost)
     init_from: str | None = None  # a diffusers AutoencoderKL folder or a vae run to fine-tune
     steps: int = 300
     batch_size: int = 16
@@ -49,6 +49,7 @@ class VaeConfig:
     kl_weight: float = 1e-6
     val_fraction: float = 0.15  # held-out clips (by clip id, as the STDiT stages)
     val_every: int = 50
+    permute_colours: bool = False  # augment: each sample's RGB channels in a random order (unseen colours)
     seed: int = 0
 
 
@@ -159,6 +160,9 @@ def train_vae(rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, c
                 top, left = torch.randint(0, cfg.resolution - cfg.crop + 1, (2,), generator=gen).tolist()
                 x = x[..., top : top + cfg.crop, left : left + cfg.crop]
             x = torch.where(torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5, x, x.flip(-1))
+            if cfg.permute_colours:
+                order = torch.argsort(torch.rand(len(x), 3, generator=gen), dim=1)
+                x = torch.gather(x, 1, order[:, :, None, None].expand_as(x))
             rec, kl, _ = _losses(vae, x, sample=True)
             loss = rec + cfg.kl_weight * kl
             opt.zero_grad(set_to_none=True)
