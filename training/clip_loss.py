@@ -64,6 +64,14 @@ def write_clip_losses(trainer, workspace: Path | None) -> int:
     """Measure and append the run's per-clip losses to `train_losses` in `workspace` (rank 0)."""
     if workspace is None or not trainer.ctx.is_main:
         return 0
+    try:
+        return _write(trainer, Path(workspace))
+    except Exception as err:  # the run itself is done and saved: say so, never fail it here
+        log.warning("per-clip losses not written to %s: %s: %s", workspace, type(err).__name__, err)
+        return 0
+
+
+def _write(trainer, workspace: Path) -> int:
     from datakit.workspace import Workspace
 
     run = str(trainer.run_dir)
