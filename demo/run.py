@@ -92,8 +92,12 @@ def demo(
 
     sheet = contact_sheet(ws, workspace / "clips_contact_sheet.png", max_clips=16)
     console.print(f"\nContact sheet of the clips (first, middle, last frame): {sheet}", highlight=False)
-    console.print(f"Query it yourself: python cli.py datakit query -w {ws.root} \"select * from clips limit 5\"",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"Query it yourself (the views' paths are relative to the workspace): cd {ws.root} && python -c "
+        "\"import duckdb; print(duckdb.connect('manifest.duckdb', read_only=True).sql('select * from clips limit 5'))\"",
+        highlight=False,
+    )
+    console.print(f"or: python cli.py datakit query -w {ws.root} \"select * from clips limit 5\"", highlight=False)
 
     summary: dict = {}
     if curate:
