@@ -56,12 +56,12 @@ def train_and_check(ws, workspace: Path, timer, console, *, scale: float = 1.0) 
     runs, out = workspace / "runs", {}
     console.rule("[bold]6. training: VAE, then image → video → hq STDiT on the curated sets (2 CPU cores)")
     with timer.part("train vae"):
-        table, card = read_set(ws.root, "video")  # the shots: held-out frames are of held-out shots
+        table, card = read_set(ws.root, "image")
         cfg = VaeConfig(resolution=RES, crop=None, batch_size=16, lr=4e-3, steps=max(10, round(VAE_STEPS * scale)),
                         val_every=max(5, round(VAE_STEPS * scale) // 4))  # fmt: skip
         vae = train_vae(table.to_pylist(), card, runs / "vae", cfg)
     out["vae"] = vae
-    console.print(f"  vae   AutoencoderKL x4 on {vae['train_frames']} frames of set video: held-out PSNR "
+    console.print(f"  vae   AutoencoderKL x4 on {vae['train_frames']} frames of set image: held-out PSNR "
                   f"{vae['val_psnr']:.1f} dB, val loss {vae['val_loss'][0]:.4f} → {vae['val_loss'][1]:.4f}  "
                   f"({runs / 'vae'})", highlight=False)  # fmt: skip
     previous, out["stages"] = None, {}

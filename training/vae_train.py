@@ -41,7 +41,7 @@ class VaeConfig:
     block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 32])  # 3 levels: ×4
     layers_per_block: int = 1
     latent_channels: int = 4
-    norm_num_groups: int = 1  # 1: flat colours survive the norms (with more groups each group's mean is lost)
+    norm_num_groups: int = 8
     init_from: str | None = None  # a diffusers AutoencoderKL folder or a vae run to fine-tune
     steps: int = 300
     batch_size: int = 16
