@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from datakit.clip_keys import CLIP_SPANS_SQL
 from datakit.stage import OptionError, Rows, Stage, option
 from datakit.tables import Column
 
@@ -125,10 +126,11 @@ def read_frames_at(
 
 
 # What the score stages read per clip: the source span, and the cut file as a fallback.
-CLIP_ITEMS_SQL = """
+CLIP_ITEMS_SQL = f"""
     SELECT c.clip_id, c.media_type, c.source_path, c.start_frame, c.end_frame, c.fps,
            k.path AS cut_path, k.num_frames AS cut_frames, k.fps AS cut_fps
-    FROM clips c LEFT JOIN (SELECT * FROM _latest_cuts WHERE status = 'ok') k USING (clip_id)
+    FROM ({CLIP_SPANS_SQL}) c  -- the spans without the score joins (datakit.clip_keys)
+    LEFT JOIN (SELECT * FROM _latest_cuts WHERE status = 'ok') k USING (clip_id)
 """
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
+from datakit.clip_keys import CLIP_IDS_SQL
 from datakit.workspace import Workspace
 
 COLUMNS = ("stage", "table", "model_key", "ok", "pending", "retry", "error")
@@ -66,7 +67,7 @@ def status_sql(defaults: bool = False, has_rows: Callable[[str], bool] = lambda 
                 f"SELECT {n}, regexp_extract(any_value({stage.key}), ':([^:]*)$', 1), '#default', count(*) "
                 f"FROM ({stage.pending_sql()})"
             )
-    parts.append("SELECT 'clips', NULL, 'ok', count(*) FROM clips")
+    parts.append(f"SELECT 'clips', NULL, 'ok', count(*) FROM ({CLIP_IDS_SQL})")  # the rows of `clips`, no joins
     return "\nUNION ALL ".join(parts), covered
 
 
@@ -80,15 +81,18 @@ def status_rows(ws: Workspace, *, defaults: bool = False) -> list[dict]:
     sql, covered = status_sql(defaults, lambda table: _rows_on_disk(ws, table) > 0)
 
     def query(con) -> list[tuple]:
-        # Every branch that reads `clips` (a join of many tables) shares one evaluation of it,
-        # restricted to the columns the branches name.
+        # Planning SQL reads the spans without the score joins (datakit.clip_keys); a branch that
+        # still reads `clips` (text match: the caption) shares one evaluation of it, restricted to
+        # the columns the branches name.
+        if not re.search(r"(?<!')\bclips\b(?!')", sql):  # the view, not the 'clips' row's name
+            return con.execute(sql).fetchall()
         names = [d[0] for d in con.execute("SELECT * FROM clips LIMIT 0").description]
         used = [c for c in names if re.search(rf"\b{re.escape(c)}\b", sql)] or names[:1]
         shared = f"WITH clips AS MATERIALIZED (SELECT {', '.join(used)} FROM temp.main.clips) "
         return con.execute(shared + sql).fetchall()
 
     counts: dict[tuple[str, str | None], dict[str, int]] = {}
-    for stage, key, kind, n in ws.read(query):
+    for stage, key, kind, n in ws.read(query, for_sql=sql):
         counts.setdefault((stage, key), {})[kind] = n
     out = []
 

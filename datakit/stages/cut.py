@@ -68,10 +68,12 @@ class CutStage(Stage):
         self._out_dir = ctx.clips_dir
 
     def items_sql(self) -> str:
-        return """
+        from datakit.clip_keys import CLIP_SPANS_SQL  # the rows of `clips` without its score joins
+
+        return f"""
             SELECT clip_id, video_id, start_frame, end_frame, fps, width, height, source_path AS path
-            FROM clips
-            WHERE coalesce(media_type, 'video') = 'video'  -- images need no clip file
+            FROM ({CLIP_SPANS_SQL})
+            WHERE media_type = 'video'  -- images need no clip file
         """
 
     def process(self, item: dict) -> dict[str, list[dict]]:

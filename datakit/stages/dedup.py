@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from datakit.clip_keys import CLIP_IDS_SQL
 from datakit.scoring import latest_ok_sql, model_key, sql_str
 from datakit.stage import Stage, WorkerContext, option
 from datakit.tables import ClipColumns, Table
@@ -238,7 +239,7 @@ class DedupStage(Stage):
         return f"""
             SELECT e.row_id, e.clip_id, e.dim, e.embedding, e.model_key, a.aesthetic
             FROM _latest_clip_embeddings e
-            JOIN (SELECT DISTINCT clip_id FROM clips) USING (clip_id)
+            JOIN (SELECT clip_id FROM ({CLIP_IDS_SQL})) USING (clip_id)  -- spans without score joins
             LEFT JOIN ({latest_ok_sql('aesthetic_scores', 'aesthetic')}) a USING (clip_id)
             WHERE e.model_key = {key}
         """
