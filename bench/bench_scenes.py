@@ -41,7 +41,6 @@ from datakit.shot_detection import (  # noqa: E402
     scenes_from_transitions,
     small_bgr,
 )
-
 from demo.samples import SampleSpec, SampleTruth, make_demo_set, make_transition_set  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "scenes"
@@ -242,18 +241,43 @@ def decode_fps(truths: list[SampleTruth]) -> tuple[float, float, str]:
     return n / clock.wall, n / clock.cpu, ""
 
 
-def model_fps(device: str, precision: str, batch: int = 8, calls: int = 3) -> tuple[float, float, str]:
-    """New frames/s of the model alone (each window of 100 frames yields 50 new frames)."""
-    from datakit.transnet import STEP, TransNetV2Detector
+def model_fps(device: str, precision: str, batch: int = 1, calls: int = 3) -> tuple[float, float, str]:
+    """New frames/s of the model alone (each window of KEEP + 50 frames yields KEEP new frames)."""
+    from datakit.transnet import CONTEXT, KEEP, TransNetV2Detector
 
     det = TransNetV2Detector(device, precision=precision)
-    x = np.random.default_rng(0).integers(0, 256, (batch, 100, 27, 48, 3), dtype=np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (batch, KEEP + 2 * CONTEXT, 27, 48, 3), dtype=np.uint8)
     det.predict(x)  # warm-up
     with Clock() as clock:
         for _ in range(calls):
             det.predict(x)
-    n = calls * batch * STEP
-    return n / clock.wall, n / clock.cpu, f"{batch} windows per call"
+    n = calls * batch * KEEP
+    return n / clock.wall, n / clock.cpu, f"{batch} window(s) of {KEEP + 2 * CONTEXT} per call"
+
+
+class PackageNet:
+    """The package's own forward (Conv3d), as the detector ran it before FastTransNetV2."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, dtype):
+        import torch
+
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            single, many = self.model.predict_raw(x)
+        return single[..., 0], many[..., 0]
+
+
+def detector_fps(truths: list[SampleTruth], package_net: bool, **kw) -> tuple[float, float, str]:
+    """frames/s of TransNetV2Detector.detect_many (decode threads + model) on the CPU."""
+    from datakit.transnet import TransNetV2Detector, load_model
+
+    model = load_model("cpu")
+    det = TransNetV2Detector("cpu", model=PackageNet(model) if package_net else model, **kw)
+    with Clock() as clock:
+        n = sum(r.analysed_frames for r in det.detect_many([t.path for t in truths]))
+    return n / clock.wall, n / clock.cpu, f"{det.precision}, {det.keep + 50}-frame windows step {det.keep}"
 
 
 def speed(videos: int, seconds: int, gpu: bool) -> None:
@@ -276,8 +300,15 @@ def speed(videos: int, seconds: int, gpu: bool) -> None:
         ("datakit scenes --detector transnetv2 (CPU)", *_cpu(stage_fps, truths, detector="transnetv2"))
     )
     rows.append(
-        ("  same, --precision bf16 (CPU)", *_cpu(stage_fps, truths, detector="transnetv2", precision="bf16"))
+        ("  same, --precision fp32 (CPU)", *_cpu(stage_fps, truths, detector="transnetv2", precision="fp32"))
     )
+    rows.append(("  same, torch threads 1", *_cpu(_threads, 1, stage_fps, truths, detector="transnetv2")))
+    rows.append(("technique by technique (TransNetV2Detector, CPU):", 0.0, 0.0, ""))
+    rows.append(("  package net (Conv3d), 100/50 windows", *detector_fps(truths, True, precision="fp32", keep=50)))
+    rows.append(("  + bf16", *detector_fps(truths, True, precision="bf16", keep=50)))
+    rows.append(("  FastTransNetV2 (conv2d), 100/50 windows", *detector_fps(truths, False, precision="fp32", keep=50)))
+    rows.append(("  + 550/500 windows (each frame once)", *detector_fps(truths, False, precision="fp32")))
+    rows.append(("  + bf16 (the default here)", *detector_fps(truths, False, precision="bf16")))
     rows.append(("TransNetV2 model alone, fp32, CPU", *_cpu(model_fps, "cpu", "fp32")))
     rows.append(("TransNetV2 model alone, bf16, CPU", *_cpu(model_fps, "cpu", "bf16")))
     if gpu:
@@ -291,7 +322,23 @@ def speed(videos: int, seconds: int, gpu: bool) -> None:
         rows.append(("TransNetV2 model alone, bf16, GPU", *model_fps("cuda:0", "bf16", batch=64, calls=20)))
     print(f"  {'':50} {'frames/s':>9} {'per CPU-s':>10}")
     for label, fps, per_cpu, used in rows:
-        print(f"  {label:50} {fps:9.0f} {per_cpu:10.0f}  {used}")
+        print(f"  {label:50} {fps:9.0f} {per_cpu:10.0f}  {used}" if fps else f"  {label}")
+    by = {label: fps for label, fps, _, _ in rows}
+    ratio = by["datakit scenes --detector adaptive"] / by["datakit scenes --detector transnetv2 (CPU)"]
+    print(f"  transnetv2 stage time / adaptive stage time: {ratio:.2f} (target <= 2.5); "
+          f"decode floor / transnetv2: {by['decode + shrink to 48x27 (small_frames)'] / by['datakit scenes --detector transnetv2 (CPU)']:.2f}")
+    print(f"  load average: {open('/proc/loadavg').read().strip()}")
+
+
+def _threads(n: int, fn, *args, **kwargs):
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _cpu(fn, *args, **kwargs):

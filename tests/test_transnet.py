@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datakit.shot_detection import Transition
 
 from datakit import transnet
 from datakit.executors import plan, run_stage
 from datakit.ingest import ingest
 from datakit.pipeline import build_stage
+from datakit.shot_detection import Transition
 from datakit.stage import OptionError
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
@@ -70,7 +70,7 @@ def test_loading_the_model_leaves_global_state_alone(model):
 @pytest.mark.parametrize("n", [1, 24, 25, 49, 50, 51, 75, 99, 100, 101, 150, 237])
 def test_windows_are_padded_like_the_package(n):
     frames = [np.full((1, 1, 1), i, np.uint8) for i in range(n)]
-    got = list(windows(iter(frames)))
+    got = list(windows(iter(frames), keep=transnet.PACKAGE_KEEP))
     # predict_frames: 25 copies of the first frame, the frames, then copies of the last frame up to
     # a multiple of 50 plus 75; windows of 100 every 50 frames.
     pad_end = 25 + 50 - (n % 50 if n % 50 else 50)
@@ -80,20 +80,52 @@ def test_windows_are_padded_like_the_package(n):
     assert sum(covers for _, covers in got) == n  # every frame predicted once
 
 
+@pytest.mark.parametrize("n", [1, 49, 51, 499, 500, 501, 1049])
+def test_long_windows_compute_every_frame_once_with_25_frames_of_context(n):
+    frames = [np.full((1, 1, 1), i, np.uint16) for i in range(n)]
+    got = list(windows(iter(frames)))
+    padded = [0] * 25 + list(range(n)) + [n - 1] * 600
+    kept = [k for w, covers in got for k in w[25 : 25 + covers, 0, 0, 0].tolist()]
+    assert kept == list(range(n)), "each frame is kept by exactly one window, in order"
+    start = 0
+    for w, covers in got:  # each window: its kept frames with 25 real (or padded) frames each side
+        assert w[:, 0, 0, 0].tolist() == padded[start : start + len(w)]
+        assert len(w) - 50 >= covers and (len(w) - 50) % 50 == 0 and len(w) <= transnet.KEEP + 50
+        start += covers
+    assert sum(len(w) - 50 for w, _ in got) < n + 50, "no more than 49 padded frames computed"
+
+
 def test_streamed_predictions_equal_the_package_on_the_cpu(model, transition_samples):
     frames = np.stack(list(small_frames(transition_samples[1].path)))[:130]
     with torch.inference_mode():
         ref_single, ref_many = model.predict_frames(torch.from_numpy(frames), quiet=True)
-    det = TransNetV2Detector("cpu", model=model)
-    assert det.precision == "fp32", "the CPU computes in fp32"
+    det = TransNetV2Detector("cpu", model=model, precision="fp32")
     assert next(det.model.parameters()).dtype == torch.float32
-    ws = list(windows(iter(frames)))
+    ws = list(windows(iter(frames), keep=transnet.PACKAGE_KEEP))
     single, many = det.predict(np.stack([w for w, _ in ws]))  # all windows of the video in one call
     covers = [c for _, c in ws]
     single = np.concatenate([s[:c] for s, c in zip(single, covers, strict=True)])
     many = np.concatenate([m[:c] for m, c in zip(many, covers, strict=True)])
     np.testing.assert_allclose(single, ref_single.numpy(), atol=1e-5)
     np.testing.assert_allclose(many, ref_many.numpy(), atol=1e-5)
+
+
+def test_default_detector_matches_the_package_within_tolerance(model, transition_samples):
+    """Long windows (each frame computed once) and bf16 where the CPU has it: per-frame
+    probabilities close to the package's predict_frames, and the same transitions."""
+    package = TransNetV2Detector("cpu", model=model, precision="fp32", keep=transnet.PACKAGE_KEEP)
+    fast = TransNetV2Detector("cpu", model=model)
+    assert fast.keep == transnet.KEEP and fast.precision == transnet.resolve_precision("auto", "cpu")
+    for truth in transition_samples:
+        frames = np.stack(list(small_frames(truth.path)))
+        with torch.inference_mode():
+            ref_single, ref_many = model.predict_frames(torch.from_numpy(frames), quiet=True)
+        (w, covers), *_ = windows(iter(frames))
+        single, many = fast.predict(w[None])
+        np.testing.assert_allclose(single[0, :covers], ref_single.numpy()[:covers], atol=0.02)
+        np.testing.assert_allclose(many[0, :covers], ref_many.numpy()[:covers], atol=0.02)
+        a, b = package.detect(truth.path), fast.detect(truth.path)
+        assert [(t.start, t.end, t.kind) for t in a.transitions] == [(t.start, t.end, t.kind) for t in b.transitions]
 
 
 # ------------------------------------------------------------------------------------ transitions
@@ -127,8 +159,8 @@ def test_tracker_turns_probabilities_into_transitions(chunk):
 class _FlatModel:
     """Stands in for the network: the memory test is about the plumbing around it."""
 
-    def predict_raw(self, x):
-        zeros = torch.zeros(x.shape[0], x.shape[1], 1)
+    def __call__(self, x, dtype):
+        zeros = torch.zeros(x.shape[0], x.shape[1])
         return zeros, zeros
 
 
@@ -140,7 +172,7 @@ def test_memory_stays_bounded_on_a_long_video(tmp_path):
     write_video(
         path, (pool[(i // 40) % 8] for i in range(12_000)), fps=25, codec="mpeg4", width=48, height=28
     )
-    det = TransNetV2Detector("cpu", model=_FlatModel(), windows_per_batch=8)
+    det = TransNetV2Detector("cpu", model=_FlatModel(), windows_per_batch=2)
     tracemalloc.start()  # NumPy's allocations are traced: frames, windows, batches
     try:
         result = det.detect(str(path))
@@ -171,7 +203,7 @@ def test_transnetv2_clips_contain_no_transition_frame(tmp_path, transition_sampl
         params = json.loads(run["params"])
         assert run["detector"] == params["detector"] == "transnetv2"
         assert params["weights_sha256"] == transnet.weights_sha256() and params["threshold"] == 0.5
-        assert params["precision"] == "fp32"
+        assert params["precision"] == transnet.resolve_precision("auto", "cpu")
         assert run["analysed_frames"] == truth_of[run["video_id"]].num_frames
     clips = ws.sql("SELECT * FROM clips")
     found = ws.sql("SELECT * FROM transitions")

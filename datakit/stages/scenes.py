@@ -111,9 +111,9 @@ class SceneStage(Stage):
     gradual_threshold: float = option(20.0, "ContentDetector threshold of the gradual pass.", min=0)
     transition_margin: int = option(2, "transnetv2: frames added on each side of a gradual transition.",
                                     min=0, max=100)  # fmt: skip
-    precision: str = option("auto", "transnetv2 arithmetic; auto: bf16 on a GPU, fp32 on the CPU.",
+    precision: str = option("auto", "transnetv2 arithmetic; auto: bf16 on a GPU or a CPU with bf16 units, else fp32.",
                             choices=PRECISIONS)  # fmt: skip
-    windows_per_batch: int = option(4, "transnetv2: 100-frame windows per model call (from several videos).",
+    windows_per_batch: int = option(4, "transnetv2: 550-frame windows per model call (from several videos).",
                                     min=1, max=4096)  # fmt: skip
     skip_loop_filter: bool = option(True, "Faster H.264/HEVC decoding for analysis (no effect on spans).")
     redo: bool = option(False, "Re-detect videos whose last run used other settings (old clips vanish).")
@@ -199,8 +199,8 @@ class SceneStage(Stage):
                 "weights_sha256": transnet.weights_sha256(),
                 "threshold": transnet.DEFAULT_THRESHOLD if self.threshold is None else self.threshold,
                 "input": f"{transnet.WIDTH}x{transnet.HEIGHT} rgb24 {transnet.INTERPOLATION.lower()}",
-                "window": transnet.WINDOW,
-                "step": transnet.STEP,
+                "window": transnet.KEEP + 2 * transnet.CONTEXT,
+                "step": transnet.KEEP,
                 "transition_margin": self.transition_margin,
                 "precision": precision,
                 **policy,
