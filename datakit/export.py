@@ -197,7 +197,6 @@ def _relative(rows: list[dict], root: Path | None) -> list[str]:
 # Open-Sora 1.0's text encoder (the same id as models.defaults.DEFAULT_T5; datakit imports no models).
 DEFAULT_T5_TOKENIZER = "DeepFloyd/t5-v1_1-xxl"
 
-
 # --------------------------------------------------------------------------------- writers
 def _text_lengths(texts: list[str], tokenizer: str | None, notes: list[str]) -> list[int | None]:
     """T5 token counts as Open-Sora's datautil counts them (`len(tokenizer(text)["input_ids"])`, EOS included)."""

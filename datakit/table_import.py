@@ -18,7 +18,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -603,6 +602,8 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
     scores = sorted(f for f in mapping if f.startswith("score."))
     parse_sql = None
     con = duckdb.connect(config={"preserve_insertion_order": False})  # row order within a chunk is not needed
+    from concurrent.futures import ThreadPoolExecutor  # here: every command imports this module
+
     writer, writing = ThreadPoolExecutor(1, thread_name_prefix="datakit-import-write"), None
     with ws.lock("stage-ingest"):
         try:

@@ -14,8 +14,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from datakit.shot_detection import detect_scenes
 
+from datakit.shot_detection import detect_scenes
 from datakit.stages.cut import clean_stale_temps, cut_clip
 from datakit.stages.probe import probe_file
 from demo.samples import (

@@ -48,6 +48,7 @@ def train(
             help="Continue the run in --run-dir from its last checkpoint (start it if there is none)."
         ),
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary (run folder, steps) at the end.")] = False,
 ) -> None:
     """Train STDiT on a curated set or a SQL selection (one stage of Open-Sora 1.0's recipe).
 
@@ -83,7 +84,13 @@ def train(
             raise ConfigError("give one of --set NAME[@vN] and --select SQL, not both")
         if set_spec is not None or select is not None:
             source = Source(workspace or default_workspace(), set_spec=set_spec, select=select)
-        launch(cfg, run_dir=run_dir, source=source, resume=resume, resume_overrides=flags["train"])
+        folder = launch(cfg, run_dir=run_dir, source=source, resume=resume, resume_overrides=flags["train"])
+        if as_json and os.environ.get("RANK", "0") == "0":  # the last metrics row and where the run is
+            import json
+
+            metrics = Path(folder) / "metrics.jsonl"
+            rows = metrics.read_text().splitlines() if metrics.exists() else []
+            typer.echo(json.dumps({"run_dir": str(folder), "last": json.loads(rows[-1]) if rows else None}))
     except (ConfigError, SelectionError, RunError, FileExistsError, FileNotFoundError) as err:
         rank = os.environ.get("RANK", "0")
         if rank == "0":

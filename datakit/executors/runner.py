@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datakit.executors.base import executor_class
+from datakit.executors.base import EXECUTORS, executor_class
 from datakit.stage import Rows, Stage, WorkerContext
 from datakit.workspace import Workspace
 
@@ -125,7 +125,8 @@ def run_stage(
 ) -> StageStats:
     """Plan pending items, process them, commit results in batches. Safe to kill and rerun."""
     stage.validate()
-    runner = executor_class(executor)(workers=workers, address=ray_address)  # unknown name: ValueError
+    if executor not in EXECUTORS:
+        executor_class(executor)  # unknown name: ValueError (the class is imported only if items exist)
     from datakit.progress import Progress
 
     stats = StageStats(stage.name)
@@ -144,7 +145,9 @@ def run_stage(
         make_ctx = functools.partial(WorkerContext.for_workspace, ws.root, stage.name)
         stage.begin_run(make_ctx())
         committer = _Committer(ws, stage, items, stats)
-        stream = runner.results(stage, items, make_ctx)
+        # a no-op run imports no executor (process pools, Ray: start-up of every resumed command)
+        runner = executor_class(executor)(workers=workers, address=ray_address) if items else None
+        stream = runner.results(stage, items, make_ctx) if runner else iter(())
         with Progress(
             stage.name, len(items), enabled=progress and bool(items)
         ) as bar:  # plain lines off a TTY
