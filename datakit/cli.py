@@ -264,12 +264,15 @@ def preview(out_png: Path, workspace: Path, sql: str | None, max_clips: int) -> 
 
 @app.command()
 @click.argument("name")
-@click.option("--recipe", help="A recipe of manifests/recipes: @image, @video, @hq, ...")
+@click.option("--recipe", help="A recipe of manifests/recipes (@image, @video, @hq, ...) or a .sql file.")
 @click.option("--where", help='A condition over the clips view, e.g. "aesthetic >= 5".')
 @click.option("--sql", help="One SELECT returning clip_id (other columns are kept).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="A recipe parameter (read with getvariable), e.g. hq_min_aesthetic=5.5; repeatable.")  # fmt: skip
 @workspace_option
 @json_option("Print the new version's card (and path) as JSON.")
-def select(name: str, recipe: str | None, where: str | None, sql: str | None, workspace: Path, as_json: bool) -> None:
+def select(name: str, recipe: str | None, where: str | None, sql: str | None, params: tuple[str, ...],
+           workspace: Path, as_json: bool) -> None:  # fmt: skip
     """Write an immutable, versioned curated set: <workspace>/sets/NAME/vN/{rows.parquet,card.json}.
 
     NAME: set name; each select writes its next version (NAME@v1, @v2, ...).
@@ -281,7 +284,7 @@ def select(name: str, recipe: str | None, where: str | None, sql: str | None, wo
     ws = _open(workspace, create=False)
     try:
         text, kind, recipe_name = selection_sql(recipe, where, sql)
-        version = do_select(ws, name, text, recipe=recipe_name, kind=kind)
+        version = do_select(ws, name, text, recipe=recipe_name, kind=kind, params=_recipe_params(params))
     except ReadOnlyError as exc:
         fail(str(exc), 2)
     if as_json:
@@ -289,6 +292,20 @@ def select(name: str, recipe: str | None, where: str | None, sql: str | None, wo
         echo_json({"set": f"{name}@v{version.version}", "path": str(version.path), **{k: v for k, v in card.items() if k != "manifest"}})
         return
     click.echo(f"{name}@v{version.version}: {version.card['row_count']} rows -> {version.path}")
+
+
+def _recipe_params(pairs: tuple[str, ...]) -> dict[str, float | str]:
+    """`NAME=VALUE` pairs: a number where VALUE reads as one, else the text."""
+    out: dict[str, float | str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--param")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
 
 
 @app.command("sets")

@@ -91,7 +91,11 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
 
 
 def recipe_sql(name: str) -> str:
-    """The SQL of a shipped recipe (`video` or `@video`)."""
+    """The SQL of a shipped recipe (`video` or `@video`), or of a recipe file (`my/recipe.sql`)."""
+    if name.endswith(".sql") and not name.startswith("@"):
+        if not Path(name).is_file():
+            raise SetError(f"no recipe file {name}")
+        return Path(name).read_text()
     path = RECIPES_DIR / f"{name.lstrip('@')}.sql"
     if not path.is_file():
         names = ", ".join(sorted("@" + p.stem for p in RECIPES_DIR.glob("*.sql")))
@@ -261,7 +265,8 @@ def selection_sql(recipe: str | None, where: str | None, sql: str | None) -> tup
         raise SetError("give exactly one of --recipe @NAME, --where CONDITION or --sql SELECT")
     kind, value = given[0]
     if kind == "recipe":
-        return recipe_sql(value), kind, "@" + value.lstrip("@")
+        text = recipe_sql(value)
+        return text, kind, value if value.endswith(".sql") and not value.startswith("@") else "@" + value.lstrip("@")
     if kind == "where":
         return f"SELECT * FROM clips WHERE {value}", kind, None
     return value, kind, None

@@ -156,3 +156,28 @@ def test_webdataset_export_writes_byte_sized_shards_that_webdataset_reads(scanne
     assert len(bigger.files) == 1
     with pytest.raises(SetError, match="already holds"):
         export_set(scanned, "wds", "webdataset", tmp_path / "one-shard", progress=False)
+
+
+def test_cli_select_takes_recipe_parameters_and_recipe_files(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    curated_manifest(ws)
+
+    def datakit(*args: str) -> subprocess.CompletedProcess:
+        cmd = [PYTHON, str(ROOT / "cli.py"), "datakit", "select", *args, "-w", str(ws.root), "--json"]
+        return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True)
+
+    # @hq keeps only "good" at its own thresholds; lowering them via --param keeps more, recorded in the card
+    strict = json.loads(datakit("hq", "--recipe", "@hq").stdout)
+    loose = datakit("hq", "--recipe", "@hq", "--param", "hq_min_aesthetic=0", "--param", "hq_min_text_match=0")
+    card = json.loads(loose.stdout)
+    assert strict["row_count"] == 1 and card["row_count"] > 1
+    assert card["recipe"]["params"] == {"hq_min_aesthetic": 0.0, "hq_min_text_match": 0.0}
+    # a recipe file of the user's own
+    mine = tmp_path / "mine.sql"
+    mine.write_text("SELECT clip_id FROM clips WHERE aesthetic >= getvariable('floor') ORDER BY clip_id")
+    picked = json.loads(datakit("mine", "--recipe", str(mine), "--param", "floor=6.5").stdout)
+    rows = pq.read_table(ws.root / "sets" / "mine" / "v1" / "rows.parquet").column("clip_id").to_pylist()
+    assert picked["recipe"]["name"] == str(mine) and rows == sorted(r["clip_id"] for r in ws.sql(
+        "SELECT clip_id FROM clips WHERE aesthetic >= 6.5"))  # fmt: skip
+    bad = datakit("x", "--recipe", "@hq", "--param", "nonsense")
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr

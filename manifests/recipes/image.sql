@@ -4,7 +4,7 @@
 -- 5.5 fair, 6.5 high (LAION predictor). Images are plentiful, so we take the top of the
 -- pretraining range, 5.0. Known near-duplicates (CLIP cosine >= 0.98) keep one member.
 -- Parameters (DuckDB variables, read with getvariable; unset: the numbers below): image_min_aesthetic. Set them in
--- Python: datakit.sets.select(ws, name, sql, params={...}) (recorded in the set's card).
+-- `datakit select NAME --recipe @x --param NAME=VALUE` or datakit.sets.select(..., params={...}) (recorded in the card).
 SELECT *, start_frame + (end_frame - start_frame) // 2 AS frame
 FROM clips
 WHERE aesthetic >= coalesce(getvariable('image_min_aesthetic'), 5.0)  -- aesthetic >= 5 (pretraining range 4.5-5, upper end)

@@ -8,7 +8,7 @@
 -- e.g. Panda-70M's) > vlm (datakit caption); caption_source says which. To prefer the VLM here, select
 -- `* REPLACE (coalesce(vlm_caption, provided_caption) AS caption)`; given_* columns are the table's scores.
 -- Parameters (DuckDB variables, read with getvariable; unset: the numbers below): video_min_aesthetic. Set them in
--- Python: datakit.sets.select(ws, name, sql, params={...}) (recorded in the set's card).
+-- `datakit select NAME --recipe @x --param NAME=VALUE` or datakit.sets.select(..., params={...}) (recorded in the card).
 SELECT *
 FROM clips
 WHERE media_type = 'video'
