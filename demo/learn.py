@@ -114,14 +114,13 @@ def prompt_check(run_dir: Path, out_dir: Path, n: int = 4) -> list[dict[str, Any
     is each sample nearest in mean colour to its own clip?"""
     from models.pipeline import TextToVideoPipeline, save_mp4
     from models.run_models import run_models
-    from training.selection import load_frozen
-    from training.trainer import split_validation
+    from training.selection import load_frozen, split_validation
 
     rows, _ = load_frozen(run_dir)
     cfg = json.loads((run_dir / "train_config.json").read_text())
     from training.config import from_dict
 
-    train_rows, _ = split_validation(rows, from_dict(cfg))
+    train_rows, _ = split_validation(rows, from_dict(cfg).data)
     picked, colours = [], set()
     for row in train_rows:
         m = re.search(r"over an? (\w+) background", row.get("caption") or "")

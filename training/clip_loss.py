@@ -30,13 +30,12 @@ def clip_losses(trainer) -> list[dict[str, Any]]:
     from .build import load_encoders, set_latent_shape
     from .data import ClipDataset
     from .sampler import BucketBatchSampler
-    from .selection import load_frozen
-    from .trainer import split_validation
+    from .selection import load_frozen, split_validation
 
     cfg, dev, stdit = trainer.cfg, trainer.ctx.device, trainer.models.stdit
-    if trainer.cached:
+    if not trainer.inputs.encoders_in_step:  # the feature cache: the VAE and T5 are built on first use
         load_encoders(trainer.models, cfg, dev, trainer.compute_dtype)
-    rows, _ = split_validation(load_frozen(trainer.run_dir)[0], cfg)
+    rows, _ = split_validation(load_frozen(trainer.run_dir)[0], cfg.data)
     data = ClipDataset(rows, cfg.data, trainer.models.size_multiple, cfg.train.seed, train=False)
     sampler = BucketBatchSampler(data.buckets, 1, world_size=1, rank=0, shuffle=False)
     stdit.eval()

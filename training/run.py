@@ -27,6 +27,7 @@ from . import selection
 from .config import ConfigError, RunConfig, from_dict
 from .dist import DistContext, broadcast_object, init_distributed
 from .errors import RunError
+from .inputs import inputs_for
 from .metrics import setup_logging
 
 CONFIG_FILE = "train_config.json"
@@ -96,15 +97,11 @@ def _prepare_new_run(run_dir: Path, cfg: RunConfig, source: Source, ctx: DistCon
         )
     table, card = source.read()
     table = selection.normalise(table)
-    rows = table.to_pylist()
-    if cfg.data.source == "pixels":  # from the cache, the shards are checked instead
-        selection.check_files(rows)
+    rows, inputs = table.to_pylist(), inputs_for(cfg)
+    inputs.before_freeze(rows)
     run_dir.mkdir(parents=True, exist_ok=True)
     selection.freeze(run_dir, table, card)
-    if cfg.data.source == "features":
-        from .features import freeze_index
-
-        freeze_index(run_dir, source.workspace, cfg, rows)
+    inputs.after_freeze(run_dir, source.workspace, cfg, rows)
     _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     from models.run_models import record_models
 
@@ -254,12 +251,7 @@ def launch(
 
 def _check_inputs(run_dir: Path, cfg: RunConfig, rows: list[dict[str, Any]]) -> None:
     """Before a resume builds anything: the media files, or the feature shards, are all there."""
-    if cfg.data.source == "features":
-        from .features import check_shards, load_index
-
-        check_shards(list(load_index(run_dir).values()))
-    else:
-        selection.check_files(rows)
+    inputs_for(cfg).before_resume(run_dir, cfg, rows)
 
 
 def _record_launch(path: Path, facts: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +23,11 @@ import pyarrow.parquet as pq
 from datakit import sets
 from datakit.sets import media_path  # one home: which file (source or cut) a clip is read from
 
-__all__ = ["SelectionError", "check_files", "freeze", "load_frozen", "media_path", "normalise", "read_set"]
+if TYPE_CHECKING:
+    from .config import DataConfig
+
+__all__ = ["SelectionError", "check_files", "freeze", "load_frozen", "media_path", "normalise", "read_set",
+           "split_validation"]  # fmt: skip
 
 REQUIRED = ("start_frame", "end_frame", "fps", "width", "height")
 ROWS_FILE, CARD_FILE = "rows.parquet", "card.json"
@@ -166,3 +170,16 @@ def load_frozen(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raise SelectionError(f"{run_dir} holds no frozen selection ({data_dir / ROWS_FILE})")
     rows = pq.read_table(data_dir / ROWS_FILE).to_pylist()
     return rows, json.loads((data_dir / CARD_FILE).read_text())
+
+
+# ------------------------------------------------------------------------------------ held-out slice
+def split_validation(rows: list[dict[str, Any]], cfg: DataConfig) -> tuple[list[dict], list[dict]]:
+    """(training rows, held-out rows): the held-out slice is the rows whose clip-id hash is
+    smallest, so it is the same in every run of a set."""
+    n = len(rows)
+    n_val = min(cfg.val_max, max(1, round(cfg.val_fraction * n))) if n >= cfg.val_min_rows else 0
+    if cfg.val_fraction == 0:
+        n_val = 0
+    ranked = sorted(rows, key=lambda r: hashlib.blake2b(str(r["clip_id"]).encode(), digest_size=8).digest())
+    val_ids = {r["clip_id"] for r in ranked[:n_val]}
+    return [r for r in rows if r["clip_id"] not in val_ids], [r for r in rows if r["clip_id"] in val_ids]

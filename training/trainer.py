@@ -1,7 +1,8 @@
 """The training loop, top to bottom.
 
-1. the frozen rows of the run, split into a training set and a held-out validation slice;
-2. VAE, T5 and STDiT (tiny random ones for `--preset tiny`), initialised from `model.init_from`;
+1. VAE, T5 and STDiT (tiny random ones for `--preset tiny`), initialised from `model.init_from`;
+2. the run's inputs (`inputs.py`: decoded pixels, or the feature cache) and its data (`build_data`):
+   the frozen rows split into training clips and a held-out validation slice, each in buckets;
 3. the ColossalAI Booster: TorchDDP (+ AdamW, fp32 or bf16 autocast) or LowLevelZero stage 2
    (+ HybridAdam, bf16 working weights with fp32 masters), a warmup LR schedule, an fp32 EMA;
 4. `--resume`: weights, EMA, optimizer, scheduler, data position and RNG from the last checkpoint;
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import math
 import random
@@ -28,19 +28,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from models.diffusion import IDDPM
 
 from . import checkpoint as ckpt_io
-from . import features
 from .build import Models, build_models, load_encoders, set_latent_shape
 from .config import RunConfig
-from .data import ClipDataset, collate, worker_init
+from .data import collate, worker_init
 from .dist import DistContext, all_mean, all_true, barrier
 from .errors import RunError
+from .inputs import Inputs, inputs_for
 from .metrics import MetricsWriter
 from .sampler import BucketBatchSampler
+from .selection import split_validation
 from .weights import WeightView, fp32_snapshot, grads_finite, start_from
 
 log = logging.getLogger("training")
@@ -62,41 +63,63 @@ def step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def split_validation(rows: list[dict[str, Any]], cfg: RunConfig) -> tuple[list[dict], list[dict]]:
-    """Hold out a fixed slice: the rows whose clip-id hash is smallest (stable across runs of a set)."""
-    d = cfg.data
-    n_val = 0 if len(rows) < d.val_min_rows else min(d.val_max, max(1, round(d.val_fraction * len(rows))))
-    if d.val_fraction == 0:
-        n_val = 0
-    ranked = sorted(rows, key=lambda r: hashlib.blake2b(str(r["clip_id"]).encode(), digest_size=8).digest())
-    val_ids = {r["clip_id"] for r in ranked[:n_val]}
-    return [r for r in rows if r["clip_id"] not in val_ids], [r for r in rows if r["clip_id"] in val_ids]
-
-
-FEATURE_TENSORS = ("mean", "std", "y", "mask")
-
-
 def make_loader(
-    dataset: ClipDataset | features.FeatureDataset,
-    sampler: BucketBatchSampler,
-    workers: int,
-    pin: bool,
+    dataset: Dataset, sampler: BucketBatchSampler, tensors: tuple[str, ...], workers: int, pin: bool,
     start: str = "spawn",
 ) -> DataLoader:
     """Loader processes start fresh (`spawn`) by default: a worker forked from a process that has
     run threaded decoders or OpenCV (the demo, a notebook) can crash in inherited thread state."""
-    cached = isinstance(dataset, features.FeatureDataset)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=functools.partial(collate, tensors=FEATURE_TENSORS) if cached else collate,
+        collate_fn=functools.partial(collate, tensors=tensors),
         num_workers=workers,
         worker_init_fn=worker_init,
         multiprocessing_context=start if workers > 0 else None,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         pin_memory=pin,
-    )
+    )  # fmt: skip
+
+
+@dataclass
+class Data:
+    """The training loader and its sampler, and the validation loader (None without a held-out slice)."""
+
+    train_set: Dataset
+    sampler: BucketBatchSampler
+    loader: DataLoader
+    val_loader: DataLoader | None
+
+
+def build_data(cfg: RunConfig, ctx: DistContext, inputs: Inputs, rows: list[dict[str, Any]]) -> Data:
+    """The frozen rows split into training clips and the held-out slice, each in its buckets."""
+    d, seed, pin = cfg.data, cfg.train.seed, ctx.device.type == "cuda"
+    train_rows, val_rows = split_validation(rows, d)
+    train_set = inputs.dataset(train_rows, train=True)
+    sampler = BucketBatchSampler(train_set.buckets, d.batch_size, world_size=ctx.world_size, rank=ctx.rank, seed=seed)
+    if sampler.steps_per_epoch() == 0:
+        raise RunError(
+            f"none of the {len(train_rows)} training clips is long enough for "
+            f"{min(d.num_frames)} frames at interval {d.frame_interval}"
+        )
+    loader = make_loader(train_set, sampler, inputs.tensors, d.num_workers, pin, d.worker_start)
+    val_loader = None
+    if val_rows:
+        val_set = inputs.dataset(val_rows, train=False)
+        val_sampler = BucketBatchSampler(
+            val_set.buckets, d.batch_size, world_size=ctx.world_size, rank=ctx.rank, shuffle=False
+        )
+        if val_sampler.steps_per_epoch():
+            val_loader = make_loader(val_set, val_sampler, inputs.tensors, 0, pin)
+    log.info(
+        "%d training clips in buckets (frames x height x width: clips) %s; %d left out (%s); %d held "
+        "out for validation; %d steps per epoch",
+        len(train_rows) - sampler.excluded, sampler.buckets_used(), sampler.excluded, inputs.left_out,
+        len(val_rows), sampler.steps_per_epoch(),
+    )  # fmt: skip
+    inputs.log_left_out(train_set)
+    return Data(train_set, sampler, loader, val_loader)
 
 
 def import_colossalai() -> tuple[Any, Any, Any]:
@@ -160,73 +183,18 @@ class Trainer:
         self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx
         self.zero = cfg.train.plugin == "zero2"
         self.autocast_bf16 = cfg.train.precision == "bf16" and not self.zero
-        seed = cfg.train.seed
-        random.seed(seed)
-        np.random.seed(seed)
-
-        dtype = self.compute_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        self.cached = cfg.data.source == "features"
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.compute_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.resume_from = ckpt_io.latest_checkpoint(self.run_dir) if resume else None
-        resume_args = None
-        if self.resume_from is not None:
-            from models.checkpoint import read_model_config
 
-            resume_args = read_model_config(self.resume_from)
-        self.models = build_models(cfg, ctx.device, dtype, resume_args, encoders=not self.cached)
+        self.models = self._build_models()
         self.diffusion = IDDPM(timestep_respacing="")
+        self.inputs = inputs_for(cfg)(cfg, self.run_dir, self.models, ctx.device)
+        self.data = build_data(cfg, ctx, self.inputs, rows)
+        self.train_set, self.sampler = self.data.train_set, self.data.sampler
+        self.booster, self.model, self.optimizer, self.scheduler, self.weights, self.ema = self._boost()
 
-        train_rows, val_rows = split_validation(rows, cfg)
-        multiple = self.models.size_multiple
-        index = features.load_index(self.run_dir) if self.cached else {}
-
-        def dataset(part: list[dict[str, Any]], train: bool) -> ClipDataset | features.FeatureDataset:
-            if self.cached:
-                return features.FeatureDataset(part, index)
-            return ClipDataset(part, cfg.data, multiple, seed, train=train)
-
-        self.train_set = dataset(train_rows, True)
-        self.sampler = BucketBatchSampler(
-            self.train_set.buckets, cfg.data.batch_size, world_size=ctx.world_size, rank=ctx.rank, seed=seed
-        )
-        if self.sampler.steps_per_epoch() == 0:
-            raise RunError(
-                f"none of the {len(train_rows)} training clips is long enough for "
-                f"{min(cfg.data.num_frames)} frames at interval {cfg.data.frame_interval}"
-            )
-        pin = ctx.device.type == "cuda"
-        self.loader = make_loader(
-            self.train_set, self.sampler, cfg.data.num_workers, pin, cfg.data.worker_start
-        )
-        self.val_loader = None
-        if val_rows:
-            val_set = dataset(val_rows, False)
-            val_sampler = BucketBatchSampler(
-                val_set.buckets, cfg.data.batch_size, world_size=ctx.world_size, rank=ctx.rank, shuffle=False
-            )
-            if val_sampler.steps_per_epoch():
-                self.val_loader = make_loader(val_set, val_sampler, 0, pin)
-        log.info(
-            "%d training clips in buckets (frames x height x width: clips) %s; %d left out (%s); %d held "
-            "out for validation; %d steps per epoch",
-            len(train_rows) - self.sampler.excluded, self.sampler.buckets_used(), self.sampler.excluded,
-            "too short or not encoded by the features stage" if self.cached else "too short",
-            len(val_rows), self.sampler.steps_per_epoch(),
-        )  # fmt: skip
-        if self.cached:
-            for clip_id, why in self.train_set.excluded()[:5]:
-                log.warning("no features for clip %s: %s", clip_id, why)
-            log.info("reading the feature cache: one centred window per clip, no flips, no VAE/T5 in the step")
-
-        if cfg.train.compile:  # in place (nn.Module.compile): the Booster wraps the compiled module
-            if not self.zero:  # dynamo's DDP bucketing cannot split the checkpointed blocks' graphs
-                torch._dynamo.config.optimize_ddp = False
-            self.models.stdit.compile(backend=cfg.train.compile)
-            log.info("STDiT compiled with torch.compile(backend=%r)", cfg.train.compile)
-        fp32 = fp32_snapshot(self.models.stdit) if self.zero else None  # before boosting casts to bf16
-        self.booster, self.model, self.optimizer, self.scheduler = make_booster(cfg, self.models)
-        self.weights = WeightView(self.models.stdit, self.optimizer, zero=self.zero)
-        self.ema = start_from(self.weights, fp32 if fp32 is not None else fp32_snapshot(self.models.stdit))
-        del fp32
         self.state = TrainState()
         self.last_ckpt: Path | None = None
         self.first_error: str | None = None  # the first clip that failed to decode in this launch
@@ -234,9 +202,33 @@ class Trainer:
             self._resume(self.resume_from)
         elif resume:
             log.info("--resume: no checkpoint in %s yet, starting from step 0", self.run_dir)
-        self.metrics = (
-            MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
-        )
+        self.metrics = MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
+
+    # ------------------------------------------------------------------------------ building
+    def _build_models(self) -> Models:
+        """VAE, T5 and STDiT; a resumed run rebuilds the STDiT its checkpoint describes. With the
+        feature cache the VAE and T5 are only built when sampling needs them."""
+        resume_args = None
+        if self.resume_from is not None:
+            from models.checkpoint import read_model_config
+
+            resume_args = read_model_config(self.resume_from)
+        encoders = inputs_for(self.cfg).encoders_in_step
+        return build_models(self.cfg, self.ctx.device, self.compute_dtype, resume_args, encoders=encoders)
+
+    def _boost(self) -> tuple[Any, Any, Any, Any, WeightView, Any]:
+        """torch.compile if asked, then the Booster; the EMA starts from the fp32 weights."""
+        stdit, backend = self.models.stdit, self.cfg.train.compile
+        if backend:  # in place (nn.Module.compile): the Booster wraps the compiled module
+            if not self.zero:  # dynamo's DDP bucketing cannot split the checkpointed blocks' graphs
+                torch._dynamo.config.optimize_ddp = False
+            stdit.compile(backend=backend)
+            log.info("STDiT compiled with torch.compile(backend=%r)", backend)
+        fp32 = fp32_snapshot(stdit) if self.zero else None  # before boosting casts to bf16
+        booster, model, optimizer, scheduler = make_booster(self.cfg, self.models)
+        weights = WeightView(stdit, optimizer, zero=self.zero)
+        ema = start_from(weights, fp32 if fp32 is not None else fp32_snapshot(stdit))
+        return booster, model, optimizer, scheduler, weights, ema
 
     # ------------------------------------------------------------------------------ resume
     def _resume(self, ckpt: Path) -> None:
@@ -296,26 +288,12 @@ class Trainer:
             return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.no_grad()
-    def encode(self, batch: dict[str, Any], gen: torch.Generator | None) -> tuple[torch.Tensor, dict]:
-        """Pixels → VAE latents (posterior sample; its mode without a generator), captions → T5;
-        or the same from the feature cache (the posterior sampled with the same draws)."""
-        dev = self.ctx.device
-        if self.cached:
-            mean, std = (batch[k].to(dev, non_blocking=True) for k in ("mean", "std"))
-            x0 = features.sample_latents(mean, std, gen).float()
-            return x0, {"y": batch["y"].to(dev)[:, None], "mask": batch["mask"].to(dev)}
-        video = batch["video"].to(dev, non_blocking=True)
-        x0 = self.models.vae.encode(video, sample_posterior=gen is not None, generator=gen).float()
-        text = self.models.text_encoder.encode(batch["caption"])
-        return x0, {"y": text["y"], "mask": text["mask"]}
-
     def train_step(self, batch: dict[str, Any]) -> tuple[float, float, float] | None:
         """One optimizer step. Returns (loss, grad norm, lr used), or None when a non-finite loss
         or gradient (on any rank) made every rank skip it; checked before the optimizer steps."""
         c, dev = self.cfg, self.ctx.device
         gen = torch.Generator(dev).manual_seed(step_seed(c.train.seed, self.state.step, self.ctx.rank))
-        x0, cond = self.encode(batch, gen)
+        x0, cond = self.inputs.encode(batch, gen)
         n = x0.shape[0]
         t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=gen, device=dev)
         noise = torch.randn(x0.shape, generator=gen, device=dev)
@@ -398,15 +376,15 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float | None:
         """Mean loss over the held-out slice at fixed timesteps and fixed noise (comparable across runs)."""
-        if self.val_loader is None:
+        if self.data.val_loader is None:
             return None
         stdit, dev = self.models.stdit, self.ctx.device
         stdit.eval()
         total, count = 0.0, 0
-        for i, batch in enumerate(self.val_loader):
+        for i, batch in enumerate(self.data.val_loader):
             if not batch["clip_id"]:
                 continue
-            x0, cond = self.encode(batch, None)
+            x0, cond = self.inputs.encode(batch, None)
             set_latent_shape(stdit, tuple(x0.shape[2:]))
             gen = torch.Generator(dev).manual_seed(step_seed(self.cfg.train.seed, 10**6 + i))
             keep = torch.zeros(x0.shape[0], dtype=torch.long, device=dev)
@@ -426,7 +404,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
     def _batches(self):
         """(batch, seconds waited for it) until the epoch's plan runs out."""
-        batches = iter(self.loader)
+        batches = iter(self.data.loader)
         while True:
             tick = time.perf_counter()
             batch = next(batches, None)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import selection
-from .config import ConfigError
+from .config import ConfigError, DataConfig
 
 log = logging.getLogger("training")
 VAE_DIR, VAE_CONFIG = "vae", "vae_config.json"
@@ -126,7 +126,6 @@ def train_vae(rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, c
     """Train on `rows` (a set's rows), hold out a slice of clips for validation; returns the summary."""
     from .metrics import METRICS_FILE
     from .plots import loss_curve
-    from .trainer import split_validation
 
     run_dir = Path(run_dir)
     if (run_dir / VAE_DIR / "config.json").is_file():  # a finished run: nothing to do
@@ -135,8 +134,8 @@ def train_vae(rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, c
     table = selection.normalise(_table(rows))
     selection.freeze(run_dir, table, card)
     (run_dir / VAE_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    split = _split_config(cfg)
-    train_rows, val_rows = split_validation(table.to_pylist(), split)
+    held_out = DataConfig(val_fraction=cfg.val_fraction, val_min_rows=4, val_max=64)  # the STDiT stages' rule
+    train_rows, val_rows = selection.split_validation(table.to_pylist(), held_out)
     torch.manual_seed(cfg.seed)
     train_x, val_x = _frames(train_rows, cfg), _frames(val_rows, cfg) if val_rows else None
     vae = build_vae(cfg).train()
@@ -200,11 +199,3 @@ def _table(rows: list[dict[str, Any]]):
 
     return pa.Table.from_pylist(rows)
 
-
-def _split_config(cfg: VaeConfig):
-    """The STDiT stages' held-out rule, with this stage's fraction."""
-    from .config import RunConfig
-
-    run = RunConfig()
-    run.data.val_fraction, run.data.val_min_rows, run.data.val_max = cfg.val_fraction, 4, 64
-    return run
