@@ -17,11 +17,27 @@ import click
 # name -> (module, attribute, help). The attribute is a typer-annotated function (wrapped with
 # typer when loaded), or a function returning a click command (`datakit`).
 LAZY: dict[str, tuple[str, str, str]] = {
-    "datakit": ("cli", "datakit_group", "Build, inspect and curate video manifests (ingest, scenes, scores, sets, export)."),
-    "sample": ("models.sample_cli", "sample", "Text to video with an STDiT checkpoint, a VAE and a T5 encoder."),
-    "train": ("training.cli", "train", "Train STDiT on a curated set or a SQL selection (image, video or hq stage)."),
+    "datakit": (
+        "cli",
+        "datakit_group",
+        "Build, inspect and curate video manifests (ingest, scenes, scores, sets, export).",
+    ),
+    "sample": (
+        "models.sample_cli",
+        "sample",
+        "Text to video with an STDiT checkpoint, a VAE and a T5 encoder.",
+    ),
+    "train": (
+        "training.cli",
+        "train",
+        "Train STDiT on a curated set or a SQL selection (image, video or hq stage).",
+    ),
     "demo": ("demo.run", "demo", "End-to-end demo on generated sample videos."),
-    "export-ckpt": ("models.export_ckpt", "export_ckpt", "Write a checkpoint of ours as Open-Sora 1.0's .pth (EMA weights by default)."),
+    "export-ckpt": (
+        "models.export_ckpt",
+        "export_ckpt",
+        "Write a checkpoint of ours as Open-Sora 1.0's .pth (EMA weights by default).",
+    ),
 }
 
 
@@ -44,8 +60,12 @@ def foreign_command(name: str, build, help_text: str) -> click.Command:
     """A click command that hands its arguments to a command of another click (typer vendors its
     own click, whose exceptions this click does not know), built by `build()` when run."""
 
-    @click.command(name, help=help_text, add_help_option=False,
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})  # fmt: skip
+    @click.command(
+        name,
+        help=help_text,
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     @click.pass_context
     def command(ctx: click.Context, args: tuple[str, ...]) -> None:
@@ -65,8 +85,10 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List the lazy commands with their help text, without importing them."""
-        rows = [(name, LAZY[name][2] if name in LAZY else self.commands[name].get_short_help_str(90))
-                for name in self.list_commands(ctx)]  # fmt: skip
+        rows = [
+            (name, LAZY[name][2] if name in LAZY else self.commands[name].get_short_help_str(90))
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -81,14 +103,19 @@ def datakit_group() -> click.Group:
     from datakit.cli import main_group
 
     group = main_group()
-    group.lazy["samples"] = (_samples, "Generate synthetic sample videos with known cuts, each with its truth.")
+    group.lazy["samples"] = (
+        _samples,
+        "Generate synthetic sample videos with known cuts, each with its truth.",
+    )
     return group
 
 
 def _samples() -> click.Command:
     from demo.cli import samples_command
 
-    return foreign_command("samples", samples_command, "Generate synthetic sample videos with known cuts, each with its truth.")
+    return foreign_command(
+        "samples", samples_command, "Generate synthetic sample videos with known cuts, each with its truth."
+    )
 
 
 def main() -> None:

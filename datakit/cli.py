@@ -49,8 +49,15 @@ class DatakitGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))
-        rows = [(n, self.lazy[n][1] if n in self.lazy and n not in self.commands
-                 else self.get_command(ctx, n).get_short_help_str(limit)) for n in names]  # fmt: skip
+        rows = [
+            (
+                n,
+                self.lazy[n][1]
+                if n in self.lazy and n not in self.commands
+                else self.get_command(ctx, n).get_short_help_str(limit),
+            )
+            for n in names
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -61,9 +68,17 @@ def fail(message: str, code: int = 1):
 
 
 def workspace_option(f):
-    return click.option("--workspace", "-w", "workspace", envvar="DATAKIT_WORKSPACE", show_envvar=False,
-                        type=click.Path(path_type=Path), default=DEFAULT_WORKSPACE, show_default=True,
-                        help="Workspace directory (env DATAKIT_WORKSPACE).")(f)  # fmt: skip
+    return click.option(
+        "--workspace",
+        "-w",
+        "workspace",
+        envvar="DATAKIT_WORKSPACE",
+        show_envvar=False,
+        type=click.Path(path_type=Path),
+        default=DEFAULT_WORKSPACE,
+        show_default=True,
+        help="Workspace directory (env DATAKIT_WORKSPACE).",
+    )(f)
 
 
 def json_option(help_text: str = "Print the summary as JSON."):
@@ -78,18 +93,33 @@ def echo_json(value) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-@click.group("datakit", cls=DatakitGroup, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    "datakit",
+    cls=DatakitGroup,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def app() -> None:
     """Build, inspect and curate video manifests."""
 
 
 @app.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["panda70m", "webvid", "internvid", "opensora", "auto"]),
-              default=None, help="Import table inputs (CSV/TSV/Parquet/JSONL) as this dataset's metadata: spans, "
-              "captions, scores. auto: tell by the header (also done without --format for known headers).")
-@click.option("--col", "cols", multiple=True, metavar="FIELD=COLUMN",
-              help="Map a table column: url, id, spans, start, end, caption or score.NAME (repeatable).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["panda70m", "webvid", "internvid", "opensora", "auto"]),
+    default=None,
+    help="Import table inputs (CSV/TSV/Parquet/JSONL) as this dataset's metadata: spans, "
+    "captions, scores. auto: tell by the header (also done without --format for known headers).",
+)
+@click.option(
+    "--col",
+    "cols",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Map a table column: url, id, spans, start, end, caption or score.NAME (repeatable).",
+)
 @workspace_option
 def ingest(inputs: tuple[str, ...], fmt: str | None, cols: tuple[str, ...], workspace: Path) -> None:
     """Add videos to the manifest (idempotent: a rerun adds only what is new).
@@ -112,8 +142,11 @@ def ingest(inputs: tuple[str, ...], fmt: str | None, cols: tuple[str, ...], work
 @app.command()
 @workspace_option
 @json_option("Print JSON instead of a table.")
-@click.option("--defaults", is_flag=True,
-              help="Also count the work left for the default model of each model-keyed stage (aesthetic, caption, ...).")  # fmt: skip
+@click.option(
+    "--defaults",
+    is_flag=True,
+    help="Also count the work left for the default model of each model-keyed stage (aesthetic, caption, ...).",
+)
 def status(workspace: Path, as_json: bool, defaults: bool) -> None:
     """Per-stage counts of ok / pending / retry / error (pending per model key actually run)."""
     from datakit.status import format_status, status_rows
@@ -129,7 +162,9 @@ def status(workspace: Path, as_json: bool, defaults: bool) -> None:
 @app.command()
 @click.argument("sql")
 @workspace_option
-@click.option("--format", "-f", "fmt", help="table, csv, json or parquet (default: from --output's suffix, else table).")
+@click.option(
+    "--format", "-f", "fmt", help="table, csv, json or parquet (default: from --output's suffix, else table)."
+)
 @click.option("--output", type=click.Path(path_type=Path), help="Write to this file (its folder is created).")
 @click.option("--max-rows", type=int, default=40, show_default=True, help="Rows shown in table format.")
 def query(sql: str, workspace: Path, fmt: str | None, output: Path | None, max_rows: int) -> None:
@@ -181,7 +216,9 @@ def print_table(result, max_rows: int = 40, title: str | None = None) -> None:
     shown = result.slice(0, max_rows)
     columns = [shown.column(i).to_pylist() for i in range(shown.num_columns)]  # names may repeat
     for row in zip(*columns, strict=True):
-        table.add_row(*(Text("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row))
+        table.add_row(
+            *(Text("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row)
+        )
     out = Console(width=None if sys.stdout.isatty() else 160)
     out.print(table)
     if result.num_rows > max_rows:
@@ -190,7 +227,9 @@ def print_table(result, max_rows: int = 40, title: str | None = None) -> None:
 
 @app.command()
 @click.argument("inputs", nargs=-1)
-@click.option("--config", "-c", type=click.Path(path_type=Path), help="Pipeline TOML (default: the embedded defaults).")
+@click.option(
+    "--config", "-c", type=click.Path(path_type=Path), help="Pipeline TOML (default: the embedded defaults)."
+)
 @workspace_option
 @click.option("--only", multiple=True, help="Run only these stages (repeatable).")
 def run(inputs: tuple[str, ...], config: Path | None, workspace: Path, only: tuple[str, ...]) -> None:
@@ -267,12 +306,24 @@ def preview(out_png: Path, workspace: Path, sql: str | None, max_clips: int) -> 
 @click.option("--recipe", help="A recipe of manifests/recipes (@image, @video, @hq, ...) or a .sql file.")
 @click.option("--where", help='A condition over the clips view, e.g. "aesthetic >= 5".')
 @click.option("--sql", help="One SELECT returning clip_id (other columns are kept).")
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="A recipe parameter (read with getvariable), e.g. hq_min_aesthetic=5.5; repeatable.")  # fmt: skip
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A recipe parameter (read with getvariable), e.g. hq_min_aesthetic=5.5; repeatable.",
+)
 @workspace_option
 @json_option("Print the new version's card (and path) as JSON.")
-def select(name: str, recipe: str | None, where: str | None, sql: str | None, params: tuple[str, ...],
-           workspace: Path, as_json: bool) -> None:  # fmt: skip
+def select(
+    name: str,
+    recipe: str | None,
+    where: str | None,
+    sql: str | None,
+    params: tuple[str, ...],
+    workspace: Path,
+    as_json: bool,
+) -> None:
     """Write an immutable, versioned curated set: <workspace>/sets/NAME/vN/{rows.parquet,card.json}.
 
     NAME: set name; each select writes its next version (NAME@v1, @v2, ...).
@@ -289,7 +340,13 @@ def select(name: str, recipe: str | None, where: str | None, sql: str | None, pa
         fail(str(exc), 2)
     if as_json:
         card = version.card
-        echo_json({"set": f"{name}@v{version.version}", "path": str(version.path), **{k: v for k, v in card.items() if k != "manifest"}})
+        echo_json(
+            {
+                "set": f"{name}@v{version.version}",
+                "path": str(version.path),
+                **{k: v for k, v in card.items() if k != "manifest"},
+            }
+        )
         return
     click.echo(f"{name}@v{version.version}: {version.card['row_count']} rows -> {version.path}")
 
@@ -333,29 +390,78 @@ def sets_command(workspace: Path, as_json: bool) -> None:
 
 @app.command()
 @click.argument("name")
-@click.option("--format", "-f", "fmt", default="opensora", show_default=True,
-              type=click.Choice(["opensora", "opensora-v1.0", "webdataset"]),
-              help="opensora: Open-Sora 1.1+ table (CSV/Parquet); opensora-v1.0: header-less path,text,num_frames CSV; "
-                   "webdataset: tar shards.")  # fmt: skip
-@click.option("--output", type=click.Path(path_type=Path),
-              help="opensora: a .csv or .parquet file; opensora-v1.0: a .csv; webdataset: a folder.")  # fmt: skip
-@click.option("--root", type=click.Path(path_type=Path), help="Write paths relative to this folder (Open-Sora's root).")
-@click.option("--allow-empty", is_flag=True, help="Write an empty export instead of failing when no row has a file and a caption.")
-@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
-              help="Image files made for image sets (a video row's chosen frame) and resized images.")  # fmt: skip
-@click.option("--tokenizer", help="T5 tokenizer (name or folder) for text_len (default: DeepFloyd/t5-v1_1-xxl if cached).")
-@click.option("--cut/--no-cut", default=True, show_default=True,
-              help="Cut the set's clips that have no clip file yet (both formats need files).")  # fmt: skip
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    default="opensora",
+    show_default=True,
+    type=click.Choice(["opensora", "opensora-v1.0", "webdataset"]),
+    help="opensora: Open-Sora 1.1+ table (CSV/Parquet); opensora-v1.0: header-less path,text,num_frames CSV; "
+    "webdataset: tar shards.",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    help="opensora: a .csv or .parquet file; opensora-v1.0: a .csv; webdataset: a folder.",
+)
+@click.option(
+    "--root", type=click.Path(path_type=Path), help="Write paths relative to this folder (Open-Sora's root)."
+)
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Write an empty export instead of failing when no row has a file and a caption.",
+)
+@click.option(
+    "--image-format",
+    type=click.Choice(["jpg", "png"]),
+    default="jpg",
+    show_default=True,
+    help="Image files made for image sets (a video row's chosen frame) and resized images.",
+)
+@click.option(
+    "--tokenizer",
+    help="T5 tokenizer (name or folder) for text_len (default: DeepFloyd/t5-v1_1-xxl if cached).",
+)
+@click.option(
+    "--cut/--no-cut",
+    default=True,
+    show_default=True,
+    help="Cut the set's clips that have no clip file yet (both formats need files).",
+)
 @click.option("--short-side", type=int, help="Short side of newly cut clips (default: the source's).")
-@click.option("--fps", type=float, help="Frame rate of newly cut clips (frame picking; default: the source's).")
-@click.option("--shard-mb", type=float, default=1024, show_default=True,
-              help="webdataset: shard size in MB (a shard closes once it reaches it).")  # fmt: skip
-@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Cut workers.")
+@click.option(
+    "--fps", type=float, help="Frame rate of newly cut clips (frame picking; default: the source's)."
+)
+@click.option(
+    "--shard-mb",
+    type=float,
+    default=1024,
+    show_default=True,
+    help="webdataset: shard size in MB (a shard closes once it reaches it).",
+)
+@click.option(
+    "--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Cut workers."
+)
 @workspace_option
 @json_option()
-def export(name: str, fmt: str, output: Path | None, root: Path | None, allow_empty: bool, image_format: str,
-           tokenizer: str | None, cut: bool, short_side: int | None, fps: float | None,
-           shard_mb: float, workers: int, workspace: Path, as_json: bool) -> None:  # fmt: skip
+def export(
+    name: str,
+    fmt: str,
+    output: Path | None,
+    root: Path | None,
+    allow_empty: bool,
+    image_format: str,
+    tokenizer: str | None,
+    cut: bool,
+    short_side: int | None,
+    fps: float | None,
+    shard_mb: float,
+    workers: int,
+    workspace: Path,
+    as_json: bool,
+) -> None:
     """Export a curated set for training: Open-Sora's table or WebDataset shards (cutting clips first).
 
     NAME: set to export: NAME (latest version) or NAME@vN.
@@ -364,9 +470,20 @@ def export(name: str, fmt: str, output: Path | None, root: Path | None, allow_em
 
     ws = _open(workspace, create=False)
     cut_options = {k: v for k, v in (("short_side", short_side), ("fps", fps)) if v is not None}
-    result = export_set(ws, name, fmt, output, cut=cut, cut_options=cut_options, workers=workers,
-                        shard_bytes=int(shard_mb * 1e6), root=root, allow_empty=allow_empty,
-                        image_format=image_format, tokenizer=tokenizer)  # fmt: skip
+    result = export_set(
+        ws,
+        name,
+        fmt,
+        output,
+        cut=cut,
+        cut_options=cut_options,
+        workers=workers,
+        shard_bytes=int(shard_mb * 1e6),
+        root=root,
+        allow_empty=allow_empty,
+        image_format=image_format,
+        tokenizer=tokenizer,
+    )
     if as_json:
         echo_json(result.as_dict())
         return
@@ -402,7 +519,12 @@ def report(output: Path | None, set_name: str | None, workspace: Path) -> None:
 
 @app.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--workspace", "-w", type=click.Path(path_type=Path), help="Workspace (default: the one the run's set names).")
+@click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(path_type=Path),
+    help="Workspace (default: the one the run's set names).",
+)
 def lineage(run_dir: Path, workspace: Path | None) -> None:
     """Where a training run's data came from: run → set@version → recipe SQL → model keys of its scores and captions → sources."""
     from datakit.lineage import LineageError

@@ -64,33 +64,77 @@ def _common_options() -> list[click.Option]:
     from datakit.workspace import DEFAULT_WORKSPACE
 
     return [
-        click.Option(["--workspace", "-w", "workspace"], envvar="DATAKIT_WORKSPACE", type=click.Path(path_type=Path),
-                     default=DEFAULT_WORKSPACE, show_default=True, help="Workspace directory (env DATAKIT_WORKSPACE)."),
-        click.Option(["--workers", "-j", "workers"], type=click.IntRange(min=1),
-                     help="Parallel workers (processes; threads for I/O stages)."),
-        click.Option(["--limit", "limit"], type=click.IntRange(min=0), help="Process at most this many pending items."),
-        click.Option(["--config", "-c", "config"], type=click.Path(path_type=Path),
-                     help="Pipeline TOML; this stage's section gives options."),
-        click.Option(["--option", "-o", "options"], multiple=True, metavar="KEY=VALUE",
-                     help="Stage option KEY=VALUE (repeatable; JSON values)."),
-        click.Option(["--set", "old_options"], multiple=True, hidden=True,
-                     help="Deprecated spelling of -o/--option KEY=VALUE."),
+        click.Option(
+            ["--workspace", "-w", "workspace"],
+            envvar="DATAKIT_WORKSPACE",
+            type=click.Path(path_type=Path),
+            default=DEFAULT_WORKSPACE,
+            show_default=True,
+            help="Workspace directory (env DATAKIT_WORKSPACE).",
+        ),
+        click.Option(
+            ["--workers", "-j", "workers"],
+            type=click.IntRange(min=1),
+            help="Parallel workers (processes; threads for I/O stages).",
+        ),
+        click.Option(
+            ["--limit", "limit"], type=click.IntRange(min=0), help="Process at most this many pending items."
+        ),
+        click.Option(
+            ["--config", "-c", "config"],
+            type=click.Path(path_type=Path),
+            help="Pipeline TOML; this stage's section gives options.",
+        ),
+        click.Option(
+            ["--option", "-o", "options"],
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Stage option KEY=VALUE (repeatable; JSON values).",
+        ),
+        click.Option(
+            ["--set", "old_options"],
+            multiple=True,
+            hidden=True,
+            help="Deprecated spelling of -o/--option KEY=VALUE.",
+        ),
         click.Option(["--executor", "executor"], help="local (default) or ray."),
-        click.Option(["--ray-address", "ray_address"], envvar="RAY_ADDRESS", help="Ray cluster to join (default: a local Ray)."),
-        click.Option(["--retry-errors", "retry_errors"], is_flag=True, help="Also re-run items whose last row is an error."),
-    ]  # fmt: skip
+        click.Option(
+            ["--ray-address", "ray_address"],
+            envvar="RAY_ADDRESS",
+            help="Ray cluster to join (default: a local Ray).",
+        ),
+        click.Option(
+            ["--retry-errors", "retry_errors"],
+            is_flag=True,
+            help="Also re-run items whose last row is an error.",
+        ),
+    ]
 
 
-def run_stage_command(name: str, *, workspace: Path, workers: int | None, limit: int | None, config: Path | None,
-                      options: tuple[str, ...] = (), old_options: tuple[str, ...] = (), executor: str | None = None,
-                      ray_address: str | None = None, retry_errors: bool = False, **fields) -> None:  # fmt: skip
+def run_stage_command(
+    name: str,
+    *,
+    workspace: Path,
+    workers: int | None,
+    limit: int | None,
+    config: Path | None,
+    options: tuple[str, ...] = (),
+    old_options: tuple[str, ...] = (),
+    executor: str | None = None,
+    ray_address: str | None = None,
+    retry_errors: bool = False,
+    **fields,
+) -> None:
     from datakit.executors import run_stage
     from datakit.pipeline import apply_resources, build_stage, load_config, run_settings
     from datakit.workspace import Workspace, WorkspaceError
 
     if old_options:
-        click.echo("warning: --set KEY=VALUE for stage options is deprecated; use -o/--option KEY=VALUE "
-                   "(--set will name a curated set only)", err=True)  # fmt: skip
+        click.echo(
+            "warning: --set KEY=VALUE for stage options is deprecated; use -o/--option KEY=VALUE "
+            "(--set will name a curated set only)",
+            err=True,
+        )
     try:
         section = load_config(config).get(name, {}) if config else {}
         opts, run = run_settings(name, section)
@@ -109,9 +153,15 @@ def run_stage_command(name: str, *, workspace: Path, workers: int | None, limit:
     from datakit.executors import StageSetupError
 
     try:
-        stats = run_stage(ws, stage, workers=workers or run["workers"], limit=limit,
-                          executor=executor or run["executor"], ray_address=ray_address,
-                          retry_errors=retry_errors)  # fmt: skip
+        stats = run_stage(
+            ws,
+            stage,
+            workers=workers or run["workers"],
+            limit=limit,
+            executor=executor or run["executor"],
+            ray_address=ray_address,
+            retry_errors=retry_errors,
+        )
     except StageSetupError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -101,8 +101,10 @@ def preprocess_config(model: str, pretrained: str | None) -> dict:
     name = _register_config(model)
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ValueError(f"unknown open_clip model {model!r} (a name from open_clip.list_models(), "
-                         "local-dir:/folder, hf-hub:org/repo, or a model config .json)")  # fmt: skip
+        raise ValueError(
+            f"unknown open_clip model {model!r} (a name from open_clip.list_models(), "
+            "local-dir:/folder, hf-hub:org/repo, or a model config .json)"
+        )
     pp = asdict(PreprocessCfg())
     if name.startswith(("local-dir:", "hf-hub:")):
         raw = _schema_config(name)
@@ -205,14 +207,22 @@ def load_clip(model: str, pretrained: str | None, device: str = "cpu", cache_dir
 
     name = _register_config(model)
     net, _, _ = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained or None, device=device, cache_dir=cache_dir, require_pretrained=bool(pretrained)
+        name,
+        pretrained=pretrained or None,
+        device=device,
+        cache_dir=cache_dir,
+        require_pretrained=bool(pretrained),
     )
     net.eval()
     expected = preprocess_config(model, pretrained)
     actual = open_clip.get_model_preprocess_cfg(net)
     if not _same_cfg({k: actual.get(k) for k in expected}, expected):
-        raise RuntimeError(f"preprocessing of {model} differs from what datakit derived: {actual} vs {expected}")
-    embed_dim = int(net.text_projection.shape[1]) if getattr(net, "text_projection", None) is not None else None
+        raise RuntimeError(
+            f"preprocessing of {model} differs from what datakit derived: {actual} vs {expected}"
+        )
+    embed_dim = (
+        int(net.text_projection.shape[1]) if getattr(net, "text_projection", None) is not None else None
+    )
     if embed_dim is None:
         embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
     return Clip(net, open_clip.get_tokenizer(name), device, embed_dim)

@@ -80,8 +80,13 @@ class ExportResult:
         return "\n".join([text, *self.notes])
 
     def as_dict(self) -> dict:
-        return {"target": str(self.target), "rows": self.rows, "files": [str(f) for f in self.files],
-                "left_out": dict(self.left_out), "notes": self.notes}  # fmt: skip
+        return {
+            "target": str(self.target),
+            "rows": self.rows,
+            "files": [str(f) for f in self.files],
+            "left_out": dict(self.left_out),
+            "notes": self.notes,
+        }
 
 
 # --------------------------------------------------------------------------------- output paths
@@ -117,7 +122,9 @@ def _cut_missing(ws: Workspace, version: SetVersion, cut: dict, workers: int, pr
 def _recut(ws: Workspace, row: dict, cut: dict) -> dict:
     """A clip cut earlier with other settings, cut again with `cut` into data/cuts/<params>/ (once)."""
     tag = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(cut.items()))
-    dst = ws.root / "data" / "cuts" / tag.replace("short_side", "s") / row["video_id"] / f"{row['clip_id']}.mp4"
+    dst = (
+        ws.root / "data" / "cuts" / tag.replace("short_side", "s") / row["video_id"] / f"{row['clip_id']}.mp4"
+    )
     info_file = dst.with_suffix(".json")
     if dst.is_file() and info_file.is_file():
         return json.loads(info_file.read_text())
@@ -134,7 +141,9 @@ def _image_size(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def _file_rows(ws: Workspace, version: SetVersion, cut: dict, image_format: str) -> tuple[list[dict], Counter]:
+def _file_rows(
+    ws: Workspace, version: SetVersion, cut: dict, image_format: str
+) -> tuple[list[dict], Counter]:
     """Each set row with the file a trainer reads (`file`, and its own frames/size/fps), and what is left out."""
     table = version.read()
     rows, image_set = table.to_pylist(), "frame" in table.column_names
@@ -189,13 +198,16 @@ def _relative(rows: list[dict], root: Path | None) -> list[str]:
     for r in rows:
         file = Path(r["file"]).absolute()
         if not file.is_relative_to(root):
-            raise SetError(f"--root {root}: {file} is not under it (clip {r['clip_id']}); pick a folder holding every file")
+            raise SetError(
+                f"--root {root}: {file} is not under it (clip {r['clip_id']}); pick a folder holding every file"
+            )
         out.append(str(file.relative_to(root)))
     return out
 
 
 # Open-Sora 1.0's text encoder (the same id as models.defaults.DEFAULT_T5; datakit imports no models).
 DEFAULT_T5_TOKENIZER = "DeepFloyd/t5-v1_1-xxl"
+
 
 # --------------------------------------------------------------------------------- writers
 def _text_lengths(texts: list[str], tokenizer: str | None, notes: list[str]) -> list[int | None]:
@@ -218,21 +230,23 @@ def opensora_table(rows: list[dict], paths: list[str], text_len: list[int | None
         return [r.get(name) for r in rows]
 
     match = [None if m is None else CLIP_LOGIT_SCALE * m for m in col("text_match")]
-    return pa.table({
-        "path": pa.array(paths, pa.string()),
-        "text": pa.array(col("caption"), pa.string()),
-        "num_frames": pa.array(col("num_frames"), pa.int64()),
-        "height": pa.array(col("height"), pa.int64()),
-        "width": pa.array(col("width"), pa.int64()),
-        "aspect_ratio": pa.array([r["height"] / r["width"] for r in rows], pa.float64()),
-        "resolution": pa.array([r["height"] * r["width"] for r in rows], pa.int64()),
-        "fps": pa.array(col("fps"), pa.float64()),
-        "text_len": pa.array(text_len, pa.int64()),
-        "aes": pa.array(col("aesthetic"), pa.float64()),
-        "match": pa.array(match, pa.float64()),
-        "motion": pa.array(col("motion"), pa.float64()),
-        "clip_id": pa.array(col("clip_id"), pa.string()),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "text": pa.array(col("caption"), pa.string()),
+            "num_frames": pa.array(col("num_frames"), pa.int64()),
+            "height": pa.array(col("height"), pa.int64()),
+            "width": pa.array(col("width"), pa.int64()),
+            "aspect_ratio": pa.array([r["height"] / r["width"] for r in rows], pa.float64()),
+            "resolution": pa.array([r["height"] * r["width"] for r in rows], pa.int64()),
+            "fps": pa.array(col("fps"), pa.float64()),
+            "text_len": pa.array(text_len, pa.int64()),
+            "aes": pa.array(col("aesthetic"), pa.float64()),
+            "match": pa.array(match, pa.float64()),
+            "motion": pa.array(col("motion"), pa.float64()),
+            "clip_id": pa.array(col("clip_id"), pa.string()),
+        }
+    )
 
 
 def _write_opensora(table: pa.Table, output: Path) -> list[Path]:
@@ -252,8 +266,10 @@ def _write_v10(rows: list[dict], paths: list[str], output: Path) -> list[Path]:
     kinds = {Path(p).suffix.lower() in V10_VIDEO_EXTS for p in paths}
     bad = [p for p in paths if Path(p).suffix.lower() not in V10_VIDEO_EXTS + V10_IMAGE_EXTS]
     if len(kinds) > 1 or bad:
-        raise SetError("opensora-v1.0 reads every row as the kind of row 0's file (video or image): this set mixes "
-                       "videos and images; export an image set (@image) or a video set, or use --format opensora")  # fmt: skip
+        raise SetError(
+            "opensora-v1.0 reads every row as the kind of row 0's file (video or image): this set mixes "
+            "videos and images; export an image set (@image) or a video set, or use --format opensora"
+        )
     buf = io.StringIO()
     writer = csv.writer(buf)
     for row, path in zip(rows, paths, strict=True):
@@ -267,14 +283,21 @@ def _shard_keys(path: Path) -> set[str]:
         return {m.name.split(".", 1)[0] for m in tar.getmembers()}
 
 
-def _write_webdataset(rows: list[dict], out_dir: Path, prefix: str, shard_bytes: int,
-                      on_sample: Callable[[Path, int], None] | None = None) -> tuple[list[Path], int]:  # fmt: skip
+def _write_webdataset(
+    rows: list[dict],
+    out_dir: Path,
+    prefix: str,
+    shard_bytes: int,
+    on_sample: Callable[[Path, int], None] | None = None,
+) -> tuple[list[Path], int]:
     """Shards <prefix>-NNNNNN.tar; returns (shards, rows resumed from shards a killed run completed)."""
     import webdataset as wds
 
     index = out_dir / f"{prefix}-index.json"
     if index.is_file():
-        raise SetError(f"{out_dir} already holds a complete {prefix} export ({index.name}); remove it or pick another --output")
+        raise SetError(
+            f"{out_dir} already holds a complete {prefix} export ({index.name}); remove it or pick another --output"
+        )
     for stale in out_dir.glob(f".{prefix}-*.partial"):
         stale.unlink()  # a shard a killed run was writing
     done = sorted(out_dir.glob(f"{prefix}-[0-9]*.tar"))
@@ -295,11 +318,21 @@ def _write_webdataset(rows: list[dict], out_dir: Path, prefix: str, shard_bytes:
         if sink is None:
             tmp = out_dir / f".{prefix}-{n:06d}.tar.partial"
             sink, size = wds.TarWriter(str(tmp)), 0
-        ext = "mp4" if Path(row["file"]).suffix.lower() == ".mp4" else Path(row["file"]).suffix.lower().lstrip(".")
+        ext = (
+            "mp4"
+            if Path(row["file"]).suffix.lower() == ".mp4"
+            else Path(row["file"]).suffix.lower().lstrip(".")
+        )
         meta = {k: v for k, v in row.items() if k != "file"} | {"file_name": Path(row["file"]).name}
         data = Path(row["file"]).read_bytes()
-        sink.write({"__key__": row["clip_id"], ext: data, "txt": row["caption"],
-                    "json": json.dumps(meta, default=str).encode()})  # fmt: skip
+        sink.write(
+            {
+                "__key__": row["clip_id"],
+                ext: data,
+                "txt": row["caption"],
+                "json": json.dumps(meta, default=str).encode(),
+            }
+        )
         size += len(data)
         if on_sample:
             on_sample(tmp, len(written))
@@ -313,11 +346,23 @@ def _write_webdataset(rows: list[dict], out_dir: Path, prefix: str, shard_bytes:
 
 
 # --------------------------------------------------------------------------------- entry point
-def export_set(ws: Workspace, spec: str, fmt: str, output: Path | None = None, *, cut: bool = True,
-               cut_options: dict | None = None, workers: int = 1, shard_bytes: int = 1 << 30,
-               progress: bool = True, root: Path | None = None, allow_empty: bool = False,
-               image_format: str = "jpg", tokenizer: str | None = None,
-               on_sample: Callable[[Path, int], None] | None = None) -> ExportResult:  # fmt: skip
+def export_set(
+    ws: Workspace,
+    spec: str,
+    fmt: str,
+    output: Path | None = None,
+    *,
+    cut: bool = True,
+    cut_options: dict | None = None,
+    workers: int = 1,
+    shard_bytes: int = 1 << 30,
+    progress: bool = True,
+    root: Path | None = None,
+    allow_empty: bool = False,
+    image_format: str = "jpg",
+    tokenizer: str | None = None,
+    on_sample: Callable[[Path, int], None] | None = None,
+) -> ExportResult:
     """Export set `spec` (NAME or NAME@vN) as `fmt`; cuts the clips that have no file first (unless cut=False)."""
     if fmt not in FORMATS:
         raise SetError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -325,8 +370,14 @@ def export_set(ws: Workspace, spec: str, fmt: str, output: Path | None = None, *
         raise SetError(f"unknown image format {image_format!r} (one of {', '.join(IMAGE_FORMATS)})")
     version = resolve(ws, spec)
     stem = f"{version.name}-v{version.version}"
-    default = {"opensora": f"{stem}-opensora.csv", "opensora-v1.0": f"{stem}-opensora-v1.0.csv", "webdataset": f"{stem}-wds"}
-    target = check_output(Path(output) if output else ws.root / "exports" / default[fmt], folder=fmt == "webdataset")
+    default = {
+        "opensora": f"{stem}-opensora.csv",
+        "opensora-v1.0": f"{stem}-opensora-v1.0.csv",
+        "webdataset": f"{stem}-wds",
+    }
+    target = check_output(
+        Path(output) if output else ws.root / "exports" / default[fmt], folder=fmt == "webdataset"
+    )
     suffixes = {"opensora": (".csv", ".parquet"), "opensora-v1.0": (".csv",)}.get(fmt)
     if suffixes and target.suffix.lower() not in suffixes:
         raise SetError(f"--output {target}: the {fmt} format writes {' or '.join(suffixes)}")
@@ -340,7 +391,9 @@ def export_set(ws: Workspace, spec: str, fmt: str, output: Path | None = None, *
     rows, left_out = _file_rows(ws, version, cut_options, image_format)
     if not rows and not allow_empty:
         why = "; left out: " + ", ".join(f"{n} {w}" for w, n in left_out.most_common()) if left_out else ""
-        raise SetError(f"set {version.name}@v{version.version} has no row to export{why} (--allow-empty writes an empty export)")
+        raise SetError(
+            f"set {version.name}@v{version.version} has no row to export{why} (--allow-empty writes an empty export)"
+        )
     notes: list[str] = []
     if fmt == "webdataset":
         files, resumed = _write_webdataset(rows, target, stem, shard_bytes, on_sample)

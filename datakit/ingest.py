@@ -51,20 +51,51 @@ TABLES = (
 )
 
 VIDEO_EXTENSIONS = {
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts",
-    ".mts", ".3gp", ".ogv", ".vob", ".asf", ".y4m", ".m4a", ".gif",
-}  # fmt: skip
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".flv",
+    ".wmv",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".m2ts",
+    ".mts",
+    ".3gp",
+    ".ogv",
+    ".vob",
+    ".asf",
+    ".y4m",
+    ".m4a",
+    ".gif",
+}
 # Still images. JPEG, PNG and WebP are ingested as one-frame media; the others are not supported.
 SUPPORTED_IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 SUPPORTED_IMAGE_FORMATS = {"JPEG", "PNG", "WebP"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 URL_LIST_EXTENSIONS = {".txt", ".csv", ".tsv", ".parquet"}
 _SKIP_SNIFF = IMAGE_EXTENSIONS | {
-    ".json", ".md", ".py", ".parquet", ".csv", ".tsv", ".txt", ".duckdb", ".part", ".tmp", ".lock",
-}  # fmt: skip
+    ".json",
+    ".md",
+    ".py",
+    ".parquet",
+    ".csv",
+    ".tsv",
+    ".txt",
+    ".duckdb",
+    ".part",
+    ".tmp",
+    ".lock",
+}
 _IMAGE_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-)  # fmt: skip
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 
 
 def sniff_video(path: Path) -> bool:
@@ -133,8 +164,14 @@ class IngestStats:
             text += f"; skipped {len(self.skipped_workspaces)} datakit workspace(s): {names}"
         if not self.imports:
             return text
-        only_tables = not (self.files or self.urls or self.unchanged or self.duplicates or self.skipped_workspaces
-                           or self.errors > self.table_errors)  # fmt: skip
+        only_tables = not (
+            self.files
+            or self.urls
+            or self.unchanged
+            or self.duplicates
+            or self.skipped_workspaces
+            or self.errors > self.table_errors
+        )
         return "\n".join(self.imports if only_tables else [text, *self.imports])
 
 
@@ -185,8 +222,10 @@ def _walk(root: Path, found: list[tuple[Path, str | None]], skipped: list[str]) 
             suffix = p.suffix.lower()
             if suffix in VIDEO_EXTENSIONS or suffix in SUPPORTED_IMAGE_EXTENSIONS:
                 found.append((p, None))
-            elif suffix not in _SKIP_SNIFF and not name.startswith(".") and (
-                sniff_video(p) or still_image_format(p) in SUPPORTED_IMAGE_FORMATS
+            elif (
+                suffix not in _SKIP_SNIFF
+                and not name.startswith(".")
+                and (sniff_video(p) or still_image_format(p) in SUPPORTED_IMAGE_FORMATS)
             ):
                 found.append((p, None))
 
@@ -267,7 +306,9 @@ def _url_rows(urls: list[str], known: set[str], stats: IngestStats) -> tuple[lis
     return rows, secrets
 
 
-def ingest(ws: Workspace, inputs: list[str], fmt: str | None = None, cols: dict[str, str] | None = None) -> IngestStats:
+def ingest(
+    ws: Workspace, inputs: list[str], fmt: str | None = None, cols: dict[str, str] | None = None
+) -> IngestStats:
     """Add files, directories, URL lists, URLs and metadata tables to the manifest. Idempotent.
 
     fmt / cols: import every table input as a metadata table of that format / column mapping

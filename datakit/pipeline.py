@@ -23,8 +23,13 @@ def build_stage(name: str, options: dict | None = None) -> Stage:
     if unknown:
         import difflib
 
-        hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u for u in sorted(unknown)]
-        raise OptionError(f"unknown option(s) for stage {name}: {', '.join(hints)}; known: {', '.join(sorted(known))}")
+        hints = [
+            f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u
+            for u in sorted(unknown)
+        ]
+        raise OptionError(
+            f"unknown option(s) for stage {name}: {', '.join(hints)}; known: {', '.join(sorted(known))}"
+        )
     try:
         stage = cls(**opts)
     except TypeError as exc:
@@ -86,11 +91,15 @@ def load_config(path: Path | None) -> dict:
         raise OptionError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = set(config) - {"ingest", *stages()}
     if unknown:
-        raise OptionError(f"config {path}: unknown section(s) {sorted(unknown)}; sections: ingest, {', '.join(stages())}")
+        raise OptionError(
+            f"config {path}: unknown section(s) {sorted(unknown)}; sections: ingest, {', '.join(stages())}"
+        )
     base = path.parent
     ingest = config.get("ingest", {})
     # Relative inputs in a config file are relative to the file.
-    ingest["inputs"] = [i if "://" in i or Path(i).is_absolute() else str(base / i) for i in ingest.get("inputs", [])]
+    ingest["inputs"] = [
+        i if "://" in i or Path(i).is_absolute() else str(base / i) for i in ingest.get("inputs", [])
+    ]
     config["ingest"] = ingest
     return config
 
@@ -108,7 +117,9 @@ def plan_pipeline(config: dict, only: list[str] | None = None) -> list[tuple[Sta
     return planned
 
 
-def run_pipeline(ws: Workspace, config: dict, *, only: list[str] | None = None, progress: bool = True) -> list[StageStats]:
+def run_pipeline(
+    ws: Workspace, config: dict, *, only: list[str] | None = None, progress: bool = True
+) -> list[StageStats]:
     """Ingest the configured inputs, then run every enabled stage in registry order."""
     from rich.console import Console
 

@@ -27,14 +27,21 @@ def clip_strip(path: str, start: int, end: int, n: int = 3) -> np.ndarray:
     return np.concatenate([t[:h] for t in thumbs], axis=1)
 
 
-def contact_sheet(ws: Workspace, out: Path, sql: str | None = None, max_clips: int = 24, frames_per_clip: int = 3) -> Path:
+def contact_sheet(
+    ws: Workspace, out: Path, sql: str | None = None, max_clips: int = 24, frames_per_clip: int = 3
+) -> Path:
     """One row per clip (first, middle, last frame) with its id and span, written as a PNG."""
     sql = sql or "SELECT * FROM clips ORDER BY video_id, start_frame"
-    clips = ws.sql(f"SELECT clip_id, coalesce(path, source_path) AS file, path IS NOT NULL AS is_cut, start_frame, end_frame, start_s, end_s FROM ({sql}) LIMIT {int(max_clips)}", sandbox=True)
+    clips = ws.sql(
+        f"SELECT clip_id, coalesce(path, source_path) AS file, path IS NOT NULL AS is_cut, start_frame, end_frame, start_s, end_s FROM ({sql}) LIMIT {int(max_clips)}",
+        sandbox=True,
+    )
     rows = []
     for c in clips:
         # an extracted clip file starts at its own frame 0
-        start, end = (0, c["end_frame"] - c["start_frame"]) if c["is_cut"] else (c["start_frame"], c["end_frame"])
+        start, end = (
+            (0, c["end_frame"] - c["start_frame"]) if c["is_cut"] else (c["start_frame"], c["end_frame"])
+        )
         strip = clip_strip(c["file"], start, end, frames_per_clip)
         label = f"{c['clip_id']}  {c['start_s']:.2f}-{c['end_s']:.2f}s"
         rows.append((label, strip))

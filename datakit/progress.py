@@ -28,8 +28,15 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def plain_line(label: str, done: int, total: int | None, elapsed: float, unit: str = "items", initial: int = 0,
-               postfix: dict | None = None) -> str:  # fmt: skip
+def plain_line(
+    label: str,
+    done: int,
+    total: int | None,
+    elapsed: float,
+    unit: str = "items",
+    initial: int = 0,
+    postfix: dict | None = None,
+) -> str:
     """`label: done/total (pct) rate unit/s, ETA t` (the rate counts this run's work only)."""
     rate = (done - initial) / elapsed if elapsed > 0 else 0.0
     text = f"{label}: {done}/{total}" if total else f"{label}: {done}"
@@ -48,13 +55,26 @@ def plain_line(label: str, done: int, total: int | None, elapsed: float, unit: s
 class Progress:
     """Context manager; `advance(n=1, **postfix)` after each unit of work."""
 
-    def __init__(self, label: str, total: int | None, *, enabled: bool = True, initial: int = 0, unit: str = "items",
-                 stream: IO[str] | None = None, interval_s: float | None = None, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic, console=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        *,
+        enabled: bool = True,
+        initial: int = 0,
+        unit: str = "items",
+        stream: IO[str] | None = None,
+        interval_s: float | None = None,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        console=None,
+    ) -> None:
         self.label, self.total, self.enabled, self.unit = label, total, enabled, unit
         self.done = self.initial = initial
         self.stream = stream or sys.stderr
-        self.interval_s = float(os.environ.get("DATAKIT_PROGRESS_INTERVAL", 5)) if interval_s is None else interval_s
+        self.interval_s = (
+            float(os.environ.get("DATAKIT_PROGRESS_INTERVAL", 5)) if interval_s is None else interval_s
+        )
         self.tty = (self.stream.isatty() if console is None else console.is_terminal) if tty is None else tty
         self.clock, self.console = clock, console
         self.postfix: dict = {}
@@ -66,8 +86,14 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
 
-            self._bar = Bar(TextColumn(f"[bold]{self.label}[/]"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), TextColumn("{task.fields[postfix]}"), console=self.console)  # fmt: skip
+            self._bar = Bar(
+                TextColumn(f"[bold]{self.label}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[postfix]}"),
+                console=self.console,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task(self.label, total=self.total, completed=self.initial, postfix="")
         return self
@@ -87,7 +113,9 @@ class Progress:
             self._print(now)
 
     def _print(self, now: float) -> None:
-        line = plain_line(self.label, self.done, self.total, now - self.start, self.unit, self.initial, self.postfix)
+        line = plain_line(
+            self.label, self.done, self.total, now - self.start, self.unit, self.initial, self.postfix
+        )
         print(line, file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -60,12 +60,54 @@ def _refusal(what: str) -> str:
 # A MULTI statement (a PIVOT without IN) is read-only when it starts like a query and names no
 # statement that changes or reaches anything: `COPY (PIVOT ...) TO`, `CREATE TABLE x AS PIVOT ...`,
 # `WITH p AS (PIVOT ...) INSERT ...` all contain their statement's keyword.
-_QUERY_STARTS = {"SELECT", "FROM", "WITH", "VALUES", "TABLE", "PIVOT", "PIVOT_WIDER", "UNPIVOT", "(",
-                 "DESCRIBE", "SUMMARIZE", "SHOW"}  # fmt: skip
-_STATEMENT_KEYWORDS = {"ABORT", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "CALL", "CHECKPOINT", "COMMIT", "COPY",
-                       "CREATE", "DEALLOCATE", "DELETE", "DETACH", "DROP", "EXECUTE", "EXPLAIN", "EXPORT",
-                       "IMPORT", "INSERT", "INSTALL", "LOAD", "MERGE", "PRAGMA", "PREPARE", "RESET",
-                       "ROLLBACK", "SET", "START", "TRUNCATE", "UPDATE", "USE", "VACUUM"}  # fmt: skip
+_QUERY_STARTS = {
+    "SELECT",
+    "FROM",
+    "WITH",
+    "VALUES",
+    "TABLE",
+    "PIVOT",
+    "PIVOT_WIDER",
+    "UNPIVOT",
+    "(",
+    "DESCRIBE",
+    "SUMMARIZE",
+    "SHOW",
+}
+_STATEMENT_KEYWORDS = {
+    "ABORT",
+    "ALTER",
+    "ANALYZE",
+    "ATTACH",
+    "BEGIN",
+    "CALL",
+    "CHECKPOINT",
+    "COMMIT",
+    "COPY",
+    "CREATE",
+    "DEALLOCATE",
+    "DELETE",
+    "DETACH",
+    "DROP",
+    "EXECUTE",
+    "EXPLAIN",
+    "EXPORT",
+    "IMPORT",
+    "INSERT",
+    "INSTALL",
+    "LOAD",
+    "MERGE",
+    "PRAGMA",
+    "PREPARE",
+    "RESET",
+    "ROLLBACK",
+    "SET",
+    "START",
+    "TRUNCATE",
+    "UPDATE",
+    "USE",
+    "VACUUM",
+}
 
 
 def _is_read_only(statement: duckdb.Statement) -> bool:

@@ -95,11 +95,15 @@ def recipe_conditions(con, sql: str) -> tuple[str, list[str]] | None:
     texts = []
     for part in parts:
         probe = {**node, "select_list": [part], "where_clause": None, "modifiers": [], "qualify": None}
-        text = con.execute("SELECT json_deserialize_sql(?)", [json.dumps({**tree, "statements": [{"node": probe}]})])
+        text = con.execute(
+            "SELECT json_deserialize_sql(?)", [json.dumps({**tree, "statements": [{"node": probe}]})]
+        )
         texts.append(text.fetchall()[0][0].split("SELECT ", 1)[1].split(" FROM ", 1)[0])
     columns = [{**p, "alias": f"c{i}"} for i, p in enumerate(parts)]
     select = {**node, "select_list": columns, "where_clause": None, "modifiers": [], "qualify": None}
-    query = con.execute("SELECT json_deserialize_sql(?)", [json.dumps({**tree, "statements": [{"node": select}]})])
+    query = con.execute(
+        "SELECT json_deserialize_sql(?)", [json.dumps({**tree, "statements": [{"node": select}]})]
+    )
     return query.fetchall()[0][0], texts
 
 
@@ -112,11 +116,15 @@ def recipe_funnel(con, sql: str) -> dict:
     query, texts = split
     n = len(texts)
     fails = [f"count_if(c{i} IS NOT TRUE)" for i in range(n)]
-    steps = [f"count_if({' AND '.join([f'coalesce(c{k}, false)' for k in range(i)] or ['true'])} AND c{i} IS NOT TRUE)"
-             for i in range(n)]  # fmt: skip
+    steps = [
+        f"count_if({' AND '.join([f'coalesce(c{k}, false)' for k in range(i)] or ['true'])} AND c{i} IS NOT TRUE)"
+        for i in range(n)
+    ]
     counts = con.execute(f"SELECT count(*), {', '.join(fails + steps)} FROM ({query})").fetchall()[0]
     total = counts[0]
-    conditions = [{"condition": t, "fail": counts[1 + i], "removed": counts[1 + n + i]} for i, t in enumerate(texts)]
+    conditions = [
+        {"condition": t, "fail": counts[1 + i], "removed": counts[1 + n + i]} for i, t in enumerate(texts)
+    ]
     return {"kept": kept, "total": total, "conditions": conditions}
 
 
@@ -133,17 +141,26 @@ def _cell(value) -> str:
 def _counts(ws: Workspace, clips: list[dict]) -> list[list]:
     sources = ws.sql("SELECT status, count(*) AS n FROM videos GROUP BY ALL ORDER BY status")
     rows = [["sources: " + r["status"], r["n"]] for r in sources]
-    rows += [["clips (video)", sum(c["media_type"] == "video" for c in clips)],
-             ["clips (image)", sum(c["media_type"] == "image" for c in clips)]]  # fmt: skip
-    for col, label in (("aesthetic", "aesthetic scored"), ("motion", "motion scored"), ("text_match", "text match scored"),
-                       ("caption", "captioned"), ("dup_group", "compared by dedup")):  # fmt: skip
+    rows += [
+        ["clips (video)", sum(c["media_type"] == "video" for c in clips)],
+        ["clips (image)", sum(c["media_type"] == "image" for c in clips)],
+    ]
+    for col, label in (
+        ("aesthetic", "aesthetic scored"),
+        ("motion", "motion scored"),
+        ("text_match", "text match scored"),
+        ("caption", "captioned"),
+        ("dup_group", "compared by dedup"),
+    ):
         rows.append([label, sum(c[col] is not None for c in clips)])
     rows.append(["near-duplicates (dup_of set)", sum(c["dup_of"] is not None for c in clips)])
     return rows
 
 
 def _cards(clips: list[dict]) -> list[dict]:
-    scored = sorted((c for c in clips if c["aesthetic"] is not None), key=lambda c: (c["aesthetic"], c["clip_id"]))
+    scored = sorted(
+        (c for c in clips if c["aesthetic"] is not None), key=lambda c: (c["aesthetic"], c["clip_id"])
+    )
     cards = []
     for label, q in QUANTILES if scored else ():
         c = scored[round(q * (len(scored) - 1))]
@@ -159,7 +176,9 @@ def _cards(clips: list[dict]) -> list[dict]:
 def _captions(clips: list[dict], n: int = 8) -> list[list]:
     import hashlib
 
-    sample = sorted((c for c in clips if c["caption"]), key=lambda c: hashlib.md5(c["clip_id"].encode()).hexdigest())[:n]
+    sample = sorted(
+        (c for c in clips if c["caption"]), key=lambda c: hashlib.md5(c["clip_id"].encode()).hexdigest()
+    )[:n]
     return [[c["clip_id"], c["caption"], c["caption_status"], c["text_match"]] for c in sample]
 
 
@@ -181,13 +200,16 @@ def render(context: dict) -> str:
     """The report page for `context` (see write_report for its keys)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True)  # fmt: skip
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True
+    )
     env.filters["cell"] = _cell
     return env.get_template("report.html.j2").render({"extra_sections": [], **context})
 
 
-def write_report(ws: Workspace, out: Path, *, set_spec: str | None = None,
-                 extra_sections: list[dict] | None = None) -> Path:  # fmt: skip
+def write_report(
+    ws: Workspace, out: Path, *, set_spec: str | None = None, extra_sections: list[dict] | None = None
+) -> Path:
     """Write the HTML report of the whole manifest, or of one set's rows; returns its path.
 
     extra_sections: more sections at the end, each {"title", optional "links": [{"href", "text"}],
@@ -198,19 +220,33 @@ def write_report(ws: Workspace, out: Path, *, set_spec: str | None = None,
     if set_spec:
         version = resolve(ws, set_spec)
         subject = f"set {version.name}@v{version.version} ({version.card['row_count']} rows)"
-        source = f"(SELECT * FROM clips SEMI JOIN read_parquet({sql_str(str(version.rows_path))}) USING (clip_id))"
+        source = (
+            f"(SELECT * FROM clips SEMI JOIN read_parquet({sql_str(str(version.rows_path))}) USING (clip_id))"
+        )
     cuts = "(SELECT clip_id, path, num_frames, fps FROM _latest_cuts WHERE status = 'ok')"
-    clips = ws.sql(f"SELECT {_CLIP_COLUMNS} FROM {source} c LEFT JOIN {cuts} k USING (clip_id) ORDER BY clip_id")
+    clips = ws.sql(
+        f"SELECT {_CLIP_COLUMNS} FROM {source} c LEFT JOIN {cuts} k USING (clip_id) ORDER BY clip_id"
+    )
     histograms = []
     for col, title, stage in METRICS:
         values = [c[col] for c in clips if c[col] is not None]
         if values or stage:
-            histograms.append({"title": title, "stage": stage, "png": _histogram(values, title) if values else None})
-    page = render({
-        "subject": subject, "workspace": str(ws.root), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "counts": _counts(ws, clips), "histograms": histograms, "cards": _cards(clips),
-        "captions": _captions(clips), "recipes": _recipes(ws), "extra_sections": extra_sections or [],
-    })  # fmt: skip
+            histograms.append(
+                {"title": title, "stage": stage, "png": _histogram(values, title) if values else None}
+            )
+    page = render(
+        {
+            "subject": subject,
+            "workspace": str(ws.root),
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "counts": _counts(ws, clips),
+            "histograms": histograms,
+            "cards": _cards(clips),
+            "captions": _captions(clips),
+            "recipes": _recipes(ws),
+            "extra_sections": extra_sections or [],
+        }
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())

@@ -132,7 +132,9 @@ def resolve(ws: Workspace | Path, spec: str) -> SetVersion:
     for v in found:
         if v.version == wanted:
             return v
-    raise SetError(f"set {name} has no version {wanted} (versions: {', '.join(f'v{v.version}' for v in found)})")
+    raise SetError(
+        f"set {name} has no version {wanted} (versions: {', '.join(f'v{v.version}' for v in found)})"
+    )
 
 
 def resolve_folder(spec: str) -> SetVersion | None:
@@ -140,7 +142,7 @@ def resolve_folder(spec: str) -> SetVersion | None:
     path = Path(spec).expanduser()
     if not path.exists() and "@" in spec:
         folder, _, _ = spec.rpartition("@")
-        _, wanted = parse_spec(Path(folder).name + spec[len(folder):])
+        _, wanted = parse_spec(Path(folder).name + spec[len(folder) :])
         return next((v for v in versions_in(Path(folder).expanduser()) if v.version == wanted), None)
     if (path / "card.json").is_file() and re.fullmatch(r"v\d+", path.name):
         return SetVersion(path.parent.name, int(path.name[1:]), path)
@@ -184,11 +186,17 @@ def _select_rows(ws: Workspace, sql: str, params: dict[str, float | str] | None 
             raise SetError(f"the selection has no clip_id column (it has {', '.join(picked.column_names)})")
         picked = picked.append_column("__order", pa.array(range(picked.num_rows), pa.int64()))
         con.register("__picked", picked)
-        dupes = con.execute("SELECT clip_id, count(*) FROM __picked GROUP BY ALL HAVING count(*) > 1 LIMIT 3").fetchall()
+        dupes = con.execute(
+            "SELECT clip_id, count(*) FROM __picked GROUP BY ALL HAVING count(*) > 1 LIMIT 3"
+        ).fetchall()
         if dupes:
-            raise SetError(f"the selection returns a clip more than once, e.g. {dupes[0][0]} x{dupes[0][1]}: "
-                           "a set holds each clip once")  # fmt: skip
-        unknown = con.execute("SELECT count(*), any_value(clip_id) FROM __picked ANTI JOIN clips USING (clip_id)").fetchall()[0]
+            raise SetError(
+                f"the selection returns a clip more than once, e.g. {dupes[0][0]} x{dupes[0][1]}: "
+                "a set holds each clip once"
+            )
+        unknown = con.execute(
+            "SELECT count(*), any_value(clip_id) FROM __picked ANTI JOIN clips USING (clip_id)"
+        ).fetchall()[0]
         if unknown[0]:
             raise SetError(f"{unknown[0]} selected clip id(s) are not in the clips view, e.g. {unknown[1]!r}")
         own = [c for c in picked.column_names if c != "__order"]
@@ -218,12 +226,21 @@ def manifest_snapshot(ws: Workspace) -> dict:
     return out
 
 
-def select(ws: Workspace, name: str, sql: str, *, recipe: str | None = None, kind: str = "sql",
-           params: dict[str, float | str] | None = None) -> SetVersion:  # fmt: skip
+def select(
+    ws: Workspace,
+    name: str,
+    sql: str,
+    *,
+    recipe: str | None = None,
+    kind: str = "sql",
+    params: dict[str, float | str] | None = None,
+) -> SetVersion:
     """Write the next version of set `name` from a SELECT; returns it. `params`: recipe parameters,
     DuckDB variables the SQL reads with `getvariable('name')` (recorded in the card)."""
     if not NAME_RE.fullmatch(name):
-        raise SetError(f"bad set name {name!r}: letters, digits, '_', '.', '-' (not starting with '.', '_' or '-')")
+        raise SetError(
+            f"bad set name {name!r}: letters, digits, '_', '.', '-' (not starting with '.', '_' or '-')"
+        )
     snapshot = manifest_snapshot(ws)
     rows = _select_rows(ws, sql, params)
     folder = sets_dir(ws) / name
@@ -238,7 +255,12 @@ def select(ws: Workspace, name: str, sql: str, *, recipe: str | None = None, kin
             card = {
                 "name": name,
                 "version": version,
-                "recipe": {"name": recipe, "kind": kind, "text": sql, **({"params": dict(params)} if params else {})},
+                "recipe": {
+                    "name": recipe,
+                    "kind": kind,
+                    "text": sql,
+                    **({"params": dict(params)} if params else {}),
+                },
                 "row_count": rows.num_rows,
                 "columns": rows.column_names,
                 "manifest": snapshot,
@@ -266,7 +288,11 @@ def selection_sql(recipe: str | None, where: str | None, sql: str | None) -> tup
     kind, value = given[0]
     if kind == "recipe":
         text = recipe_sql(value)
-        return text, kind, value if value.endswith(".sql") and not value.startswith("@") else "@" + value.lstrip("@")
+        return (
+            text,
+            kind,
+            value if value.endswith(".sql") and not value.startswith("@") else "@" + value.lstrip("@"),
+        )
     if kind == "where":
         return f"SELECT * FROM clips WHERE {value}", kind, None
     return value, kind, None
@@ -299,7 +325,9 @@ def frame_file(ws: Workspace, row: dict, short_side: int | None = None, fmt: str
     from mediaio import read_frames_at
 
     size = f"-s{short_side}" if short_side else ""
-    path = ws.root / "data" / "frames" / row["video_id"] / f"{row['clip_id']}-f{int(row['frame'])}{size}.{fmt}"
+    path = (
+        ws.root / "data" / "frames" / row["video_id"] / f"{row['clip_id']}-f{int(row['frame'])}{size}.{fmt}"
+    )
     if not path.is_file():
         frames = read_frames_at(row["source_path"], [int(row["frame"])], size=short_side)
         if not len(frames):

@@ -95,8 +95,9 @@ class Detection:
     def __post_init__(self) -> None:
         if not self.transitions:
             hard = [Transition(c, c, "hard") for c in self.cuts]
-            self.transitions = sorted(hard + [Transition(s, e, "gradual") for s, e in self.gradual],
-                                      key=lambda t: (t.start, t.end))  # fmt: skip
+            self.transitions = sorted(
+                hard + [Transition(s, e, "gradual") for s, e in self.gradual], key=lambda t: (t.start, t.end)
+            )
 
 
 def detect_scenes(

@@ -33,7 +33,9 @@ def _keyed(table) -> bool:
     return {"model_key", "clip_id"} <= names
 
 
-def status_sql(defaults: bool = False, has_rows: Callable[[str], bool] = lambda table: True) -> tuple[str, list[tuple[str, str, bool]]]:
+def status_sql(
+    defaults: bool = False, has_rows: Callable[[str], bool] = lambda table: True
+) -> tuple[str, list[tuple[str, str, bool]]]:
     """The one query (rows: stage, model_key, kind, n) and the stages it covers: (name, table, keyed).
 
     A model-keyed stage whose marker table `has_rows` not (never run) costs nothing unless
@@ -42,7 +44,9 @@ def status_sql(defaults: bool = False, has_rows: Callable[[str], bool] = lambda 
     from datakit.registry import stages, tables
 
     declared = tables()
-    parts = ["SELECT 'ingest' AS stage, NULL::VARCHAR AS model_key, status AS kind, count(*) AS n FROM sources GROUP BY ALL"]
+    parts = [
+        "SELECT 'ingest' AS stage, NULL::VARCHAR AS model_key, status AS kind, count(*) AS n FROM sources GROUP BY ALL"
+    ]
     covered = [("ingest", "sources", False)]
     for name, cls in stages().items():
         stage = cls()
@@ -67,7 +71,9 @@ def status_sql(defaults: bool = False, has_rows: Callable[[str], bool] = lambda 
                 f"SELECT {n}, regexp_extract(any_value({stage.key}), ':([^:]*)$', 1), '#default', count(*) "
                 f"FROM ({stage.pending_sql()})"
             )
-    parts.append(f"SELECT 'clips', NULL, 'ok', count(*) FROM ({CLIP_IDS_SQL})")  # the rows of `clips`, no joins
+    parts.append(
+        f"SELECT 'clips', NULL, 'ok', count(*) FROM ({CLIP_IDS_SQL})"
+    )  # the rows of `clips`, no joins
     return "\nUNION ALL ".join(parts), covered
 
 
@@ -97,8 +103,15 @@ def status_rows(ws: Workspace, *, defaults: bool = False) -> list[dict]:
     out = []
 
     def row(stage: str, table: str, key: str | None, c: dict, pending: int) -> dict:
-        return {"stage": stage, "table": table, "model_key": key, "ok": c.get("ok", 0), "pending": pending,
-                "retry": c.get("retry", 0), "error": c.get("error", 0)}  # fmt: skip
+        return {
+            "stage": stage,
+            "table": table,
+            "model_key": key,
+            "ok": c.get("ok", 0),
+            "pending": pending,
+            "retry": c.get("retry", 0),
+            "error": c.get("error", 0),
+        }
 
     for name, table, keyed in covered:
         if not keyed:
@@ -110,8 +123,11 @@ def status_rows(ws: Workspace, *, defaults: bool = False) -> list[dict]:
         keys = sorted(k for k, c in mine.items() if k is not None and set(c) - {"#default"})
         found = [row(name, table, k, mine[k], max(0, n_items - mine[k].get("#done", 0))) for k in keys]
         if defaults:  # the default model's work; its key is read from a pending item (none: nothing left)
-            found += [row(name, table, k, {}, c["#default"]) for k, c in mine.items()
-                      if "#default" in c and k is not None and k not in keys]  # fmt: skip
+            found += [
+                row(name, table, k, {}, c["#default"])
+                for k, c in mine.items()
+                if "#default" in c and k is not None and k not in keys
+            ]
         out += found or [row(name, table, None, {}, 0)]  # never run: no model chosen, nothing counted
     c = counts.get(("clips", None), {})
     out.append(row("clips", "clips", None, c, 0))
@@ -123,7 +139,10 @@ def format_rows(rows: list[tuple], right: set[int] = frozenset()) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for r in rows:
-        cells = [str(v).rjust(w) if i in right else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))]
+        cells = [
+            str(v).rjust(w) if i in right else str(v).ljust(w)
+            for i, (v, w) in enumerate(zip(r, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -137,4 +156,7 @@ def format_status(rows: list[dict]) -> str:
     text = format_rows(table, right={3, 4, 5, 6})
     if not any(r["model_key"] for r in rows[1:-1] if r["model_key"]):
         return text
-    return text + "\n(model-keyed stages: pending counts the clips each model key run has not scored; --defaults adds the default models)"
+    return (
+        text
+        + "\n(model-keyed stages: pending counts the clips each model key run has not scored; --defaults adds the default models)"
+    )

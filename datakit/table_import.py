@@ -33,7 +33,11 @@ TABLES = (
         "Spans (clips) a metadata table gives, one row per span, in seconds; bad table rows are 'error' rows. "
         "Written by `ingest TABLE --format ...`; the `scenes` stage makes the clips inside them.",
         (
-            C("span_id", "VARCHAR", "'<video_id>:<start_ms>-<end_ms>', '<video_id>:whole', or 'error:<import_key>:<row>[:<span>]'"),
+            C(
+                "span_id",
+                "VARCHAR",
+                "'<video_id>:<start_ms>-<end_ms>', '<video_id>:whole', or 'error:<import_key>:<row>[:<span>]'",
+            ),
             C("status", "VARCHAR", "'ok' or 'error' (the row or span cannot be imported; `error` says why)"),
             C("error", "VARCHAR", "readable reason when status is 'error'"),
             C("video_id", "VARCHAR", "id of the source video (null when the row names none)"),
@@ -41,10 +45,22 @@ TABLES = (
             C("end_s", "DOUBLE", "span end in seconds (exclusive; null: the whole video)"),
             C("caption", "VARCHAR", "the table's caption of the span (the `provided` caption source)"),
             C("external_id", "VARCHAR", "the table's own id of the video (videoID, YoutubeID, path...)"),
-            C("import_key", "VARCHAR", "hash of the table's path, format and mapping: provided captions' model key"),
-            C("import_run", "VARCHAR", "hash of the table file's size and mtime at import (error rows of older runs are stale)"),
-            C("table_row", "BIGINT", "data row of the table (1 = first row after any header; CSV rows with the wrong "
-                                     "number of cells are not counted: their error rows quote them)"),
+            C(
+                "import_key",
+                "VARCHAR",
+                "hash of the table's path, format and mapping: provided captions' model key",
+            ),
+            C(
+                "import_run",
+                "VARCHAR",
+                "hash of the table file's size and mtime at import (error rows of older runs are stale)",
+            ),
+            C(
+                "table_row",
+                "BIGINT",
+                "data row of the table (1 = first row after any header; CSV rows with the wrong "
+                "number of cells are not counted: their error rows quote them)",
+            ),
             C("span_index", "INTEGER", "index of the span in its table row (0 for one-span rows)"),
         ),
     ),
@@ -57,7 +73,11 @@ TABLES = (
             C("row_id", "VARCHAR", "'<span_id>:<name>'"),
             C("span_id", "VARCHAR", "the given span scored"),
             C("video_id", "VARCHAR", "id of the source video"),
-            C("name", "VARCHAR", "score name as the table has it, lower-cased (matching_score, aes, flow, match...)"),
+            C(
+                "name",
+                "VARCHAR",
+                "score name as the table has it, lower-cased (matching_score, aes, flow, match...)",
+            ),
             C("value", "DOUBLE", "the value as given"),
             C("model_key", "VARCHAR", "'given:<import_key>' (the table that gave it)"),
             C("scale", "VARCHAR", "what the number means, as far as the table's format documents it"),
@@ -69,7 +89,11 @@ TABLES = (
         "One row per imported metadata table (the last import of each).",
         (
             C("import_key", "VARCHAR", "hash of the table's absolute path, format and column mapping"),
-            C("import_run", "VARCHAR", "hash of the file's size and mtime: an unchanged table is not read again"),
+            C(
+                "import_run",
+                "VARCHAR",
+                "hash of the file's size and mtime: an unchanged table is not read again",
+            ),
             C("table_path", "VARCHAR", "absolute path of the table"),
             C("format", "VARCHAR", "panda70m, webvid, internvid, opensora or generic"),
             C("mapping", "VARCHAR", "JSON: field -> column of the table"),
@@ -89,15 +113,36 @@ TABLE_EXTENSIONS = {".csv", ".tsv", ".parquet", ".jsonl", ".ndjson"}
 
 # field -> column for each known format (scores: score.NAME -> column).
 FORMAT_COLUMNS: dict[str, dict[str, str]] = {
-    "panda70m": {"id": "videoID", "url": "url", "spans": "timestamp", "caption": "caption",
-                 "score.matching_score": "matching_score"},
+    "panda70m": {
+        "id": "videoID",
+        "url": "url",
+        "spans": "timestamp",
+        "caption": "caption",
+        "score.matching_score": "matching_score",
+    },
     "webvid": {"id": "videoid", "url": "contentUrl", "caption": "name"},
-    "internvid": {"id": "YoutubeID", "start": "Start_timestamp", "end": "End_timestamp", "caption": "Caption"},
-    "opensora": {"id": "path", "url": "path", "caption": "text", "score.aes": "aes", "score.flow": "flow",
-                 "score.match": "match"},
-}  # fmt: skip
-REQUIRED = {"panda70m": ("url", "spans"), "webvid": ("url",), "internvid": ("id", "start", "end"),
-            "opensora": ("url",), "generic": ("url",)}  # fmt: skip
+    "internvid": {
+        "id": "YoutubeID",
+        "start": "Start_timestamp",
+        "end": "End_timestamp",
+        "caption": "Caption",
+    },
+    "opensora": {
+        "id": "path",
+        "url": "path",
+        "caption": "text",
+        "score.aes": "aes",
+        "score.flow": "flow",
+        "score.match": "match",
+    },
+}
+REQUIRED = {
+    "panda70m": ("url", "spans"),
+    "webvid": ("url",),
+    "internvid": ("id", "start", "end"),
+    "opensora": ("url",),
+    "generic": ("url",),
+}
 SCALES = {
     "matching_score": "Panda-70M's caption-clip matching score (its retrieval model; higher fits better)",
     "aes": "Open-Sora's aesthetic score (LAION predictor, about 1-10)",
@@ -137,8 +182,10 @@ class ImportStats:
         if self.skipped:
             return f"import {path}: unchanged since its last import, nothing to do"
         rate = self.rows / self.seconds if self.seconds else 0.0
-        return (f"import {path}: {self.rows} rows, {self.videos} videos, {self.spans} spans, "
-                f"{self.errors} error rows ({rate:,.0f} rows/s)")  # fmt: skip
+        return (
+            f"import {path}: {self.rows} rows, {self.videos} videos, {self.spans} spans, "
+            f"{self.errors} error rows ({rate:,.0f} rows/s)"
+        )
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -170,7 +217,9 @@ def _csv_has_header(path: Path, delimiter: str) -> tuple[bool, list[str]]:
     return not looks_data, cells
 
 
-def open_batches(path: Path, batch_rows: int = 65536, skipped: list | None = None) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+def open_batches(
+    path: Path, batch_rows: int = 65536, skipped: list | None = None
+) -> tuple[list[str], Iterator[pa.RecordBatch]]:
     """(column names, record batches) of a CSV/TSV/Parquet/JSONL table, streamed. CSV rows with the wrong
     number of cells are left out and appended to `skipped` as (expected, found, text)."""
     kind = _kind(path)
@@ -188,10 +237,13 @@ def open_batches(path: Path, batch_rows: int = 65536, skipped: list | None = Non
 
     delimiter = "\t" if kind == "tsv" else ","
     header, cells = _csv_has_header(path, delimiter)
-    names = None if header else [*OPENSORA_V1_HEADER, *(f"column{i}" for i in range(3, len(cells)))][: len(cells)]
+    names = (
+        None if header else [*OPENSORA_V1_HEADER, *(f"column{i}" for i in range(3, len(cells)))][: len(cells)]
+    )
     read = pcsv.ReadOptions(block_size=16 << 20, column_names=names)
     # Every column as text: ids such as "0001" stay as written; scores are cast in SQL.
     convert = pcsv.ConvertOptions(strings_can_be_null=True, column_types={}, auto_dict_encode=False)
+
     def bad_row(row) -> str:  # called from the reader's threads; list.append is atomic
         if skipped is None:
             return "error"
@@ -210,8 +262,10 @@ def detect_format(columns: list[str]) -> str:
             return fmt
     if {"path", "text"} <= have:
         return "opensora"
-    raise TableImportError(f"cannot tell the table's format from its columns ({', '.join(columns)}): "
-                       f"give --format or map columns with --col url=COLUMN ...")  # fmt: skip
+    raise TableImportError(
+        f"cannot tell the table's format from its columns ({', '.join(columns)}): "
+        f"give --format or map columns with --col url=COLUMN ..."
+    )
 
 
 def resolve_mapping(fmt: str, columns: list[str], cols: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -239,8 +293,10 @@ def resolve_mapping(fmt: str, columns: list[str], cols: dict[str, str]) -> tuple
     if fmt == "generic" and ("start" in mapping) != ("end" in mapping):
         raise TableImportError("--col start and --col end go together")
     if missing:
-        raise TableImportError(f"the table has no column for {', '.join(missing)} (format {fmt}); "
-                           f"its columns: {', '.join(columns)}")  # fmt: skip
+        raise TableImportError(
+            f"the table has no column for {', '.join(missing)} (format {fmt}); "
+            f"its columns: {', '.join(columns)}"
+        )
     return fmt, mapping
 
 
@@ -257,9 +313,11 @@ def _text(col: str, typ: pa.DataType) -> str:
 
 def _seconds(expr: str) -> str:
     """SQL: a time token ('0:01:02.5', '1:02.5', '62.5'; quotes already removed) in seconds."""
-    return (f"CASE WHEN NOT contains({expr}, ':') THEN TRY_CAST({expr} AS DOUBLE) "
-            f"WHEN {expr} LIKE '%:%:%:%' THEN NULL "
-            f"ELSE epoch(TRY_CAST(CASE WHEN {expr} LIKE '%:%:%' THEN {expr} ELSE '0:' || {expr} END AS INTERVAL)) END")  # fmt: skip
+    return (
+        f"CASE WHEN NOT contains({expr}, ':') THEN TRY_CAST({expr} AS DOUBLE) "
+        f"WHEN {expr} LIKE '%:%:%:%' THEN NULL "
+        f"ELSE epoch(TRY_CAST(CASE WHEN {expr} LIKE '%:%:%' THEN {expr} ELSE '0:' || {expr} END AS INTERVAL)) END"
+    )
 
 
 def _strip(expr: str, chars: str) -> str:
@@ -292,12 +350,16 @@ def batch_sql(fmt: str, mapping: dict[str, str], schema: pa.Schema) -> str:
             f"string_split({clean}, ',') AS toks",
         ]
         if cap:  # a list literal, or one caption for every span
-            pieces.append(f"CASE WHEN ltrim({cap}) LIKE '[%' THEN regexp_extract_all({cap}, $re${STRING_RE}$re$) "
-                          f"END AS caps, {cap} AS cap1")  # fmt: skip
+            pieces.append(
+                f"CASE WHEN ltrim({cap}) LIKE '[%' THEN regexp_extract_all({cap}, $re${STRING_RE}$re$) "
+                f"END AS caps, {cap} AS cap1"
+            )
         for i, s in enumerate(scores):
             c = text[s]
-            pieces.append(f"CASE WHEN ltrim({c}) LIKE '[%' THEN string_split({_strip(c, '[] ')}, ',') END AS sl{i}, "
-                          f"TRY_CAST({c} AS DOUBLE) AS s1{i}")  # fmt: skip
+            pieces.append(
+                f"CASE WHEN ltrim({c}) LIKE '[%' THEN string_split({_strip(c, '[] ')}, ',') END AS sl{i}, "
+                f"TRY_CAST({c} AS DOUBLE) AS s1{i}"
+            )
         inner = f"SELECT __row, __vid, {ext} AS ext, __verr, {', '.join(pieces)} FROM b"
         n = "len(toks) // 2"
         checks = [
@@ -305,15 +367,25 @@ def batch_sql(fmt: str, mapping: dict[str, str], schema: pa.Schema) -> str:
             ("NOT ts_ok", "'unparsable timestamps: expected a list of [start, end] pairs'"),
         ]
         if cap:
-            checks.append((f"caps IS NOT NULL AND len(caps) <> {n}",
-                           f"'caption list has ' || len(caps) || ' entries for ' || {n} || ' spans'"))  # fmt: skip
+            checks.append(
+                (
+                    f"caps IS NOT NULL AND len(caps) <> {n}",
+                    f"'caption list has ' || len(caps) || ' entries for ' || {n} || ' spans'",
+                )
+            )
         for i, s in enumerate(scores):
-            checks.append((f"sl{i} IS NOT NULL AND len(sl{i}) <> {n}",
-                           f"'{s[6:]} list has ' || len(sl{i}) || ' entries for ' || {n} || ' spans'"))  # fmt: skip
+            checks.append(
+                (
+                    f"sl{i} IS NOT NULL AND len(sl{i}) <> {n}",
+                    f"'{s[6:]} list has ' || len(sl{i}) || ' entries for ' || {n} || ' spans'",
+                )
+            )
         row_error = "CASE " + " ".join(f"WHEN {w} THEN {e}" for w, e in checks) + " END"
         caption = f"CASE WHEN caps IS NULL THEN cap1 ELSE {_unquote('caps[k]')} END" if cap else "NULL"
-        score_cols = "".join(f", CASE WHEN sl{i} IS NULL THEN s1{i} ELSE TRY_CAST(sl{i}[k] AS DOUBLE) END AS \"{s}\""
-                             for i, s in enumerate(scores))  # fmt: skip
+        score_cols = "".join(
+            f', CASE WHEN sl{i} IS NULL THEN s1{i} ELSE TRY_CAST(sl{i}[k] AS DOUBLE) END AS "{s}"'
+            for i, s in enumerate(scores)
+        )
         return f"""
             WITH r AS (SELECT *, {row_error} AS row_error FROM ({inner})),
             spans AS (
@@ -321,19 +393,21 @@ def batch_sql(fmt: str, mapping: dict[str, str], schema: pa.Schema) -> str:
                 EXCLUDE (__row, __vid, ext, row_error) FROM r),
             expanded AS (
                 SELECT __row, __vid, ext, row_error, unnest(CASE WHEN n = 0 THEN [1] ELSE range(1, n + 1) END) AS k,
-                       n, toks{''.join(f', sl{i}, s1{i}' for i in range(len(scores)))}
-                       {', caps, cap1' if cap else ''}
+                       n, toks{"".join(f", sl{i}, s1{i}" for i in range(len(scores)))}
+                       {", caps, cap1" if cap else ""}
                 FROM spans)
             SELECT __row AS table_row, __vid AS video_id, ext AS external_id, k - 1 AS span_index,
-                   {_seconds('toks[2 * k - 1]')} AS start_s, {_seconds('toks[2 * k]')} AS end_s,
+                   {_seconds("toks[2 * k - 1]")} AS start_s, {_seconds("toks[2 * k]")} AS end_s,
                    {caption} AS caption, coalesce(row_error, CASE WHEN n = 0 THEN 'no spans' END) AS error,
                    n = 0 AS whole_row_error{score_cols}
             FROM expanded
         """
     if "start" in mapping:  # one span per row
         start, end = (_seconds(_strip(text[f], chr(39) + '" ')) for f in ("start", "end"))
-        bad = (f"CASE WHEN __verr IS NOT NULL THEN __verr WHEN {start} IS NULL OR {end} IS NULL THEN "
-               f"'unparsable timestamp ' || coalesce({text['start']}, 'null') || ' .. ' || coalesce({text['end']}, 'null') END")  # fmt: skip
+        bad = (
+            f"CASE WHEN __verr IS NOT NULL THEN __verr WHEN {start} IS NULL OR {end} IS NULL THEN "
+            f"'unparsable timestamp ' || coalesce({text['start']}, 'null') || ' .. ' || coalesce({text['end']}, 'null') END"
+        )
         span_cols = f"{start} AS start_s, {end} AS end_s"
     else:  # the whole video
         bad = "__verr"
@@ -341,7 +415,7 @@ def batch_sql(fmt: str, mapping: dict[str, str], schema: pa.Schema) -> str:
     score_cols = "".join(f', TRY_CAST({text[s]} AS DOUBLE) AS "{s}"' for s in scores)
     return f"""
         SELECT __row AS table_row, __vid AS video_id, {ext} AS external_id, 0 AS span_index, {span_cols},
-               {text.get('caption', 'NULL')} AS caption, {bad} AS error, true AS whole_row_error{score_cols}
+               {text.get("caption", "NULL")} AS caption, {bad} AS error, true AS whole_row_error{score_cols}
         FROM b
     """
 
@@ -357,7 +431,9 @@ class VideoIds:
 
     def __init__(self, ws, table_dir: Path):
         self.ws, self.table_dir = ws, table_dir
-        ok = ws.sql("SELECT path, bytes, mtime_ns, video_id FROM sources WHERE status = 'ok' AND source_kind = 'file'")
+        ok = ws.sql(
+            "SELECT path, bytes, mtime_ns, video_id FROM sources WHERE status = 'ok' AND source_kind = 'file'"
+        )
         self.known_files = {r["path"]: r for r in ok}
         self.file_ids: dict[str, tuple[str | None, str | None]] = {}  # path -> (id, error)
         self.secrets: dict[str, str] = {}
@@ -372,8 +448,10 @@ class VideoIds:
         urls = pc.utf8_trim_whitespace(urls.cast(pa.string()))
         remote = pc.match_substring_regex(urls, r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
         youtube = pc.match_substring_regex(urls, r"youtube\.com|youtu\.be")
-        fast = pc.and_(pc.match_substring_regex(urls, _PLAIN_URL),
-                       pc.or_(pc.invert(youtube), pc.match_substring_regex(urls, _YOUTUBE_WATCH)))  # fmt: skip
+        fast = pc.and_(
+            pc.match_substring_regex(urls, _PLAIN_URL),
+            pc.or_(pc.invert(youtube), pc.match_substring_regex(urls, _YOUTUBE_WATCH)),
+        )
         fast = pc.fill_null(fast, False)
         blake = hashlib.blake2b
         slow = pc.indices_nonzero(pc.invert(fast)).to_pylist()
@@ -382,7 +460,10 @@ class VideoIds:
             return pa.array(ids, pa.string()), pa.nulls(len(urls), pa.string()), urls, []
         values = urls.to_pylist()
         flags = fast.to_pylist()
-        ids = [blake(u.encode(), digest_size=8).hexdigest() if f else None for u, f in zip(values, flags, strict=True)]
+        ids = [
+            blake(u.encode(), digest_size=8).hexdigest() if f else None
+            for u, f in zip(values, flags, strict=True)
+        ]
         shown = [u if f else None for u, f in zip(values, flags, strict=True)]
         errors: list[str | None] = [None] * len(values)
         rows: list[dict] = []
@@ -424,8 +505,15 @@ class VideoIds:
                 except OSError as exc:
                     err = f"cannot read file: {exc.strerror or exc}"
                 else:
-                    row = {"video_id": vid, "source": path, "source_kind": "file", "path": path, "status": "ok",
-                           "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}  # fmt: skip
+                    row = {
+                        "video_id": vid,
+                        "source": path,
+                        "source_kind": "file",
+                        "path": path,
+                        "status": "ok",
+                        "bytes": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                    }
         if err is not None:
             err = f"{path}: {err}"
         self.file_ids[path] = (vid, err)
@@ -433,7 +521,16 @@ class VideoIds:
 
 
 # ----------------------------------------------------------------------------------- writing
-_REPEATED_COLUMNS = {"status", "error", "source_kind", "import_key", "import_run", "name", "model_key", "scale"}
+_REPEATED_COLUMNS = {
+    "status",
+    "error",
+    "source_kind",
+    "import_key",
+    "import_run",
+    "name",
+    "model_key",
+    "scale",
+}
 
 
 def _chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
@@ -477,9 +574,16 @@ def write_arrow(ws, table: str, data: pa.Table) -> None:
 
 
 def _unreadable_rows(skipped: list[tuple[int, int, str]], import_key: str, import_run: str) -> pa.Table:
-    rows = [{"span_id": f"error:{import_key}:unreadable:{_short_hash(text)}", "status": "error",
-             "error": f"unreadable row ({expected} columns expected, {found} found): {text[:200]}",
-             "import_key": import_key, "import_run": import_run} for expected, found, text in list(skipped)]  # fmt: skip
+    rows = [
+        {
+            "span_id": f"error:{import_key}:unreadable:{_short_hash(text)}",
+            "status": "error",
+            "error": f"unreadable row ({expected} columns expected, {found} found): {text[:200]}",
+            "import_key": import_key,
+            "import_run": import_run,
+        }
+        for expected, found, text in list(skipped)
+    ]
     return pa.Table.from_pylist(rows)
 
 
@@ -489,7 +593,9 @@ def _write_chunk(ws, out: dict[str, pa.Table]) -> None:
             write_arrow(ws, table, out[table])
 
 
-def _batch_tables(con, b: pa.Table, parse_sql: str, import_key: str, import_run: str, scores: list[str]) -> dict[str, pa.Table]:
+def _batch_tables(
+    con, b: pa.Table, parse_sql: str, import_key: str, import_run: str, scores: list[str]
+) -> dict[str, pa.Table]:
     """given_spans, given_scores and URL sources rows of the batch registered as `b`."""
     err = f"'error:{import_key}:' || table_row"
     checked = f"""
@@ -498,9 +604,11 @@ def _batch_tables(con, b: pa.Table, parse_sql: str, import_key: str, import_run:
             WHEN end_s IS NOT NULL AND end_s <= start_s THEN 'end ' || end_s || ' s <= start ' || start_s || ' s'
             END) AS why FROM ({parse_sql})
     """
-    span_id = (f"CASE WHEN why IS NOT NULL THEN {err} || CASE WHEN whole_row_error THEN '' ELSE ':' || span_index END "
-               "WHEN end_s IS NULL THEN video_id || ':whole' "
-               "ELSE video_id || ':' || CAST(round(start_s * 1000) AS BIGINT) || '-' || CAST(round(end_s * 1000) AS BIGINT) END")  # fmt: skip
+    span_id = (
+        f"CASE WHEN why IS NOT NULL THEN {err} || CASE WHEN whole_row_error THEN '' ELSE ':' || span_index END "
+        "WHEN end_s IS NULL THEN video_id || ':whole' "
+        "ELSE video_id || ':' || CAST(round(start_s * 1000) AS BIGINT) || '-' || CAST(round(end_s * 1000) AS BIGINT) END"
+    )
     keep = "whole_row_error AND why IS NOT NULL AND span_index > 0"  # one error row per bad table row
     rows = con.sql(f"""
         SELECT {span_id} AS span_id, CASE WHEN why IS NULL THEN 'ok' ELSE 'error' END AS status,
@@ -509,23 +617,25 @@ def _batch_tables(con, b: pa.Table, parse_sql: str, import_key: str, import_run:
                video_id, CASE WHEN why IS NULL THEN start_s END AS start_s,
                CASE WHEN why IS NULL THEN end_s END AS end_s, CASE WHEN why IS NULL THEN caption END AS caption,
                external_id, '{import_key}' AS import_key, '{import_run}' AS import_run, table_row,
-               span_index::INTEGER AS span_index {''.join(f', "{s}"' for s in scores)}
+               span_index::INTEGER AS span_index {"".join(f', "{s}"' for s in scores)}
         FROM ({checked}) WHERE NOT ({keep})
-    """).to_arrow_table()  # fmt: skip
+    """).to_arrow_table()
     con.register("g", rows)
     out = {"given_spans": rows.drop_columns(scores) if scores else rows}
     out["sources"] = _url_sources(b.select(["__vid", "__src"]), rows)
     if scores:
-        scale = "CASE name " + " ".join(f"WHEN '{k}' THEN '{v.replace(chr(39), chr(39) * 2)}'" for k, v in SCALES.items())
+        scale = "CASE name " + " ".join(
+            f"WHEN '{k}' THEN '{v.replace(chr(39), chr(39) * 2)}'" for k, v in SCALES.items()
+        )
         union = " UNION ALL ".join(
             f"SELECT span_id || ':{s[6:].lower()}' AS row_id, span_id, video_id, '{s[6:].lower()}' AS name, "
-            f"\"{s}\" AS value FROM g WHERE status = 'ok' AND \"{s}\" IS NOT NULL AND NOT isnan(\"{s}\")"
+            f'"{s}" AS value FROM g WHERE status = \'ok\' AND "{s}" IS NOT NULL AND NOT isnan("{s}")'
             for s in scores
         )
         out["given_scores"] = con.sql(f"""
             SELECT *, 'given:{import_key}' AS model_key, {scale} ELSE 'as given by the table' END AS scale
             FROM ({union})
-        """).to_arrow_table()  # fmt: skip
+        """).to_arrow_table()
     con.unregister("g")
     return out
 
@@ -545,11 +655,19 @@ def _url_sources(b: pa.Table, spans: pa.Table) -> pa.Table:
         changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
         b = b.filter(pa.concat_arrays([pa.array([True]), changed]))
     n = b.num_rows
-    return pa.table({"video_id": b.column("__vid"), "source": b.column("__src"),
-                     "source_kind": pa.array(["url"] * n, pa.string()), "status": pa.array(["ok"] * n, pa.string())})
+    return pa.table(
+        {
+            "video_id": b.column("__vid"),
+            "source": b.column("__src"),
+            "source_kind": pa.array(["url"] * n, pa.string()),
+            "status": pa.array(["ok"] * n, pa.string()),
+        }
+    )
 
 
-def check_table(path: str | os.PathLike, fmt: str = "auto", cols: dict[str, str] | None = None) -> tuple[str, dict]:
+def check_table(
+    path: str | os.PathLike, fmt: str = "auto", cols: dict[str, str] | None = None
+) -> tuple[str, dict]:
     """(format, mapping) of a table, or TableImportError: the check made before anything is written."""
     p = Path(path).absolute()
     if not p.is_file():
@@ -572,8 +690,15 @@ def sniff_format(path: str | os.PathLike) -> str | None:
         return None
 
 
-def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str, str] | None = None, *,
-                 batch_rows: int = 262144, max_messages: int = 20) -> ImportStats:  # fmt: skip
+def import_table(
+    ws,
+    path: str | os.PathLike,
+    fmt: str = "auto",
+    cols: dict[str, str] | None = None,
+    *,
+    batch_rows: int = 262144,
+    max_messages: int = 20,
+) -> ImportStats:
     """Import one metadata table into the workspace (see the module doc). Idempotent."""
     import duckdb
     import pyarrow.compute as pc
@@ -617,14 +742,20 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
                 vids, verrs, shown, file_rows = ids(urls)
                 b = batch
                 b = b.append_column("__row", pa.array(range(stats.rows + 1, stats.rows + n + 1), pa.int64()))
-                b = b.append_column("__vid", vids).append_column("__verr", verrs).append_column("__src", shown)
+                b = (
+                    b.append_column("__vid", vids)
+                    .append_column("__verr", verrs)
+                    .append_column("__src", shown)
+                )
                 con.register("b", b)
                 parse_sql = parse_sql or batch_sql(fmt, mapping, batch.schema)
                 out = _batch_tables(con, b, parse_sql, import_key, import_run, scores)
                 con.unregister("b")
                 if skipped:  # CSV rows that did not parse: error rows named by their text
-                    out["given_spans"] = pa.concat_tables([out["given_spans"], _unreadable_rows(skipped, import_key, import_run)],
-                                                          promote_options="default")  # fmt: skip
+                    out["given_spans"] = pa.concat_tables(
+                        [out["given_spans"], _unreadable_rows(skipped, import_key, import_run)],
+                        promote_options="default",
+                    )
                     skipped.clear()
                 spans = out["given_spans"]
                 ok = pc.equal(spans.column("status"), "ok")
@@ -654,16 +785,31 @@ def import_table(ws, path: str | os.PathLike, fmt: str = "auto", cols: dict[str,
             if skipped:  # unreadable rows after the last good one
                 write_arrow(ws, "given_spans", _unreadable_rows(skipped, import_key, import_run))
                 stats.errors += len(skipped)
-                stats.error_messages += [r[2] for r in skipped[: max(0, max_messages - len(stats.error_messages))]]
+                stats.error_messages += [
+                    r[2] for r in skipped[: max(0, max_messages - len(stats.error_messages))]
+                ]
         finally:
             writer.shutdown(wait=True)
             con.close()
         stats.seconds = time.perf_counter() - t0
-        ws.write("imports", [{
-            "import_key": import_key, "import_run": import_run, "table_path": str(p), "format": fmt,
-            "mapping": json.dumps(mapping, sort_keys=True), "rows": stats.rows, "spans": stats.spans,
-            "errors": stats.errors, "videos": stats.videos, "status": "ok", "finished_at": time.time(),
-        }])  # fmt: skip
+        ws.write(
+            "imports",
+            [
+                {
+                    "import_key": import_key,
+                    "import_run": import_run,
+                    "table_path": str(p),
+                    "format": fmt,
+                    "mapping": json.dumps(mapping, sort_keys=True),
+                    "rows": stats.rows,
+                    "spans": stats.spans,
+                    "errors": stats.errors,
+                    "videos": stats.videos,
+                    "status": "ok",
+                    "finished_at": time.time(),
+                }
+            ],
+        )
     return stats
 
 
@@ -673,7 +819,9 @@ def parse_cols(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     for item in items:
         f, sep, c = item.partition("=")
         if not sep or not f.strip() or not c.strip():
-            raise TableImportError(f"--col {item!r}: expected FIELD=COLUMN (fields: {', '.join(FIELDS)}, score.NAME)")
+            raise TableImportError(
+                f"--col {item!r}: expected FIELD=COLUMN (fields: {', '.join(FIELDS)}, score.NAME)"
+            )
         out[f.strip()] = c.strip()
     return out
 
@@ -682,7 +830,9 @@ def parse_cols(items: list[str] | tuple[str, ...]) -> dict[str, str]:
 SPAN_MODES = ("detect", "trust", "ignore")
 
 
-def span_frames(spans: list[dict], video_id: str, fps: float, num_frames: int) -> tuple[list[tuple[int, int]], list[dict]]:
+def span_frames(
+    spans: list[dict], video_id: str, fps: float, num_frames: int
+) -> tuple[list[tuple[int, int]], list[dict]]:
     """Given spans (GIVEN_SPANS_SQL's structs; end_s None: the whole video) as sorted, distinct
     [start, end) frames, and `given_spans` error rows for spans that end past the video's last frame."""
     out, errors = set(), []
@@ -693,14 +843,24 @@ def span_frames(spans: list[dict], video_id: str, fps: float, num_frames: int) -
             if s < e:
                 out.add((s, e))
             continue
-        why = (f"row {g['table_row']} span {g['span_index']}: ends at {g['end_s']:.3f} s, past the video's end "
-               f"({num_frames / fps:.3f} s, {num_frames} frames)")  # fmt: skip
+        why = (
+            f"row {g['table_row']} span {g['span_index']}: ends at {g['end_s']:.3f} s, past the video's end "
+            f"({num_frames / fps:.3f} s, {num_frames} frames)"
+        )
         errors.append({**g, "video_id": video_id, "status": "error", "error": why})
     return sorted(out), errors
 
 
-def clips_in_spans(scenes: list[tuple[int, int]], spans: list[tuple[int, int]], fps: float, num_frames: int, *,
-                   min_clip_s: float, max_clip_s: float | None, trim_frames: int) -> list[tuple[int, int, int]]:  # fmt: skip
+def clips_in_spans(
+    scenes: list[tuple[int, int]],
+    spans: list[tuple[int, int]],
+    fps: float,
+    num_frames: int,
+    *,
+    min_clip_s: float,
+    max_clip_s: float | None,
+    trim_frames: int,
+) -> list[tuple[int, int, int]]:
     """Clips as (scene_index, start, end) inside given spans: each span is cut at the detected scenes'
     bounds (trimmed by `trim_frames` at transitions, as the clip policy does), then the policy's
     length rules apply to each piece. No clip crosses a transition or leaves its span."""
@@ -712,8 +872,9 @@ def clips_in_spans(scenes: list[tuple[int, int]], spans: list[tuple[int, int]], 
         for i, (s, e) in enumerate(trimmed):
             lo, hi = max(a, s), min(b, e)
             if lo < hi:
-                for _, cs, ce in apply_clip_policy([(lo, hi)], fps, num_frames, min_clip_s=min_clip_s,
-                                                   max_clip_s=max_clip_s, trim_frames=0):  # fmt: skip
+                for _, cs, ce in apply_clip_policy(
+                    [(lo, hi)], fps, num_frames, min_clip_s=min_clip_s, max_clip_s=max_clip_s, trim_frames=0
+                ):
                     clips.add((i, cs, ce))
     return sorted(clips, key=lambda c: (c[1], c[2]))
 
@@ -750,7 +911,12 @@ CLIP_SPANS_SQL = """
 
 def _captions_sql() -> str:
     pick = {
-        "provided": ("p.caption", "'ok'", "'provided:' || p.import_key", "p.caption IS NOT NULL AND trim(p.caption) <> ''"),
+        "provided": (
+            "p.caption",
+            "'ok'",
+            "'provided:' || p.import_key",
+            "p.caption IS NOT NULL AND trim(p.caption) <> ''",
+        ),
         "vlm": ("v.caption", "v.caption_status", "v.model_key", "v.caption IS NOT NULL"),
     }
 
@@ -783,11 +949,21 @@ GIVEN_SCORES_SQL = f"""
 
 
 def _clip_columns() -> tuple:
-    caption_cols = ("caption", "caption_status", "caption_source", "caption_model_key", "provided_caption",
-                    "vlm_caption", "vlm_caption_status", "given_span_id")  # fmt: skip
+    caption_cols = (
+        "caption",
+        "caption_status",
+        "caption_source",
+        "caption_model_key",
+        "provided_caption",
+        "vlm_caption",
+        "vlm_caption_status",
+        "given_span_id",
+    )
     score_cols = ("given_matching_score", "given_aes", "given_flow", "given_match", "given_scores")
-    return (ClipColumns("given_spans", caption_cols, sql=_captions_sql()),
-            ClipColumns("given_scores", score_cols, sql=GIVEN_SCORES_SQL))  # fmt: skip
+    return (
+        ClipColumns("given_spans", caption_cols, sql=_captions_sql()),
+        ClipColumns("given_scores", score_cols, sql=GIVEN_SCORES_SQL),
+    )
 
 
 CLIP_COLUMNS = _clip_columns()

@@ -36,8 +36,10 @@ class _Block(nn.Module):
         f = branches[0].layers[1].weight.shape[0]
         # spatial (2F, Cin, 1, 3, 3) -> (2F, Cin, 3, 3); temporal (F, 2F, 3, 1, 1) -> (F, 2F, 3, 1)
         spatial = [b.layers[0].weight[:, :, 0] for b in branches]
-        temporal = [b.layers[1].weight[..., 0] * scale[i * f : (i + 1) * f, None, None, None]
-                    for i, b in enumerate(branches)]  # fmt: skip
+        temporal = [
+            b.layers[1].weight[..., 0] * scale[i * f : (i + 1) * f, None, None, None]
+            for i, b in enumerate(branches)
+        ]
         self.spatial = nn.Parameter(torch.stack(spatial).contiguous(), requires_grad=False)
         self.temporal = nn.Parameter(torch.stack(temporal).contiguous(), requires_grad=False)
         self.shift = nn.Parameter(shift.view(4, f).contiguous(), requires_grad=False)
@@ -112,7 +114,9 @@ class FastTransNetV2(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, frames: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, T, 27, 48, 3) -> (single, many) probabilities, float32 (B, T) each.
 
         `dtype` is the arithmetic of the convolutions and the first dense layer (float32 or

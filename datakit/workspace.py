@@ -149,8 +149,13 @@ class Workspace:
     def write_meta(self) -> None:
         """Record the schema version, the root, and the tables whose folders exist (a missing one was lost)."""
         tables = sorted(t for t in schema.tables() if self.table_dir(t).is_dir())
-        meta = {"schema_version": SCHEMA_VERSION, "schema": schema.fingerprint(), "root": str(self.root),
-                "catalog": CATALOG_PATHS, "tables": tables}  # fmt: skip
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "schema": schema.fingerprint(),
+            "root": str(self.root),
+            "catalog": CATALOG_PATHS,
+            "tables": tables,
+        }
         atomic_write_bytes(self.meta_path, (json.dumps(meta, indent=2) + "\n").encode())
 
     def read_meta(self) -> dict:
@@ -280,8 +285,10 @@ class Workspace:
     def attach_sql(self) -> str:
         """SQL for a plain DuckDB client, from any working directory, to read this workspace's views."""
         root = _sql_str(str(self.root))
-        return (f"SET file_search_path = {root};\n"
-                f"ATTACH {_sql_str(str(self.catalog_path))} AS datakit (READ_ONLY);\nUSE datakit;")  # fmt: skip
+        return (
+            f"SET file_search_path = {root};\n"
+            f"ATTACH {_sql_str(str(self.catalog_path))} AS datakit (READ_ONLY);\nUSE datakit;"
+        )
 
     # ----------------------------------------------------------------------------- reads
     def connect(self, *, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
@@ -295,8 +302,13 @@ class Workspace:
         weakref.finalize(con, release)
         return con
 
-    def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *, sandbox: bool = False,
-             for_sql: str | None = None) -> T:  # fmt: skip
+    def read(
+        self,
+        fn: Callable[[duckdb.DuckDBPyConnection], T],
+        *,
+        sandbox: bool = False,
+        for_sql: str | None = None,
+    ) -> T:
         """Run `fn(connection)` on a snapshot of the views; damaged parts raise DamagedPartsError.
 
         for_sql: the one query `fn` runs (not sandboxed): only the views it names, directly or
@@ -323,9 +335,13 @@ class Workspace:
         return self.read(run, sandbox=sandbox, for_sql=query)
 
     def arrow(self, query: str, params: list | None = None, *, sandbox: bool = False) -> pa.Table:
-        return self.read(lambda con: con.sql(query, params=params).to_arrow_table(), sandbox=sandbox, for_sql=query)
+        return self.read(
+            lambda con: con.sql(query, params=params).to_arrow_table(), sandbox=sandbox, for_sql=query
+        )
 
-    def _snapshot(self, sandbox: bool, for_sql: str | None = None) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None], list[Path]]:
+    def _snapshot(
+        self, sandbox: bool, for_sql: str | None = None
+    ) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None], list[Path]]:
         """A connection over the live parts as listed now, a release function, and the files it reads."""
         reader = self._reader_lock()
         release = reader.close if reader else lambda: None
@@ -411,7 +427,9 @@ class Workspace:
         at a time (a 10M-row table never sits in memory whole)."""
         spill = self.root / "tmp"
         spill.mkdir(exist_ok=True)
-        con = duckdb.connect(":memory:", config={"memory_limit": COMPACT_MEMORY, "temp_directory": str(spill)})
+        con = duckdb.connect(
+            ":memory:", config={"memory_limit": COMPACT_MEMORY, "temp_directory": str(spill)}
+        )
         target = arrow_schema(table)
         tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
         rows = 0

@@ -12,10 +12,19 @@ out = Console(highlight=False)
 
 
 def samples(
-    out_dir: Annotated[Path, typer.Argument(help="Where to write the synthetic sample videos.")] = Path("samples"),
-    bad: Annotated[bool, typer.Option(help="Also write a gallery of bad inputs (empty, corrupt, ...).")] = False,
-    transitions: Annotated[bool, typer.Option(help="Also write short shots and dissolves of several lengths.")] = True,
-    shots: Annotated[bool, typer.Option(help="Also write captioned shots and their Panda-70M-style table (shots/meta.csv).")] = True,
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the synthetic sample videos.")] = Path(
+        "samples"
+    ),
+    bad: Annotated[
+        bool, typer.Option(help="Also write a gallery of bad inputs (empty, corrupt, ...).")
+    ] = False,
+    transitions: Annotated[
+        bool, typer.Option(help="Also write short shots and dissolves of several lengths.")
+    ] = True,
+    shots: Annotated[
+        bool,
+        typer.Option(help="Also write captioned shots and their Panda-70M-style table (shots/meta.csv)."),
+    ] = True,
 ) -> None:
     """Generate synthetic sample videos with known cuts (several codecs and sizes), each with its truth;
     and captioned shots with a Panda-70M-style metadata table (`datakit ingest shots/meta.csv --format panda70m`)."""
@@ -23,7 +32,9 @@ def samples(
 
     truths = make_demo_set(out_dir) + (make_transition_set(out_dir / "transitions") if transitions else [])
     for truth in truths:
-        out.print(f"{truth.path}: {truth.num_frames} frames, cuts {truth.hard_cuts}, dissolves {truth.dissolves}")
+        out.print(
+            f"{truth.path}: {truth.num_frames} frames, cuts {truth.hard_cuts}, dissolves {truth.dissolves}"
+        )
     if shots:
         out.print(f"{make_learnable_set(out_dir / 'shots')}: shots with true captions (Panda-70M columns)")
     if bad:

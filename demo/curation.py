@@ -36,13 +36,18 @@ def demo_scores(ws: Workspace, folder: Path, *, console: Console) -> dict[str, s
     config, weights = save_tiny_clip(tiny)
     models = {"model": str(config), "pretrained": str(weights)}
     head = save_tiny_aesthetic_head(tiny / "random-aesthetic-head.pth")
-    console.print(f"  tiny RANDOM CLIP ({config.name}) and aesthetic head: scores mean nothing", highlight=False)
+    console.print(
+        f"  tiny RANDOM CLIP ({config.name}) and aesthetic head: scores mean nothing", highlight=False
+    )
     console.print(run_stage(ws, AestheticStage(**models, head=str(head)), progress=False).summary())
     console.print(run_stage(ws, MotionStage(), progress=False).summary())
     threshold = random_dedup_threshold(ws)
-    console.print(f"  near-duplicate threshold for the RANDOM CLIP: cosine >= {threshold:.4f} (the 99th percentile of "
-                  "its pairwise similarities; 0.98 is for real CLIP weights, which a random CLIP exceeds for unrelated "
-                  "clips)", highlight=False)  # fmt: skip
+    console.print(
+        f"  near-duplicate threshold for the RANDOM CLIP: cosine >= {threshold:.4f} (the 99th percentile of "
+        "its pairwise similarities; 0.98 is for real CLIP weights, which a random CLIP exceeds for unrelated "
+        "clips)",
+        highlight=False,
+    )
     console.print(run_stage(ws, DedupStage(threshold=threshold), progress=False).summary())
     return models
 
@@ -63,8 +68,10 @@ def random_dedup_threshold(ws: Workspace) -> float:
 def random_score_params(ws: Workspace) -> dict[str, float]:
     """Recipe parameters for scores of random models: the lowest decile of each score over the
     video clips (the recipes' own numbers are for real weights)."""
-    row = ws.sql("SELECT quantile_cont(aesthetic, 0.1) AS a, quantile_cont(text_match, 0.1) AS t "
-                 "FROM clips WHERE media_type = 'video'")[0]  # fmt: skip
+    row = ws.sql(
+        "SELECT quantile_cont(aesthetic, 0.1) AS a, quantile_cont(text_match, 0.1) AS t "
+        "FROM clips WHERE media_type = 'video'"
+    )[0]
     a, t = float(row["a"] or 0.0), float(row["t"] or 0.0)
     return {"image_min_aesthetic": a, "video_min_aesthetic": a, "hq_min_aesthetic": a, "hq_min_text_match": t}
 
@@ -78,17 +85,24 @@ def demo_sets_and_report(ws: Workspace, folder: Path, models: dict[str, str], *,
     console.print(run_stage(ws, TextMatchStage(**models), progress=False).summary())
     params = random_score_params(ws)
     shown = ", ".join(f"{k}={v:.3f}" for k, v in params.items())
-    console.print(f"  recipe parameters for the RANDOM scorers (lowest decile of their scores): {shown}", highlight=False)
+    console.print(
+        f"  recipe parameters for the RANDOM scorers (lowest decile of their scores): {shown}",
+        highlight=False,
+    )
     for name, recipe in SETS:
         version = select(ws, name, recipe_sql(recipe), recipe=recipe, kind="recipe", params=params)
-        console.print(f"  set {name}@v{version.version} ({recipe}): {version.card['row_count']} rows -> {version.path}",
-                      highlight=False)  # fmt: skip
+        console.print(
+            f"  set {name}@v{version.version} ({recipe}): {version.card['row_count']} rows -> {version.path}",
+            highlight=False,
+        )
     report = write_report(ws, folder / "report.html")
     console.print(f"  report (histograms, contact sheet, captions, recipe counts): {report}", highlight=False)
     return report
 
 
-def curation_demo(ws: Workspace, folder: Path, *, console: Console, caption: Callable[[], None] | None = None) -> Path:
+def curation_demo(
+    ws: Workspace, folder: Path, *, console: Console, caption: Callable[[], None] | None = None
+) -> Path:
     """The whole chain; `caption` (optional) captions the clips between dedup and the text match."""
     models = demo_scores(ws, folder, console=console)
     if caption is not None:

@@ -36,12 +36,23 @@ def _val_losses(run_dir: Path) -> list[float]:
 def stage_overrides(stage: str, frames: int, steps: int, runs: Path, previous: Path | None) -> list[str]:
     every = max(1, steps // 4)
     out = [
-        f"model.tiny_dir={runs / 'tiny-random-models'}", f"model.vae={runs / 'vae'}", "model.model_max_length=64",
-        "model.grad_checkpointing=false", f"data.resolution=[{RES}]", f"data.num_frames=[{frames}]",
-        "data.frame_interval=3", "data.batch_size=8", "data.num_workers=0", "data.aspect_ratios=['1:1']",
-        f"train.max_steps={steps}", f"train.val_every={every}", f"train.ckpt_every={steps}",
-        "train.ema_decay=0.95", "train.progress=false", f"optim.lr={2e-3 if stage == 'image' else 1e-3}",
-    ]  # fmt: skip
+        f"model.tiny_dir={runs / 'tiny-random-models'}",
+        f"model.vae={runs / 'vae'}",
+        "model.model_max_length=64",
+        "model.grad_checkpointing=false",
+        f"data.resolution=[{RES}]",
+        f"data.num_frames=[{frames}]",
+        "data.frame_interval=3",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.aspect_ratios=['1:1']",
+        f"train.max_steps={steps}",
+        f"train.val_every={every}",
+        f"train.ckpt_every={steps}",
+        "train.ema_decay=0.95",
+        "train.progress=false",
+        f"optim.lr={2e-3 if stage == 'image' else 1e-3}",
+    ]
     return out + ([f"model.init_from={previous}"] if previous else [])
 
 
@@ -57,13 +68,22 @@ def train_and_check(ws, workspace: Path, timer, console, *, scale: float = 1.0) 
     console.rule("[bold]6. training: VAE, then image → video → hq STDiT on the curated sets (2 CPU cores)")
     with timer.part("train vae"):
         table, card = read_set(ws.root, "image")
-        cfg = VaeConfig(resolution=RES, crop=None, batch_size=16, lr=4e-3, steps=max(10, round(VAE_STEPS * scale)),
-                        val_every=max(5, round(VAE_STEPS * scale) // 4))  # fmt: skip
+        cfg = VaeConfig(
+            resolution=RES,
+            crop=None,
+            batch_size=16,
+            lr=4e-3,
+            steps=max(10, round(VAE_STEPS * scale)),
+            val_every=max(5, round(VAE_STEPS * scale) // 4),
+        )
         vae = train_vae(table.to_pylist(), card, runs / "vae", cfg)
     out["vae"] = vae
-    console.print(f"  vae   AutoencoderKL x4 on {vae['train_frames']} frames of set image: held-out PSNR "
-                  f"{vae['val_psnr']:.1f} dB, val loss {vae['val_loss'][0]:.4f} → {vae['val_loss'][1]:.4f}  "
-                  f"({runs / 'vae'})", highlight=False)  # fmt: skip
+    console.print(
+        f"  vae   AutoencoderKL x4 on {vae['train_frames']} frames of set image: held-out PSNR "
+        f"{vae['val_psnr']:.1f} dB, val loss {vae['val_loss'][0]:.4f} → {vae['val_loss'][1]:.4f}  "
+        f"({runs / 'vae'})",
+        highlight=False,
+    )
     previous, out["stages"] = None, {}
     for stage, frames, steps in STAGES:
         run_dir = runs / stage
@@ -71,30 +91,44 @@ def train_and_check(ws, workspace: Path, timer, console, *, scale: float = 1.0) 
         with timer.part(f"train {stage}"):
             overrides = stage_overrides(stage, frames, steps, runs, previous)
             try:  # resume=True: a second demo run finds the finished runs and does nothing
-                launch(resolve_config(stage, tiny=True, overrides=overrides), run_dir=run_dir,
-                       source=Source(ws.root, set_spec=stage), resume=True)  # fmt: skip
+                launch(
+                    resolve_config(stage, tiny=True, overrides=overrides),
+                    run_dir=run_dir,
+                    source=Source(ws.root, set_spec=stage),
+                    resume=True,
+                )
             finally:
                 shutdown()
         loss_curve(run_dir, f"{stage} stage (STDiT, tiny; random T5)")
         val = _val_losses(run_dir)
         out["stages"][stage] = {"steps": steps, "val_loss": val}
         shown = " → ".join(f"{v:.3f}" for v in val)
-        console.print(f"  {stage:<5} {steps} steps on set {stage}: val loss {shown}  ({run_dir})", highlight=False)
+        console.print(
+            f"  {stage:<5} {steps} steps on set {stage}: val loss {shown}  ({run_dir})", highlight=False
+        )
         previous = run_dir
     with timer.part("sample + learned-prompt check"):
         out["prompts"] = prompt_check(runs / "hq", workspace / "samples-hq")
     hits = sum(p["nearest_own"] for p in out["prompts"])
     out["prompts_nearest_own"] = hits
-    console.print(f"  learned prompts: {hits}/{len(out['prompts'])} prompts nearest their own clip's colour "
-                  "(chance: 1 in 4)", highlight=False)  # fmt: skip
+    console.print(
+        f"  learned prompts: {hits}/{len(out['prompts'])} prompts nearest their own clip's colour "
+        "(chance: 1 in 4)",
+        highlight=False,
+    )
     for p in out["prompts"]:
-        console.print(f"    {'✓' if p['nearest_own'] else '✗'} {p['caption']!r}: sampled mean RGB {p['sampled_rgb']}, "
-                      f"clip {p['clip_rgb']} -> {p['mp4']}", highlight=False)  # fmt: skip
+        console.print(
+            f"    {'✓' if p['nearest_own'] else '✗'} {p['caption']!r}: sampled mean RGB {p['sampled_rgb']}, "
+            f"clip {p['clip_rgb']} -> {p['mp4']}",
+            highlight=False,
+        )
     (workspace / CHECK).write_text(json.dumps(out, indent=2) + "\n")
     _report(ws, workspace, runs)
-    console.print(f"  sample it yourself, from any folder: python cli.py sample --ckpt {runs / 'hq'} "
-                  f"--prompt \"{out['prompts'][0]['caption']}\" --height {RES} --width {RES} --num-frames 4",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"  sample it yourself, from any folder: python cli.py sample --ckpt {runs / 'hq'} "
+        f'--prompt "{out["prompts"][0]["caption"]}" --height {RES} --width {RES} --num-frames 4',
+        highlight=False,
+    )
     return out
 
 
@@ -129,9 +163,19 @@ def prompt_check(run_dir: Path, out_dir: Path, n: int = 4) -> list[dict[str, Any
             picked.append(row)
     picked = picked[:n]
     models = run_models(run_dir)
-    pipe = TextToVideoPipeline.from_paths(str(run_dir), vae=models["vae"], text_encoder=models["text_encoder"],
-                                          num_frames=4, height=RES, width=RES, steps=50, cfg_scale=4.0,
-                                          device="cpu", dtype="fp32", local_files_only=True)  # fmt: skip
+    pipe = TextToVideoPipeline.from_paths(
+        str(run_dir),
+        vae=models["vae"],
+        text_encoder=models["text_encoder"],
+        num_frames=4,
+        height=RES,
+        width=RES,
+        steps=50,
+        cfg_scale=4.0,
+        device="cpu",
+        dtype="fp32",
+        local_files_only=True,
+    )
     videos = pipe([r["caption"] for r in picked], seed=0, progress=False)
     clip_rgb = np.stack([_clip_rgb(r) for r in picked])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,9 +184,16 @@ def prompt_check(run_dir: Path, out_dir: Path, n: int = 4) -> list[dict[str, Any
         rgb = video.reshape(-1, 3).mean(0)
         nearest = int(np.argmin(np.linalg.norm(clip_rgb - rgb, axis=1)))
         mp4 = save_mp4(video, out_dir / f"{k:02d}.mp4", fps=4)
-        results.append({"clip_id": row["clip_id"], "caption": row["caption"], "nearest_own": nearest == k,
-                        "sampled_rgb": [round(float(v)) for v in rgb],
-                        "clip_rgb": [round(float(v)) for v in clip_rgb[k]], "mp4": str(mp4)})  # fmt: skip
+        results.append(
+            {
+                "clip_id": row["clip_id"],
+                "caption": row["caption"],
+                "nearest_own": nearest == k,
+                "sampled_rgb": [round(float(v)) for v in rgb],
+                "clip_rgb": [round(float(v)) for v in clip_rgb[k]],
+                "mp4": str(mp4),
+            }
+        )
     return results
 
 
@@ -151,19 +202,32 @@ def _report(ws, workspace: Path, runs: Path) -> None:
     from datakit.report import write_report
 
     out = workspace / "curation" / "report.html"
-    links = [{"href": str(Path("..") / "runs" / r / "loss.png"), "text": f"{r}: loss curve (loss.png)"}
-             for r in ("vae", *(s for s, _, _ in STAGES)) if (runs / r / "loss.png").is_file()]  # fmt: skip
+    links = [
+        {"href": str(Path("..") / "runs" / r / "loss.png"), "text": f"{r}: loss curve (loss.png)"}
+        for r in ("vae", *(s for s, _, _ in STAGES))
+        if (runs / r / "loss.png").is_file()
+    ]
     sections = [{"title": "Training runs", "links": links}]
-    top = ws.sql("SELECT clip_id, round(train_loss, 4) AS train_loss, caption FROM clips "
-                 "WHERE train_loss IS NOT NULL ORDER BY train_loss DESC LIMIT 6")  # fmt: skip
+    top = ws.sql(
+        "SELECT clip_id, round(train_loss, 4) AS train_loss, caption FROM clips "
+        "WHERE train_loss IS NOT NULL ORDER BY train_loss DESC LIMIT 6"
+    )
     if top:
         from datakit.preview import contact_sheet
 
         ids = ", ".join(f"'{r['clip_id']}'" for r in top)
-        sheet = contact_sheet(ws, out.parent / "highest_loss_clips.png",
-                              f"SELECT * FROM clips WHERE clip_id IN ({ids}) ORDER BY train_loss DESC", len(top))  # fmt: skip
-        sections.append({"title": "Clips the last run fits worst (clips.train_loss, highest first)",
-                         "links": [{"href": sheet.name, "text": "their frames (first, middle, last)"}],
-                         "headers": ["clip_id", "train_loss", "caption"],
-                         "rows": [[r["clip_id"], r["train_loss"], r["caption"]] for r in top]})  # fmt: skip
+        sheet = contact_sheet(
+            ws,
+            out.parent / "highest_loss_clips.png",
+            f"SELECT * FROM clips WHERE clip_id IN ({ids}) ORDER BY train_loss DESC",
+            len(top),
+        )
+        sections.append(
+            {
+                "title": "Clips the last run fits worst (clips.train_loss, highest first)",
+                "links": [{"href": sheet.name, "text": "their frames (first, middle, last)"}],
+                "headers": ["clip_id", "train_loss", "caption"],
+                "rows": [[r["clip_id"], r["train_loss"], r["caption"]] for r in top],
+            }
+        )
     write_report(ws, out, extra_sections=sections)

@@ -34,11 +34,22 @@ class Timer:
 
 
 def demo(
-    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Demo workspace directory.")] = Path("demo-workspace"),
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Demo workspace directory.")] = Path(
+        "demo-workspace"
+    ),
     workers: Annotated[int, typer.Option("--workers", "-j", help="Parallel workers per stage.")] = 2,
-    train: Annotated[bool, typer.Option(help="Also train the VAE and image → video → hq STDiT on the curated sets, then sample.")] = True,
-    curate: Annotated[bool, typer.Option(help="Also score, dedup, caption, select the curated sets and write the report.")] = True,
-    scale: Annotated[float, typer.Option(help="Multiply every training stage's steps (0.5: a quicker, weaker run).")] = 1.0,
+    train: Annotated[
+        bool,
+        typer.Option(
+            help="Also train the VAE and image → video → hq STDiT on the curated sets, then sample."
+        ),
+    ] = True,
+    curate: Annotated[
+        bool, typer.Option(help="Also score, dedup, caption, select the curated sets and write the report.")
+    ] = True,
+    scale: Annotated[
+        float, typer.Option(help="Multiply every training stage's steps (0.5: a quicker, weaker run).")
+    ] = 1.0,
 ) -> None:
     """Generate sample videos (and bad inputs) and captioned shots with a Panda-70M-style table; ingest
     both, probe, detect scenes, cut; curate (tiny RANDOM CLIP and VLM: labelled); train a VAE and
@@ -55,15 +66,23 @@ def demo(
     with timer.part("samples"):
         console.rule("[bold]1. sample videos (synthetic, with known cuts) and captioned shots")
         for truth in make_demo_set(samples):
-            console.print(f"  {Path(truth.path).name}: {truth.num_frames} frames {truth.width}x{truth.height} {truth.codec}")
+            console.print(
+                f"  {Path(truth.path).name}: {truth.num_frames} frames {truth.width}x{truth.height} {truth.codec}"
+            )
         make_bad_inputs(samples / "bad")
-        console.print(f"  + bad inputs (empty, truncated, corrupt, not-a-video, audio-only, ...) in {samples / 'bad'}")
+        console.print(
+            f"  + bad inputs (empty, truncated, corrupt, not-a-video, audio-only, ...) in {samples / 'bad'}"
+        )
         table = make_learnable_set(workspace / "shots")
-        console.print(f"  + {table}: shots with true captions, Panda-70M columns (videoID,url,timestamp,caption)",
-                      highlight=False)  # fmt: skip
+        console.print(
+            f"  + {table}: shots with true captions, Panda-70M columns (videoID,url,timestamp,caption)",
+            highlight=False,
+        )
 
     with timer.part("ingest → probe → scenes → cut"):
-        console.rule("[bold]2. pipeline: ingest (files + the shots table as --format panda70m) → probe → scenes → cut")
+        console.rule(
+            "[bold]2. pipeline: ingest (files + the shots table as --format panda70m) → probe → scenes → cut"
+        )
         ws = Workspace(workspace / "manifest")
         console.print(ingest(ws, [str(table)], "panda70m").summary())
         config = load_config(None)
@@ -76,7 +95,9 @@ def demo(
 
     console.rule("[bold]3. status")
     for row in status(ws):
-        console.print(f"  {row['stage']:<9} ok={row['ok']:<5} pending={row['pending']:<5} retry={row['retry']:<4} error={row['error']}")
+        console.print(
+            f"  {row['stage']:<9} ok={row['ok']:<5} pending={row['pending']:<5} retry={row['retry']:<4} error={row['error']}"
+        )
 
     console.rule("[bold]4. SQL over the manifest")
     sql = """
@@ -86,7 +107,9 @@ def demo(
         GROUP BY ALL ORDER BY v.status DESC, file
     """
     print_table(ws.arrow(sql), title="videos and their clips")
-    errors = ws.arrow("SELECT regexp_extract(source, '[^/]+$') AS file, error FROM videos WHERE status = 'error' ORDER BY file")
+    errors = ws.arrow(
+        "SELECT regexp_extract(source, '[^/]+$') AS file, error FROM videos WHERE status = 'error' ORDER BY file"
+    )
     print_table(errors, title="inputs that became error rows")
     from datakit.preview import contact_sheet
 
@@ -97,7 +120,9 @@ def demo(
         "\"import duckdb; print(duckdb.connect('manifest.duckdb', read_only=True).sql('select * from clips limit 5'))\"",
         highlight=False,
     )
-    console.print(f"or: python cli.py datakit query -w {ws.root} \"select * from clips limit 5\"", highlight=False)
+    console.print(
+        f'or: python cli.py datakit query -w {ws.root} "select * from clips limit 5"', highlight=False
+    )
 
     summary: dict = {}
     if curate:
@@ -113,8 +138,10 @@ def demo(
     console.rule("[bold]where the time went")
     for name, seconds in timer.parts.items():
         console.print(f"  {name:<32} {seconds:7.1f} s", highlight=False)
-    console.print(f"  {'total':<32} {sum(timer.parts.values()):7.1f} s  (load average {os.getloadavg()[0]:.1f})",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"  {'total':<32} {sum(timer.parts.values()):7.1f} s  (load average {os.getloadavg()[0]:.1f})",
+        highlight=False,
+    )
 
 
 def _threads() -> None:
@@ -134,7 +161,9 @@ def _curation(ws, workspace: Path, workers: int) -> dict[str, int]:
     from datakit.stages.caption import CaptionStage
     from demo.curation import curation_demo
 
-    console.rule("[bold]5. curation: aesthetic, motion, dedup, captions, text match, sets, report (tiny RANDOM models)")
+    console.rule(
+        "[bold]5. curation: aesthetic, motion, dedup, captions, text match, sets, report (tiny RANDOM models)"
+    )
     folder = workspace / "curation"
 
     def caption() -> None:
@@ -143,10 +172,15 @@ def _curation(ws, workspace: Path, workers: int) -> dict[str, int]:
             build_tiny_qwen2vl(model)
         stage = CaptionStage(engine="transformers", model=str(model), frames=2, frame_size=56, max_tokens=24)
         console.print(run_stage(ws, stage, workers=1, progress=False).summary())
-        console.print("  (random VLM: its captions are noise; the shots' provided captions come first)", highlight=False)
+        console.print(
+            "  (random VLM: its captions are noise; the shots' provided captions come first)", highlight=False
+        )
 
     report = curation_demo(ws, folder, console=console, caption=caption)
-    console.print(f"  open {report} in a browser (random models: the scores and VLM captions are noise)", highlight=False)
+    console.print(
+        f"  open {report} in a browser (random models: the scores and VLM captions are noise)",
+        highlight=False,
+    )
     from datakit.sets import list_sets
 
     return {name: versions[-1].card["row_count"] for name, versions in list_sets(ws).items() if versions}

@@ -165,7 +165,9 @@ def write_video(
 
 def make_sample(spec: SampleSpec, out_dir: Path) -> SampleTruth:
     path = Path(out_dir) / f"{spec.name}.{spec.container}"
-    write_video(path, render_frames(spec), fps=spec.fps, codec=spec.codec, width=spec.width, height=spec.height)
+    write_video(
+        path, render_frames(spec), fps=spec.fps, codec=spec.codec, width=spec.width, height=spec.height
+    )
     truth = truth_for(spec, path)
     path.with_name(path.name + ".truth.json").write_text(json.dumps(asdict(truth), indent=2) + "\n")
     return truth
@@ -183,16 +185,61 @@ DEMO_SPECS = [
 # Harder cases for shot-boundary detection: shots of 8 and 12 frames (shorter than PySceneDetect's
 # min_scene_len) and cross-dissolves of 4 to 48 frames (0.17-2 s), beside hard cuts.
 TRANSITION_SPECS = [
-    SampleSpec("short_shots_h264_256x144", 256, 144, 24, "libx264", "mp4", [40, 8, 30, 8, 8, 36, 12, 40], seed=21,
-               transitions=[0] * 7),  # fmt: skip
-    SampleSpec("dissolves_h264_256x144", 256, 144, 30, "libx264", "mp4", [40, 30, 45, 50], seed=22,
-               transitions=[6, 12, 24]),  # fmt: skip
-    SampleSpec("mixed_mpeg4_320x180", 320, 180, 25, "mpeg4", "mp4", [36, 8, 45, 40, 8, 60, 50], seed=23,
-               transitions=[0, 0, 16, 0, 0, 32]),  # fmt: skip
-    SampleSpec("quick_dissolves_h264_256x144", 256, 144, 24, "libx264", "mkv", [40, 30, 40, 30, 40], seed=24,
-               transitions=[4, 8, 0, 10]),  # fmt: skip
-    SampleSpec("long_dissolves_h264_256x144", 256, 144, 24, "libx264", "mp4", [60, 70, 80], seed=25,
-               transitions=[36, 48]),  # fmt: skip
+    SampleSpec(
+        "short_shots_h264_256x144",
+        256,
+        144,
+        24,
+        "libx264",
+        "mp4",
+        [40, 8, 30, 8, 8, 36, 12, 40],
+        seed=21,
+        transitions=[0] * 7,
+    ),
+    SampleSpec(
+        "dissolves_h264_256x144",
+        256,
+        144,
+        30,
+        "libx264",
+        "mp4",
+        [40, 30, 45, 50],
+        seed=22,
+        transitions=[6, 12, 24],
+    ),
+    SampleSpec(
+        "mixed_mpeg4_320x180",
+        320,
+        180,
+        25,
+        "mpeg4",
+        "mp4",
+        [36, 8, 45, 40, 8, 60, 50],
+        seed=23,
+        transitions=[0, 0, 16, 0, 0, 32],
+    ),
+    SampleSpec(
+        "quick_dissolves_h264_256x144",
+        256,
+        144,
+        24,
+        "libx264",
+        "mkv",
+        [40, 30, 40, 30, 40],
+        seed=24,
+        transitions=[4, 8, 0, 10],
+    ),
+    SampleSpec(
+        "long_dissolves_h264_256x144",
+        256,
+        144,
+        24,
+        "libx264",
+        "mp4",
+        [60, 70, 80],
+        seed=25,
+        transitions=[36, 48],
+    ),
 ]
 
 
@@ -381,9 +428,15 @@ def make_two_stream_sample(out_dir: Path) -> EdgeSample:
 # from the same parameters that paint it, so it is true, and the metadata table that lists the
 # shots has Panda-70M's layout: the demo ingests it as a user ingests Panda-70M.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (205, 45, 40), "green": (45, 165, 60), "blue": (40, 75, 205), "yellow": (225, 205, 45),
-    "purple": (125, 50, 170), "orange": (235, 135, 35), "pink": (240, 140, 185), "teal": (35, 150, 150),
-}  # fmt: skip
+    "red": (205, 45, 40),
+    "green": (45, 165, 60),
+    "blue": (40, 75, 205),
+    "yellow": (225, 205, 45),
+    "purple": (125, 50, 170),
+    "orange": (235, 135, 35),
+    "pink": (240, 140, 185),
+    "teal": (35, 150, 150),
+}
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
@@ -404,8 +457,11 @@ class Shot:
 def learnable_shots(videos: int = 4, shots_per_video: int = 4) -> list[list[Shot]]:
     """Every background colour twice (other ball, other direction), spread over the videos."""
     names, dirs = list(COLOURS), list(DIRECTIONS)
-    shots = [Shot(bg, names[(i + 3 + 2 * k) % len(names)], dirs[(i + k) % len(dirs)])
-             for k in range(2) for i, bg in enumerate(names)]  # fmt: skip
+    shots = [
+        Shot(bg, names[(i + 3 + 2 * k) % len(names)], dirs[(i + k) % len(dirs)])
+        for k in range(2)
+        for i, bg in enumerate(names)
+    ]
     n = videos * shots_per_video
     shots = (shots * (n // len(shots) + 1))[:n]
     order = np.random.default_rng(7).permutation(n)  # neighbouring shots differ
@@ -419,7 +475,9 @@ def paint_shot(shot: Shot, t: int, n: int, size: int, seed: int) -> np.ndarray:
     import cv2
 
     grid = rng.normal(0, 24, (6, 6)).astype(np.float32)  # smooth blotches, wrapping around the frame
-    texture = cv2.resize(np.tile(grid, (2, 2)), (2 * size, 2 * size), interpolation=cv2.INTER_CUBIC)[..., None]
+    texture = cv2.resize(np.tile(grid, (2, 2)), (2 * size, 2 * size), interpolation=cv2.INTER_CUBIC)[
+        ..., None
+    ]
     dx, dy = DIRECTIONS[shot.direction]
     drift = int(round(t * size / n))  # the texture drifts a frame width per shot, against the ball
     texture = np.roll(texture, (int(dy) * -drift, int(dx) * -drift), axis=(0, 1))[:size, :size]
@@ -436,8 +494,15 @@ def _stamp(seconds: float) -> str:
     return f"{int(m // 60)}:{int(m % 60):02d}:{s:06.3f}"
 
 
-def make_learnable_set(out_dir: Path, *, size: int = 96, fps: int = 12, shot_s: float = 3.0,
-                       videos: int = 4, shots_per_video: int = 4) -> Path:  # fmt: skip
+def make_learnable_set(
+    out_dir: Path,
+    *,
+    size: int = 96,
+    fps: int = 12,
+    shot_s: float = 3.0,
+    videos: int = 4,
+    shots_per_video: int = 4,
+) -> Path:
     """Write the shot videos and `meta.csv` (Panda-70M's columns `videoID,url,timestamp,caption`;
     url is the video's path relative to the table). Returns the table's path; reruns reuse it."""
     import csv
@@ -454,8 +519,14 @@ def make_learnable_set(out_dir: Path, *, size: int = 96, fps: int = 12, shot_s: 
         frames = (paint_shot(s, t, n, size, seed=100 * v + k) for k, s in enumerate(shots) for t in range(n))
         write_video(out_dir / f"{name}.mp4", frames, fps=fps, codec="libx264", width=size, height=size)
         spans = [[_stamp(k * n / fps), _stamp((k + 1) * n / fps)] for k in range(len(shots))]
-        rows.append({"videoID": name, "url": f"{name}.mp4", "timestamp": repr(spans),
-                     "caption": repr([s.caption for s in shots])})  # fmt: skip
+        rows.append(
+            {
+                "videoID": name,
+                "url": f"{name}.mp4",
+                "timestamp": repr(spans),
+                "caption": repr([s.caption for s in shots]),
+            }
+        )
     tmp = table.with_name(".meta.csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["videoID", "url", "timestamp", "caption"])

@@ -46,8 +46,22 @@ def _missing_model_line(err: Exception, vae: str, t5: str) -> str | None:
 
 
 def _pipeline(cls, ckpt, vae, text_encoder, opts: dict):
-    keys = ("model", "num_frames", "height", "width", "sampler", "steps", "cfg_scale", "cfg_channels",
-            "space_scale", "time_scale", "device", "dtype", "vae_micro_batch_size", "local_files_only")  # fmt: skip
+    keys = (
+        "model",
+        "num_frames",
+        "height",
+        "width",
+        "sampler",
+        "steps",
+        "cfg_scale",
+        "cfg_channels",
+        "space_scale",
+        "time_scale",
+        "device",
+        "dtype",
+        "vae_micro_batch_size",
+        "local_files_only",
+    )
     return cls.from_paths(ckpt, vae=vae, text_encoder=text_encoder, **{k: opts[k] for k in keys})
 
 
@@ -68,11 +82,15 @@ def sample(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("samples"),
     vae: Annotated[
         str | None,
-        typer.Option(help=f"VAE: hub id or local diffusers AutoencoderKL directory (default: the run's, else {DEFAULT_VAE})."),
+        typer.Option(
+            help=f"VAE: hub id or local diffusers AutoencoderKL directory (default: the run's, else {DEFAULT_VAE})."
+        ),
     ] = None,
     text_encoder: Annotated[
         str | None,
-        typer.Option(help=f"T5: hub id or local directory, tokenizer + encoder (default: the run's, else {DEFAULT_T5})."),
+        typer.Option(
+            help=f"T5: hub id or local directory, tokenizer + encoder (default: the run's, else {DEFAULT_T5})."
+        ),
     ] = None,
     model: Annotated[
         str | None,

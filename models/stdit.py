@@ -491,6 +491,8 @@ def save_opensora_pth(model: STDiT, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def export_opensora_pth(source: str | os.PathLike[str], output: str | os.PathLike[str], *, use_ema: bool = True) -> Path:
+def export_opensora_pth(
+    source: str | os.PathLike[str], output: str | os.PathLike[str], *, use_ema: bool = True
+) -> Path:
     """A checkpoint of ours (run folder, step folder or file) -> Open-Sora 1.0 `.pth` (EMA weights by default)."""
     return save_opensora_pth(build_from_checkpoint(source, use_ema=use_ema).eval(), output)

@@ -47,7 +47,9 @@ class VideoAutoencoderKL(nn.Module):
         self.spatial_factor = 2 ** (len(self.module.config.block_out_channels) - 1)
         self.patch_size = (1, self.spatial_factor, self.spatial_factor)
         self.micro_batch_size = micro_batch_size
-        self.scaling_factor = scaling_factor if scaling_factor is not None else self.module.config.scaling_factor
+        self.scaling_factor = (
+            scaling_factor if scaling_factor is not None else self.module.config.scaling_factor
+        )
 
     @property
     def dtype(self) -> torch.dtype:

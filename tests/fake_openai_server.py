@@ -32,14 +32,24 @@ MALFORMED = {
     "choices-not-a-list": b'{"id": "chatcmpl-0", "choices": "a dog"}',
     "message-not-an-object": b'{"id": "chatcmpl-0", "choices": [{"index": 0, "message": "a dog", "finish_reason": "stop"}]}',
     "content-not-text": b'{"id": "chatcmpl-0", "choices": [{"index": 0, "message": {"role": "assistant", "content": 7}}]}',
-    "a-list": b'[1, 2, 3]',
+    "a-list": b"[1, 2, 3]",
 }
 
 
 class FakeVLM:
-    def __init__(self, captions: list[tuple[str, str]] | None = None, *, failures: dict[int, int] | None = None,
-                 always_fail: int | None = None, hold_first: int = 0, delay_s: float = 0.0, model: str = "fake-vlm",
-                 port: int = 0, malformed: dict[int, str] | None = None, hold_after: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        captions: list[tuple[str, str]] | None = None,
+        *,
+        failures: dict[int, int] | None = None,
+        always_fail: int | None = None,
+        hold_first: int = 0,
+        delay_s: float = 0.0,
+        model: str = "fake-vlm",
+        port: int = 0,
+        malformed: dict[int, str] | None = None,
+        hold_after: int | None = None,
+    ):
         self.captions = captions or DEFAULT_CAPTIONS
         self.failures = failures or {}  # request number (from 0) -> HTTP status to answer instead
         self.always_fail = always_fail
@@ -90,23 +100,41 @@ class FakeVLM:
             with self._lock:
                 text, finish = self.captions[self._answered % len(self.captions)]
                 self._answered += 1
-            images = [p for m in body["messages"] if isinstance(m["content"], list)
-                      for p in m["content"] if p["type"] == "image_url"]  # fmt: skip
+            images = [
+                p
+                for m in body["messages"]
+                if isinstance(m["content"], list)
+                for p in m["content"]
+                if p["type"] == "image_url"
+            ]
             completion = body["max_tokens"] if finish == "length" else max(1, len(text.split()))
             return 200, {
-                "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-                "usage": {"prompt_tokens": 20 + 16 * len(images), "completion_tokens": completion,
-                          "total_tokens": 20 + 16 * len(images) + completion},
-            }  # fmt: skip
+                "id": f"chatcmpl-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                ],
+                "usage": {
+                    "prompt_tokens": 20 + 16 * len(images),
+                    "completion_tokens": completion,
+                    "total_tokens": 20 + 16 * len(images) + completion,
+                },
+            }
         finally:
             with self._lock:
                 self.in_flight -= 1
 
     def images(self, request: dict) -> list[bytes]:
         """The decoded image bytes of a recorded request, in order."""
-        urls = [p["image_url"]["url"] for m in request["messages"] if isinstance(m["content"], list)
-                for p in m["content"] if p["type"] == "image_url"]  # fmt: skip
+        urls = [
+            p["image_url"]["url"]
+            for m in request["messages"]
+            if isinstance(m["content"], list)
+            for p in m["content"]
+            if p["type"] == "image_url"
+        ]
         return [base64.b64decode(u.split(",", 1)[1]) for u in urls]
 
 
@@ -132,7 +160,10 @@ def _handler(fake: FakeVLM):
             elif self.path == "/version":
                 self._send(200, {"version": "fake-0"})
             elif self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "test"}]})
+                self._send(
+                    200,
+                    {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "test"}]},
+                )
             else:
                 self._send(404, {"error": {"message": "not found"}})
 
@@ -160,10 +191,17 @@ def main() -> None:
     if record:
         keys = ("TMPDIR", "VLLM_CACHE_ROOT", "VLLM_CPU_KVCACHE_SPACE")
         with open(record, "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"pid": os.getpid(), "argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}}
+                )
+                + "\n"
+            )
     delay = float(os.environ.get("FAKE_VLLM_DELAY_S", "0"))
     hold = os.environ.get("FAKE_VLLM_HOLD_AFTER")
-    fake = FakeVLM(model=args.served_model_name, port=args.port, delay_s=delay, hold_after=int(hold) if hold else None)
+    fake = FakeVLM(
+        model=args.served_model_name, port=args.port, delay_s=delay, hold_after=int(hold) if hold else None
+    )
     fake.server.serve_forever()
 
 

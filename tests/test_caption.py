@@ -93,7 +93,12 @@ def _captions(ws: Workspace) -> list[dict]:
         ("The video is blurry and dark.", "stop", "The video is blurry and dark.", "ok"),
         ("\n\n\n", "stop", "", "empty"),
         ("...", "stop", "...", "empty"),
-        ("I'm sorry, but I cannot help with that.", "stop", "I'm sorry, but I cannot help with that.", "refusal"),
+        (
+            "I'm sorry, but I cannot help with that.",
+            "stop",
+            "I'm sorry, but I cannot help with that.",
+            "refusal",
+        ),
         ("As an AI, I do not have access to the video.", "stop", None, "refusal"),
         ("I’m sorry, I can’t see the frames.", "stop", None, "refusal"),
         ("A cat a cat a cat a cat a cat a cat.", "stop", None, "repetition"),
@@ -153,8 +158,9 @@ def test_options_are_checked_before_anything_runs(tmp_path, tiny_vlm):
 # ------------------------------------------------------------------------------------ transformers engine
 def test_transformers_engine_captions_every_clip(clips_ws, tiny_vlm):
     ws = clips_ws
-    stage = CaptionStage(engine="transformers", model=str(tiny_vlm), frames=3, frame_size=56, max_tokens=12,
-                         batch_size=3)  # fmt: skip
+    stage = CaptionStage(
+        engine="transformers", model=str(tiny_vlm), frames=3, frame_size=56, max_tokens=12, batch_size=3
+    )
     stats = run_stage(ws, stage, progress=False)
     assert stats.statuses == {"ok": 4}
     rows = _captions(ws)
@@ -163,7 +169,9 @@ def test_transformers_engine_captions_every_clip(clips_ws, tiny_vlm):
     for r in rows:
         assert r["row_id"] == f"{r['clip_id']}:{stage.model_key}"
         assert (r["engine"], r["prompt_id"], r["num_frames"]) == ("transformers", "video@v1", 3)
-        assert re.fullmatch(rf"{re.escape(str(tiny_vlm))} \(transformers \d[\w.]*\) \[random weights\]", r["model"])
+        assert re.fullmatch(
+            rf"{re.escape(str(tiny_vlm))} \(transformers \d[\w.]*\) \[random weights\]", r["model"]
+        )
         assert r["prompt_tokens"] > 3 * 4, "the prompt holds the text and the frames' vision tokens"
         assert 1 <= r["output_tokens"] <= 12
         assert r["caption_status"] in QA_STATUSES and r["caption"] == clean_caption(r["raw_caption"])
@@ -172,12 +180,15 @@ def test_transformers_engine_captions_every_clip(clips_ws, tiny_vlm):
             assert r["output_tokens"] == 12 and "truncated" in (r["qa_reason"] or "")
     assert plan(ws, stage) == [], "a rerun has nothing to do"
 
-    other = CaptionStage(engine="transformers", model=str(tiny_vlm), frames=3, frame_size=56, max_tokens=12,
-                         prompt="short@v1")  # fmt: skip
+    other = CaptionStage(
+        engine="transformers", model=str(tiny_vlm), frames=3, frame_size=56, max_tokens=12, prompt="short@v1"
+    )
     assert other.model_key != stage.model_key and len(plan(ws, other)) == 4, "another prompt captions again"
     run_stage(ws, other, progress=False)
     rows = _captions(ws)
-    assert len(rows) == 8 and {r["prompt_id"] for r in rows} == {"video@v1", "short@v1"}, "rows added, none replaced"
+    assert len(rows) == 8 and {r["prompt_id"] for r in rows} == {"video@v1", "short@v1"}, (
+        "rows added, none replaced"
+    )
 
 
 def test_unreadable_clip_becomes_an_error_row(videos, tiny_vlm, tmp_path):
@@ -204,8 +215,16 @@ def test_endpoint_engine_retries_bounds_concurrency_and_flags_captions(clips_ws)
     ]
     fake = FakeVLM(script, failures={0: 429, 1: 500, 2: 503}, hold_first=2).start()
     try:
-        stage = CaptionStage(endpoint=fake.url, model="fake-vlm", frames=3, frame_size=64, max_tokens=40,
-                             concurrency=2, batch_size=4, max_retries=3)  # fmt: skip
+        stage = CaptionStage(
+            endpoint=fake.url,
+            model="fake-vlm",
+            frames=3,
+            frame_size=64,
+            max_tokens=40,
+            concurrency=2,
+            batch_size=4,
+            max_retries=3,
+        )
         stats = run_stage(clips_ws, stage, progress=False)
     finally:
         fake.stop()
@@ -224,7 +243,12 @@ def test_endpoint_engine_retries_bounds_concurrency_and_flags_captions(clips_ws)
     assert sorted(r["caption_status"] for r in rows) == ["empty", "ok", "refusal", "repetition"]
     ok = next(r for r in rows if r["caption_status"] == "ok")
     assert ok["caption"] == "A dog running along a sunny beach."
-    assert (ok["engine"], ok["model"], ok["prompt_tokens"], ok["output_tokens"]) == ("openai", "fake-vlm", 68, 10)
+    assert (ok["engine"], ok["model"], ok["prompt_tokens"], ok["output_tokens"]) == (
+        "openai",
+        "fake-vlm",
+        68,
+        10,
+    )
 
 
 def test_endpoint_failures_become_retry_rows_then_succeed(clips_ws):
@@ -248,8 +272,13 @@ def test_endpoint_failures_become_retry_rows_then_succeed(clips_ws):
     assert {r["status"] for r in rows} == {"ok"} and {r["attempts"] for r in rows} == {2}
 
 
-@pytest.mark.parametrize("kinds", [("truncated", "not-json", "no-choices", "a-list"),
-                                   ("empty-choices", "choices-not-a-list", "message-not-an-object", "content-not-text")])
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        ("truncated", "not-json", "no-choices", "a-list"),
+        ("empty-choices", "choices-not-a-list", "message-not-an-object", "content-not-text"),
+    ],
+)
 def test_malformed_answers_become_retry_rows_and_a_rerun_captions_them(clips_ws, kinds):
     bad = FakeVLM(malformed=dict(enumerate(kinds))).start()
     stage = CaptionStage(endpoint=bad.url, model="fake-vlm", frames=2, frame_size=64, concurrency=1)
@@ -274,7 +303,11 @@ def test_malformed_answers_become_retry_rows_and_a_rerun_captions_them(clips_ws,
 def test_endpoint_rejecting_a_request_costs_only_that_clip(clips_ws):
     fake = FakeVLM(failures={1: 400}).start()
     try:
-        run_stage(clips_ws, CaptionStage(endpoint=fake.url, model="fake-vlm", frames=2, concurrency=1), progress=False)
+        run_stage(
+            clips_ws,
+            CaptionStage(endpoint=fake.url, model="fake-vlm", frames=2, concurrency=1),
+            progress=False,
+        )
     finally:
         fake.stop()
     rows = _captions(clips_ws)
@@ -301,7 +334,9 @@ def test_unreachable_endpoint_fails_before_any_clip(clips_ws):
 def test_endpoint_without_the_model_fails_before_any_clip(clips_ws):
     fake = FakeVLM(model="other").start()
     try:
-        with pytest.raises(StageSetupError, match="caption: setup failed: .*does not serve model 'fake-vlm'.*other"):
+        with pytest.raises(
+            StageSetupError, match="caption: setup failed: .*does not serve model 'fake-vlm'.*other"
+        ):
             run_stage(clips_ws, CaptionStage(endpoint=fake.url, model="fake-vlm"), progress=False)
     finally:
         fake.stop()
@@ -312,7 +347,9 @@ def test_endpoint_without_the_model_fails_before_any_clip(clips_ws):
 def _stub_vllm_python(tmp_path: Path) -> Path:
     """A 'python' that runs the fake server where datakit runs vLLM's server module."""
     stub = tmp_path / "stub-python"
-    stub.write_text(f'#!/bin/sh\n[ "$1" = "-m" ] && shift 2\nexec {PYTHON} {ROOT / "tests" / "fake_openai_server.py"} "$@"\n')
+    stub.write_text(
+        f'#!/bin/sh\n[ "$1" = "-m" ] && shift 2\nexec {PYTHON} {ROOT / "tests" / "fake_openai_server.py"} "$@"\n'
+    )
     stub.chmod(0o755)
     return stub
 
@@ -328,8 +365,15 @@ def _alive(pid: int) -> bool:
 def test_vllm_server_is_started_used_and_stopped(clips_ws, tiny_vlm, tmp_path, monkeypatch):
     record = tmp_path / "record.jsonl"
     monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
-    stage = CaptionStage(engine="vllm", model=str(tiny_vlm), vllm_python=str(_stub_vllm_python(tmp_path)),
-                         frames=3, frame_size=64, kv_cache_gib=2, vllm_args=["--enforce-eager"])  # fmt: skip
+    stage = CaptionStage(
+        engine="vllm",
+        model=str(tiny_vlm),
+        vllm_python=str(_stub_vllm_python(tmp_path)),
+        frames=3,
+        frame_size=64,
+        kv_cache_gib=2,
+        vllm_args=["--enforce-eager"],
+    )
     stats = run_stage(clips_ws, stage, progress=False)
     assert stats.statuses == {"ok": 4}
     (started,) = [json.loads(line) for line in record.read_text().splitlines()]
@@ -339,10 +383,14 @@ def test_vllm_server_is_started_used_and_stopped(clips_ws, tiny_vlm, tmp_path, m
     assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 3}
     assert "--enforce-eager" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert started["env"]["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    assert started["env"]["TMPDIR"] != os.environ.get("TMPDIR") and not Path(started["env"]["TMPDIR"]).exists()
+    assert (
+        started["env"]["TMPDIR"] != os.environ.get("TMPDIR") and not Path(started["env"]["TMPDIR"]).exists()
+    )
     assert not _alive(started["pid"]), "the server is stopped when the stage ends"
     rows = _captions(clips_ws)
-    assert {(r["engine"], r["model"]) for r in rows} == {("vllm", f"{tiny_vlm} (vllm fake-0) [random weights]")}
+    assert {(r["engine"], r["model"]) for r in rows} == {
+        ("vllm", f"{tiny_vlm} (vllm fake-0) [random weights]")
+    }
     assert (Path(clips_ws.root) / "data" / "caption" / "vllm-server-0.log").is_file()
 
 
@@ -351,10 +399,31 @@ def test_kill_9_stops_the_server_and_a_rerun_resumes(clips_ws, tiny_vlm, tmp_pat
     # the server answers one request and holds the rest: the kill lands mid-run whatever the load
     # (it once slept 1 s per request, and at load 10 all 4 clips were done before the kill)
     env = {**cli_env(), "FAKE_VLLM_RECORD": str(record), "FAKE_VLLM_HOLD_AFTER": "1"}
-    args = [PYTHON, str(ROOT / "cli.py"), "datakit", "caption", "-w", str(clips_ws.root), "--engine", "vllm",
-            "--model", str(tiny_vlm), "--vllm-python", str(_stub_vllm_python(tmp_path)), "--frames", "2",
-            # one prepare thread: requests reach the server in clip order, so the one answered is the first
-            "--prepare-threads", "1", "--batch-size", "1", "--commit-every", "1", "--concurrency", "1"]  # fmt: skip
+    args = [
+        PYTHON,
+        str(ROOT / "cli.py"),
+        "datakit",
+        "caption",
+        "-w",
+        str(clips_ws.root),
+        "--engine",
+        "vllm",
+        "--model",
+        str(tiny_vlm),
+        "--vllm-python",
+        str(_stub_vllm_python(tmp_path)),
+        "--frames",
+        "2",
+        # one prepare thread: requests reach the server in clip order, so the one answered is the first
+        "--prepare-threads",
+        "1",
+        "--batch-size",
+        "1",
+        "--commit-every",
+        "1",
+        "--concurrency",
+        "1",
+    ]
     log = tmp_path / "killed.err"
     with log.open("wb") as err:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -370,13 +439,22 @@ def test_kill_9_stops_the_server_and_a_rerun_resumes(clips_ws, tiny_vlm, tmp_pat
     while _alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(server_pid), "the server dies with the datakit process that started it"
-    assert len(_captions(clips_ws)) == 1, "killed while the second request was held: " + log.read_text()[-2000:]
+    assert len(_captions(clips_ws)) == 1, (
+        "killed while the second request was held: " + log.read_text()[-2000:]
+    )
 
-    rerun = subprocess.run([*args[:-6], "--batch-size", "4", "--concurrency", "4"], env={**env, "FAKE_VLLM_HOLD_AFTER": ""},
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    rerun = subprocess.run(
+        [*args[:-6], "--batch-size", "4", "--concurrency", "4"],
+        env={**env, "FAKE_VLLM_HOLD_AFTER": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     rows = _captions(clips_ws)
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}, "the rerun captioned only what was missing"
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}, (
+        "the rerun captioned only what was missing"
+    )
     first, second = (json.loads(line) for line in record.read_text().splitlines())
     assert not Path(first["env"]["TMPDIR"]).exists(), "the rerun removed the killed run's temp folder"
     assert not Path(second["env"]["TMPDIR"]).exists()
@@ -398,10 +476,27 @@ def vllm_python() -> Path:
 @pytest.mark.slow
 def test_vllm_cpu_captions_clips_through_the_cli(clips_ws, tiny_vlm, vllm_python, tmp_path):
     env = {**cli_env(), "HF_HUB_OFFLINE": "1", "DATAKIT_VLLM_PYTHON": str(vllm_python)}
-    args = [PYTHON, str(ROOT / "cli.py"), "datakit", "caption", "-w", str(clips_ws.root), "--engine", "vllm",
-            "--model", str(tiny_vlm), "--frames", "3", "--frame-size", "64", "--max-tokens", "16",
-            # start-up on a small CPU: no graph compilation, the model runs in the engine's process
-            "--set", 'vllm_args=["--enforce-eager", "--distributed-executor-backend", "uni"]']  # fmt: skip
+    args = [
+        PYTHON,
+        str(ROOT / "cli.py"),
+        "datakit",
+        "caption",
+        "-w",
+        str(clips_ws.root),
+        "--engine",
+        "vllm",
+        "--model",
+        str(tiny_vlm),
+        "--frames",
+        "3",
+        "--frame-size",
+        "64",
+        "--max-tokens",
+        "16",
+        # start-up on a small CPU: no graph compilation, the model runs in the engine's process
+        "--set",
+        'vllm_args=["--enforce-eager", "--distributed-executor-backend", "uni"]',
+    ]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     log = Path(clips_ws.root) / "data" / "caption" / "vllm-server-0.log"
     assert done.returncode == 0, done.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
@@ -411,7 +506,9 @@ def test_vllm_cpu_captions_clips_through_the_cli(clips_ws, tiny_vlm, vllm_python
         assert r["engine"] == "vllm" and r["model"].startswith(f"{tiny_vlm} (vllm 0.")
         assert r["model"].endswith("[random weights]") and r["num_frames"] == 3
         assert r["prompt_tokens"] > 3 * 4 and 1 <= r["output_tokens"] <= 16
-        assert r["caption_status"] in QA_STATUSES and (r["qa_reason"] is None) == (r["caption_status"] == "ok")
+        assert r["caption_status"] in QA_STATUSES and (r["qa_reason"] is None) == (
+            r["caption_status"] == "ok"
+        )
     assert "Application startup complete" in log.read_text(), "the server's log is kept"
     leftovers = [p for p in Path("/proc").glob("[0-9]*") if str(tiny_vlm).encode() in _cmdline(p)]
     assert leftovers == [], "no vLLM process outlives the command"

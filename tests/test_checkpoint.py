@@ -316,11 +316,15 @@ def test_bad_or_incomplete_checkpoint_of_ours_raises(cfg, stdit_weights, tmp_pat
     (tmp_path / "broken" / "config.json").write_text('{"model_class": "STDiT", "constructor_args": ')
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         STDiT.from_pretrained(tmp_path / "broken")
-    (tmp_path / "broken" / "config.json").write_text('{"model_class": "AutoencoderKL", "constructor_args": {}}')
+    (tmp_path / "broken" / "config.json").write_text(
+        '{"model_class": "AutoencoderKL", "constructor_args": {}}'
+    )
     with pytest.raises(ValueError, match="not an STDiT config: expected STDiT constructor arguments"):
         STDiT.from_pretrained(tmp_path / "broken")
     (tmp_path / "broken" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
-    with pytest.raises(ValueError, match=r"not an STDiT config: unknown constructor arguments \['_class_name'\]"):
+    with pytest.raises(
+        ValueError, match=r"not an STDiT config: unknown constructor arguments \['_class_name'\]"
+    ):
         STDiT.from_pretrained(tmp_path / "broken")
 
     partial = {k: v for k, v in src.state_dict().items() if "blocks.1." not in k}
@@ -330,7 +334,9 @@ def test_bad_or_incomplete_checkpoint_of_ours_raises(cfg, stdit_weights, tmp_pat
 
 
 # ------------------------------------------------------------------------------ export to Open-Sora's .pth
-def test_export_ckpt_writes_the_pth_open_soras_stdit_loads_strictly_and_round_trips(cfg, stdit_weights, expected, tmp_path):
+def test_export_ckpt_writes_the_pth_open_soras_stdit_loads_strictly_and_round_trips(
+    cfg, stdit_weights, expected, tmp_path
+):
     """The golden state dict holds Open-Sora 1.0's own key names and shapes (their STDiT's state_dict):
     the exported file must have exactly those (what `load_state_dict(strict=True)` checks), EMA weights
     by default, and load back through our loader to the same outputs as their model."""
@@ -350,7 +356,9 @@ def test_export_ckpt_writes_the_pth_open_soras_stdit_loads_strictly_and_round_tr
     result = CliRunner().invoke(app, [str(run), "--format", "opensora-pth"])
     assert result.exit_code == 0, result.output
     sd = torch.load(run / "opensora.pth", map_location="cpu", weights_only=True)
-    assert isinstance(sd, dict) and sd.keys() == stdit_weights.keys()  # no wrapper, no prefix, buffers included
+    assert (
+        isinstance(sd, dict) and sd.keys() == stdit_weights.keys()
+    )  # no wrapper, no prefix, buffers included
     for k, v in stdit_weights.items():
         assert sd[k].dtype == torch.float32 and torch.equal(sd[k], v), k  # the EMA weights
 
@@ -374,15 +382,28 @@ def test_stdit_xl2_keys_follow_open_soras_layout():
 
     from models.stdit import build_stdit
 
-    golden = [k for k in load_file(str(GOLDEN / "stdit_tiny.safetensors")) if not k.startswith(("input.", "output."))]
+    golden = [
+        k
+        for k in load_file(str(GOLDEN / "stdit_tiny.safetensors"))
+        if not k.startswith(("input.", "output."))
+    ]
     per_block = sorted({re.sub(r"^blocks\.\d+\.", "", k) for k in golden if k.startswith("blocks.")})
-    want = {k for k in golden if not k.startswith("blocks.")} | {f"blocks.{i}.{k}" for i in range(28) for k in per_block}
+    want = {k for k in golden if not k.startswith("blocks.")} | {
+        f"blocks.{i}.{k}" for i in range(28) for k in per_block
+    }
     with torch.device("meta"):
         xl = build_stdit("STDiT-XL/2", input_size=(16, 32, 32), space_scale=0.5)
     sd = xl.state_dict()
     assert set(sd) == want
-    assert sd["x_embedder.proj.weight"].shape == (1152, 4, 1, 2, 2) and sd["pos_embed"].shape == (1, 256, 1152)
-    assert sd["y_embedder.y_embedding"].shape == (120, 4096) and sd["final_layer.linear.weight"].shape == (32, 1152)
+    assert sd["x_embedder.proj.weight"].shape == (1152, 4, 1, 2, 2) and sd["pos_embed"].shape == (
+        1,
+        256,
+        1152,
+    )
+    assert sd["y_embedder.y_embedding"].shape == (120, 4096) and sd["final_layer.linear.weight"].shape == (
+        32,
+        1152,
+    )
 
 
 def test_checkpoint_module_knows_no_model_class():

@@ -15,7 +15,9 @@ from tests.conftest import PYTHON, ROOT, cli_env
 
 
 def datakit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", *args], env=cli_env(), capture_output=True)
+    proc = subprocess.run(
+        [PYTHON, str(ROOT / "cli.py"), "datakit", *args], env=cli_env(), capture_output=True
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"datakit {' '.join(args)} failed: {proc.stderr.decode()[-2000:]}")
     return proc
@@ -42,8 +44,14 @@ def test_status_json_and_table(probed, demo_samples):
 def test_query_formats(probed, demo_samples, tmp_path):
     """csv, json, parquet and the printed table hold the same values: the probed sizes of the samples."""
     sql = "select video_id, width, height from videos where status = 'ok' order by video_id"
-    rows = list(csv.DictReader(io.StringIO(datakit("query", "-w", str(probed), sql, "--format", "csv").stdout.decode())))
-    expected_sizes = sorted([(t.width, t.height) for t in demo_samples] + [(160, 120)])  # + the weird-name sample
+    rows = list(
+        csv.DictReader(
+            io.StringIO(datakit("query", "-w", str(probed), sql, "--format", "csv").stdout.decode())
+        )
+    )
+    expected_sizes = sorted(
+        [(t.width, t.height) for t in demo_samples] + [(160, 120)]
+    )  # + the weird-name sample
     assert sorted((int(r["width"]), int(r["height"])) for r in rows) == expected_sizes
     ids = [r["video_id"] for r in rows]
     assert ids == sorted(set(ids)) and all(len(i) == 16 for i in ids)
@@ -55,7 +63,9 @@ def test_query_formats(probed, demo_samples, tmp_path):
     out = tmp_path / "r.parquet"
     datakit("query", "-w", str(probed), sql, "-f", "parquet", "--output", str(out))
     assert pq.read_table(out).to_pylist() == typed
-    shown = datakit("query", "-w", str(probed), "select count(*) as n_ok from videos where status = 'ok'").stdout.decode()
+    shown = datakit(
+        "query", "-w", str(probed), "select count(*) as n_ok from videos where status = 'ok'"
+    ).stdout.decode()
     header = [line.strip(" ┃") for line in shown.splitlines() if "┃" in line]
     values = [line.strip(" │") for line in shown.splitlines() if "│" in line]
     assert header == ["n_ok"] and values == [str(len(typed))]
@@ -66,14 +76,20 @@ def test_query_table_shows_values_as_they_are(probed):
     sql = "select '[red]x[/red]' as \"[b]name\", '[/]' as v, [1, 2] as v"
     proc = datakit("query", "-w", str(probed), sql)
     shown = proc.stdout.decode()
-    header = [c.strip() for c in next(line for line in shown.splitlines() if "┃" in line).strip("┃").split("┃")]
-    values = [c.strip() for c in next(line for line in shown.splitlines() if "│" in line).strip("│").split("│")]
+    header = [
+        c.strip() for c in next(line for line in shown.splitlines() if "┃" in line).strip("┃").split("┃")
+    ]
+    values = [
+        c.strip() for c in next(line for line in shown.splitlines() if "│" in line).strip("│").split("│")
+    ]
     assert header == ["[b]name", "v", "v"] and values == ["[red]x[/red]", "[/]", "[1, 2]"]
 
 
 def test_query_csv_writes_nested_values_as_json(probed):
     sql = "select [1, 2] as ints, {'a': 'x'} as rec, ['p', null] as strs, null::int[] as none"
-    rows = list(csv.DictReader(io.StringIO(datakit("query", "-w", str(probed), sql, "-f", "csv").stdout.decode())))
+    rows = list(
+        csv.DictReader(io.StringIO(datakit("query", "-w", str(probed), sql, "-f", "csv").stdout.decode()))
+    )
     assert len(rows) == 1
     assert json.loads(rows[0]["ints"]) == [1, 2] and json.loads(rows[0]["rec"]) == {"a": "x"}
     assert json.loads(rows[0]["strs"]) == ["p", None] and rows[0]["none"] == ""
@@ -96,7 +112,9 @@ def test_query_output_file_and_format_errors(probed, tmp_path):
         proc = datakit("query", "-w", str(probed), sql, *args, check=False)
         err = proc.stderr.decode()
         assert proc.returncode in (1, 2) and message in err and "Traceback" not in err, (args, err)
-    assert [r["video_id"] for r in csv.DictReader(out.open())] == ids, "a failed write leaves the old file alone"
+    assert [r["video_id"] for r in csv.DictReader(out.open())] == ids, (
+        "a failed write leaves the old file alone"
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,7 +154,18 @@ def test_unknown_stage_option_is_refused(probed):
 
 
 def test_every_command_has_help():
-    for cmd in ("ingest", "download", "probe", "scenes", "cut", "status", "query", "run", "compact", "samples"):
+    for cmd in (
+        "ingest",
+        "download",
+        "probe",
+        "scenes",
+        "cut",
+        "status",
+        "query",
+        "run",
+        "compact",
+        "samples",
+    ):
         assert "Usage" in datakit(cmd, "--help").stdout.decode()
 
 
@@ -145,13 +174,38 @@ def test_query_runs_a_recipe(tmp_path):
 
     ws = Workspace(tmp_path)
     ws.write("sources", [{"video_id": v, "source": v, "source_kind": "file", "status": "ok"} for v in "ab"])
-    ws.write("probes", [{"video_id": "a", "status": "ok", "width": 640, "height": 360},
-                        {"video_id": "b", "status": "ok", "width": 320, "height": 240}])  # fmt: skip
+    ws.write(
+        "probes",
+        [
+            {"video_id": "a", "status": "ok", "width": 640, "height": 360},
+            {"video_id": "b", "status": "ok", "width": 320, "height": 240},
+        ],
+    )
     ws.write("scene_runs", [{"video_id": v, "status": "ok", "run_key": v} for v in "ab"])
-    spans = [("a", 0, 90), ("a", 100, 130), ("a", 200, 700), ("b", 0, 90)]  # 3 s, 1 s, 16.7 s at 30 fps; b too small
-    ws.write("clip_spans", [{"clip_id": f"{v}-{s}-{e}", "video_id": v, "start_frame": s, "end_frame": e, "fps": 30.0,
-                             "start_s": s / 30, "end_s": e / 30, "width": 640 if v == "a" else 320,
-                             "height": 360 if v == "a" else 240, "run_key": v} for v, s, e in spans])  # fmt: skip
+    spans = [
+        ("a", 0, 90),
+        ("a", 100, 130),
+        ("a", 200, 700),
+        ("b", 0, 90),
+    ]  # 3 s, 1 s, 16.7 s at 30 fps; b too small
+    ws.write(
+        "clip_spans",
+        [
+            {
+                "clip_id": f"{v}-{s}-{e}",
+                "video_id": v,
+                "start_frame": s,
+                "end_frame": e,
+                "fps": 30.0,
+                "start_s": s / 30,
+                "end_s": e / 30,
+                "width": 640 if v == "a" else 320,
+                "height": 360 if v == "a" else 240,
+                "run_key": v,
+            }
+            for v, s, e in spans
+        ],
+    )
     lines = datakit("query", "-w", str(tmp_path), "@clips_2_15s", "-f", "json").stdout.decode().splitlines()
     assert [json.loads(line)["clip_id"] for line in lines] == ["a-0-90"]
     proc = datakit("query", "-w", str(tmp_path), "@nope", check=False)
@@ -169,14 +223,17 @@ def test_run_from_a_pipeline_config(tmp_path, demo_samples):
     config = tmp_path / "proj" / "pipeline.toml"
     config.write_text(
         '[ingest]\ninputs = ["raw"]\n[download]\nenabled = false\n[probe]\nworkers = 2\n'
-        '[scenes]\nmin_clip_s = 1.0\nmax_clip_s = 2.0\n[cut]\nenabled = true\nshort_side = 64\n'
+        "[scenes]\nmin_clip_s = 1.0\nmax_clip_s = 2.0\n[cut]\nenabled = true\nshort_side = 64\n"
     )
     ws = tmp_path / "ws"
     datakit("run", "-c", str(config), "-w", str(ws))
     rows = {r["stage"]: r for r in json.loads(datakit("status", "-w", str(ws), "--json").stdout)}
     assert rows["probe"]["ok"] == 2 and rows["scenes"]["ok"] == 2
     assert rows["cut"]["ok"] == rows["clips"]["ok"] > 0 and rows["cut"]["pending"] == 0
-    clips = [json.loads(line) for line in datakit("query", "-w", str(ws), "select * from clips", "-f", "json").stdout.splitlines()]
+    clips = [
+        json.loads(line)
+        for line in datakit("query", "-w", str(ws), "select * from clips", "-f", "json").stdout.splitlines()
+    ]
     assert all(c["end_s"] - c["start_s"] <= 2.0 + 1e-9 for c in clips)
     from mediaio import read_frames
 
@@ -189,7 +246,9 @@ def test_run_from_a_pipeline_config(tmp_path, demo_samples):
 def test_run_settings_never_reach_the_stage(probed, tmp_path):
     from datakit.pipeline import run_settings
 
-    opts, run = run_settings("probe", {"executor": "local", "workers": 2, "enabled": False, "count_frames": True})
+    opts, run = run_settings(
+        "probe", {"executor": "local", "workers": 2, "enabled": False, "count_frames": True}
+    )
     assert opts == {"count_frames": True}
     assert run == {"enabled": False, "workers": 2, "executor": "local", "cpus": None, "gpus": None}
     config = tmp_path / "p.toml"
@@ -199,7 +258,9 @@ def test_run_settings_never_reach_the_stage(probed, tmp_path):
 
 
 def test_help_names_every_group():
-    top = subprocess.run([PYTHON, str(ROOT / "cli.py"), "--help"], env=cli_env(), capture_output=True, text=True)
+    top = subprocess.run(
+        [PYTHON, str(ROOT / "cli.py"), "--help"], env=cli_env(), capture_output=True, text=True
+    )
     commands = top.stdout.split("Commands:")[1]
     names = [line.split()[0] for line in commands.strip().splitlines() if line[:3].strip()]
     assert {"datakit", "demo", "sample", "train"} <= set(names), names
@@ -212,7 +273,10 @@ def test_stage_options_one_spelling_old_one_deprecated(probed):
     new = datakit("probe", "-w", str(probed), "-o", "count_frames=false")
     assert "0/0 items" in new.stdout.decode() and "deprecated" not in new.stderr.decode()
     old = datakit("probe", "-w", str(probed), "--set", "count_frames=false")
-    assert "0/0 items" in old.stdout.decode() and "--set KEY=VALUE for stage options is deprecated" in old.stderr.decode()
+    assert (
+        "0/0 items" in old.stdout.decode()
+        and "--set KEY=VALUE for stage options is deprecated" in old.stderr.decode()
+    )
     bad = datakit("probe", "-w", str(probed), "--option", "count_frame=1", check=False)
     assert bad.returncode == 2 and "count_frames" in bad.stderr.decode()
 
@@ -225,20 +289,54 @@ def test_status_counts_pending_per_model_key_run(tmp_path):
     ws.write("sources", [{"video_id": "a", "source": "a", "source_kind": "file", "status": "ok"}])
     ws.write("probes", [{"video_id": "a", "status": "ok", "width": 640, "height": 360}])
     ws.write("scene_runs", [{"video_id": "a", "status": "ok", "run_key": "r"}])
-    ws.write("clip_spans", [{"clip_id": f"a-{s}-{s + 90}", "video_id": "a", "start_frame": s, "end_frame": s + 90,
-                             "fps": 30.0, "start_s": s / 30, "end_s": s / 30 + 3, "run_key": "r"} for s in (0, 100, 200)])  # fmt: skip
-    ws.write("aesthetic_scores", [{"row_id": "a-0-90:mine", "clip_id": "a-0-90", "model_key": "mine", "status": "ok",
-                                   "aesthetic": 5.0}])  # fmt: skip
-    rows = [r for r in json.loads(datakit("status", "-w", str(tmp_path), "--json").stdout) if r["stage"] == "aesthetic"]
+    ws.write(
+        "clip_spans",
+        [
+            {
+                "clip_id": f"a-{s}-{s + 90}",
+                "video_id": "a",
+                "start_frame": s,
+                "end_frame": s + 90,
+                "fps": 30.0,
+                "start_s": s / 30,
+                "end_s": s / 30 + 3,
+                "run_key": "r",
+            }
+            for s in (0, 100, 200)
+        ],
+    )
+    ws.write(
+        "aesthetic_scores",
+        [
+            {
+                "row_id": "a-0-90:mine",
+                "clip_id": "a-0-90",
+                "model_key": "mine",
+                "status": "ok",
+                "aesthetic": 5.0,
+            }
+        ],
+    )
+    rows = [
+        r
+        for r in json.loads(datakit("status", "-w", str(tmp_path), "--json").stdout)
+        if r["stage"] == "aesthetic"
+    ]
     assert [(r["model_key"], r["ok"], r["pending"]) for r in rows] == [("mine", 1, 2)]
-    caption = [r for r in json.loads(datakit("status", "-w", str(tmp_path), "--json").stdout) if r["stage"] == "caption"]
+    caption = [
+        r
+        for r in json.loads(datakit("status", "-w", str(tmp_path), "--json").stdout)
+        if r["stage"] == "caption"
+    ]
     assert [(r["model_key"], r["pending"]) for r in caption] == [(None, 0)], "never run: nothing counted"
     with_defaults = json.loads(datakit("status", "-w", str(tmp_path), "--json", "--defaults").stdout)
     keys = [(r["model_key"], r["pending"]) for r in with_defaults if r["stage"] == "aesthetic"]
     assert keys[0] == ("mine", 2) and len(keys) == 2 and keys[1][1] == 3, keys
     text = datakit("status", "-w", str(tmp_path)).stdout.decode()
     assert "mine" in text and "aesthetic" in text
-    card = json.loads(datakit("select", "mine", "--where", "aesthetic >= 5", "-w", str(tmp_path), "--json").stdout)
+    card = json.loads(
+        datakit("select", "mine", "--where", "aesthetic >= 5", "-w", str(tmp_path), "--json").stdout
+    )
     assert card["set"] == "mine@v1" and card["row_count"] == 1 and Path(card["path"]).is_dir()
 
 
@@ -246,7 +344,9 @@ def test_off_a_terminal_a_stage_prints_plain_progress_lines(tmp_path, demo_sampl
     ws = str(tmp_path / "ws")
     datakit("ingest", "-w", ws, *[str(t.path) for t in demo_samples[:2]])
     env = cli_env() | {"DATAKIT_PROGRESS_INTERVAL": "0"}
-    proc = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", "probe", "-w", ws], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [PYTHON, str(ROOT / "cli.py"), "datakit", "probe", "-w", ws], env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("probe: ")]
     assert lines[0].startswith("probe: 1/2 (50%)") and "items/s" in lines[0]

@@ -14,15 +14,55 @@ def workspace(tmp_path) -> Workspace:
     """Scored clips, an image, a download, and a video re-detected (its old run's spans hidden)."""
     ws = Workspace(tmp_path / "ws")
     curated_manifest(ws)
-    write_clips(ws, [{"clip_id": "old-0-24", "video_id": "redone", "start_frame": 0, "end_frame": 24,
-                      "fps": 24.0, "width": 640, "height": 360}])  # fmt: skip
+    write_clips(
+        ws,
+        [
+            {
+                "clip_id": "old-0-24",
+                "video_id": "redone",
+                "start_frame": 0,
+                "end_frame": 24,
+                "fps": 24.0,
+                "width": 640,
+                "height": 360,
+            }
+        ],
+    )
     ws.write("scene_runs", [{"video_id": "redone", "status": "ok", "run_key": "newer-run"}])
-    ws.write("clip_spans", [{"clip_id": "redone-0-48", "video_id": "redone", "scene_index": 0, "start_frame": 0,
-                             "end_frame": 48, "start_s": 0.0, "end_s": 2.0, "num_frames": 48, "fps": 24.0,
-                             "width": 640, "height": 360, "run_key": "newer-run"}])  # fmt: skip
-    ws.write("sources", [{"video_id": "img", "source": "/x/img.jpg", "source_kind": "file", "path": "/x/img.jpg",
-                          "status": "ok"}])  # fmt: skip
-    ws.write("probes", [{"video_id": "img", "status": "ok", "width": 50, "height": 40, "media_type": "image"}])
+    ws.write(
+        "clip_spans",
+        [
+            {
+                "clip_id": "redone-0-48",
+                "video_id": "redone",
+                "scene_index": 0,
+                "start_frame": 0,
+                "end_frame": 48,
+                "start_s": 0.0,
+                "end_s": 2.0,
+                "num_frames": 48,
+                "fps": 24.0,
+                "width": 640,
+                "height": 360,
+                "run_key": "newer-run",
+            }
+        ],
+    )
+    ws.write(
+        "sources",
+        [
+            {
+                "video_id": "img",
+                "source": "/x/img.jpg",
+                "source_kind": "file",
+                "path": "/x/img.jpg",
+                "status": "ok",
+            }
+        ],
+    )
+    ws.write(
+        "probes", [{"video_id": "img", "status": "ok", "width": 50, "height": 40, "media_type": "image"}]
+    )
     ws.write("downloads", [{"video_id": "redone", "status": "ok", "path": "/downloaded/redone.mp4"}])
     ws.write("cuts", [{"clip_id": "good", "status": "ok", "path": "/clips/good.mp4"}])
     return ws

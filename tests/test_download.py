@@ -347,11 +347,20 @@ def test_long_retry_after_defers_to_a_later_run(server, tmp_path):
 
 def test_a_rerun_skips_rows_until_their_retry_at(tmp_path):
     ws = Workspace(tmp_path / "ws")
-    ws.write("sources", [{"video_id": v, "source": f"http://127.0.0.1:9/{v}.mp4", "source_kind": "url", "status": "ok"} for v in "ab"])
-    ws.write("downloads", [
-        {"video_id": "a", "status": "retry", "attempts": 1, "retry_at": time.time() + 3600},
-        {"video_id": "b", "status": "retry", "attempts": 1, "retry_at": time.time() - 1},
-    ])  # fmt: skip
+    ws.write(
+        "sources",
+        [
+            {"video_id": v, "source": f"http://127.0.0.1:9/{v}.mp4", "source_kind": "url", "status": "ok"}
+            for v in "ab"
+        ],
+    )
+    ws.write(
+        "downloads",
+        [
+            {"video_id": "a", "status": "retry", "attempts": 1, "retry_at": time.time() + 3600},
+            {"video_id": "b", "status": "retry", "attempts": 1, "retry_at": time.time() - 1},
+        ],
+    )
     assert [r["video_id"] for r in plan(ws, make_stage(tmp_path))] == ["b"]
 
 

@@ -68,7 +68,16 @@ def load_v10(csv_path: Path, root: Path | None = None) -> list[tuple[str, tuple]
 
 def load_v12(table_path: Path, root: Path | None = None) -> pd.DataFrame:
     df = pd.read_parquet(table_path) if table_path.suffix == ".parquet" else pd.read_csv(table_path)
-    assert list(df.columns[:8]) == ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
+    assert list(df.columns[:8]) == [
+        "path",
+        "text",
+        "num_frames",
+        "height",
+        "width",
+        "aspect_ratio",
+        "resolution",
+        "fps",
+    ]
     for row in df.itertuples():
         path = os.path.join(root, row.path) if root else row.path
         t, h, w, fps = decode(path)
@@ -88,15 +97,22 @@ def ws(tmp_path_factory) -> Workspace:
     media = root / "media"
     for i in range(2):
         make_sample(SampleSpec(f"v{i}", 288, 256, 12, "libx264", "mp4", [30, 30], seed=300 + i), media)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (260, 300, 3), np.uint8)).save(media / "still.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (260, 300, 3), np.uint8)).save(
+        media / "still.png"
+    )
     ws = Workspace(root / "ws")
     ingest(ws, [str(media)])
     run_stage(ws, ProbeStage(), progress=False)
     run_stage(ws, SceneStage(), progress=False)
     clips = [c["clip_id"] for c in ws.sql("SELECT clip_id FROM clips ORDER BY clip_id")]
     assert len(clips) == 5
-    write_scores(ws, {cid: {**GOOD, "caption": f"{GOOD['caption']} number {i}, \"quoted\"", "dup_group": cid}
-                      for i, cid in enumerate(clips)})  # fmt: skip
+    write_scores(
+        ws,
+        {
+            cid: {**GOOD, "caption": f'{GOOD["caption"]} number {i}, "quoted"', "dup_group": cid}
+            for i, cid in enumerate(clips)
+        },
+    )
     for name in RECIPES:
         select(ws, name, recipe_sql(name), recipe="@" + name, kind="recipe")
     return ws
@@ -104,20 +120,33 @@ def ws(tmp_path_factory) -> Workspace:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_exports_tables_both_open_sora_loaders_read(ws, tmp_path, recipe):
-    v12 = export_set(ws, recipe, "opensora", tmp_path / "t.csv", cut_options={"short_side": 64}, progress=False)
+    v12 = export_set(
+        ws, recipe, "opensora", tmp_path / "t.csv", cut_options={"short_side": 64}, progress=False
+    )
     df = load_v12(tmp_path / "t.csv")
     assert len(df) == v12.rows > 0
-    assert df["match"].tolist() == pytest.approx([100 * GOOD["text_match"]] * len(df))  # their logit_scale*cos
+    assert df["match"].tolist() == pytest.approx(
+        [100 * GOOD["text_match"]] * len(df)
+    )  # their logit_scale*cos
     assert "flow" not in df.columns and df["motion"].tolist() == pytest.approx([GOOD["motion"]] * len(df))
     images = [p for p in df["path"] if Path(p).suffix.lower() in IMAGE_EXTS]
     assert (len(images) == len(df)) == (recipe == "image")  # image sets are image files, nothing else is
-    assert all(min(h, w) == 64 for h, w in zip(df["height"], df["width"], strict=True))  # --short-side on every row
+    assert all(
+        min(h, w) == 64 for h, w in zip(df["height"], df["width"], strict=True)
+    )  # --short-side on every row
 
     export_set(ws, recipe, "opensora", tmp_path / "t.parquet", cut_options={"short_side": 64}, progress=False)
     assert load_v12(tmp_path / "t.parquet")["path"].tolist() == df["path"].tolist()
 
-    out = export_set(ws, recipe, "opensora-v1.0", tmp_path / "v10.csv", root=ws.root,
-                     cut_options={"short_side": 64}, progress=False)  # fmt: skip
+    out = export_set(
+        ws,
+        recipe,
+        "opensora-v1.0",
+        tmp_path / "v10.csv",
+        root=ws.root,
+        cut_options={"short_side": 64},
+        progress=False,
+    )
     assert not (tmp_path / "v10.csv").read_text().startswith("path,")  # no header
     assert not os.path.isabs(next(csv.reader(open(tmp_path / "v10.csv")))[0])  # relative to --root
     loaded = load_v10(tmp_path / "v10.csv", root=ws.root)
@@ -136,7 +165,9 @@ def test_text_len_counts_t5_tokens_with_the_given_tokenizer(ws, tmp_path):
     tok = AutoTokenizer.from_pretrained(tok_dir)
     assert df["text_len"].tolist() == [len(tok(t)["input_ids"]) for t in df["text"]]
     with pytest.raises(SetError, match="--tokenizer"):
-        export_set(ws, "video", "opensora", tmp_path / "t.csv", tokenizer=str(tmp_path / "nope"), progress=False)
+        export_set(
+            ws, "video", "opensora", tmp_path / "t.csv", tokenizer=str(tmp_path / "nope"), progress=False
+        )
 
 
 def test_image_set_frames_are_the_chosen_frame_extracted_once(ws, tmp_path, monkeypatch):
@@ -167,9 +198,13 @@ def test_short_side_is_honoured_for_clips_cut_earlier_at_another_size(ws, tmp_pa
     run_stage(ws, CutStage(), progress=False)  # nothing left to cut
     export_set(ws, "video", "opensora", tmp_path / "b.csv", progress=False)
     assert set(pd.read_csv(tmp_path / "b.csv")["height"]) == {64}  # no size asked: the cut files
-    export_set(ws, "video", "opensora", tmp_path / "small.csv", cut_options={"short_side": 32}, progress=False)
+    export_set(
+        ws, "video", "opensora", tmp_path / "small.csv", cut_options={"short_side": 32}, progress=False
+    )
     df = load_v12(tmp_path / "small.csv")
-    assert set(df["height"]) == {32} and all(Path(p).is_relative_to(ws.root / "data" / "cuts") for p in df["path"])
+    assert set(df["height"]) == {32} and all(
+        Path(p).is_relative_to(ws.root / "data" / "cuts") for p in df["path"]
+    )
 
 
 def test_empty_sets_and_bad_outputs_fail_in_one_line(ws, tmp_path):
@@ -177,14 +212,18 @@ def test_empty_sets_and_bad_outputs_fail_in_one_line(ws, tmp_path):
     with pytest.raises(SetError, match="no row to export.*--allow-empty"):
         export_set(ws, "nothing", "opensora", tmp_path / "e.csv", progress=False)
     assert not (tmp_path / "e.csv").exists()
-    assert export_set(ws, "nothing", "opensora", tmp_path / "e.csv", allow_empty=True, progress=False).rows == 0
+    assert (
+        export_set(ws, "nothing", "opensora", tmp_path / "e.csv", allow_empty=True, progress=False).rows == 0
+    )
     (tmp_path / "file").write_text("x")
-    for fmt, out, why in [("opensora", tmp_path / "file" / "x.csv", "is a file, not a folder"),
-                          ("webdataset", tmp_path / "file" / "shards", "is a file, not a folder"),
-                          ("opensora", Path("/proc/datakit/x.csv"), "cannot write"),
-                          ("webdataset", Path("/proc/self/shards"), "cannot write"),
-                          ("opensora", tmp_path / "x.json", "writes .csv or .parquet"),
-                          ("opensora-v1.0", tmp_path / "x.parquet", "writes .csv")]:  # fmt: skip
+    for fmt, out, why in [
+        ("opensora", tmp_path / "file" / "x.csv", "is a file, not a folder"),
+        ("webdataset", tmp_path / "file" / "shards", "is a file, not a folder"),
+        ("opensora", Path("/proc/datakit/x.csv"), "cannot write"),
+        ("webdataset", Path("/proc/self/shards"), "cannot write"),
+        ("opensora", tmp_path / "x.json", "writes .csv or .parquet"),
+        ("opensora-v1.0", tmp_path / "x.parquet", "writes .csv"),
+    ]:
         with pytest.raises(SetError, match=why):
             export_set(ws, "video", fmt, out, progress=False)
     with pytest.raises(SetError, match="--root applies to the table formats"):
@@ -213,14 +252,18 @@ def test_a_webdataset_export_killed_mid_shard_finishes_on_rerun(ws, tmp_path):
 
     out = tmp_path / "shards"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(ws.root), str(out)], env=env, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(ws.root), str(out)], env=env, capture_output=True
+    )
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["video-v1-000000.tar"]
     assert any(p.name.endswith(".partial") for p in out.iterdir())  # the half shard is under a temp name
 
     result = export_set(ws, "video", "webdataset", out, shard_bytes=1, progress=False)
     assert "resumed: 1 rows" in result.summary()
-    assert sorted(p.name for p in out.iterdir()) == [f"video-v1-{i:06d}.tar" for i in range(result.rows)] + ["video-v1-index.json"]
+    assert sorted(p.name for p in out.iterdir()) == [f"video-v1-{i:06d}.tar" for i in range(result.rows)] + [
+        "video-v1-index.json"
+    ]
     keys = [s["__key__"] for s in wds.WebDataset([str(f) for f in result.files], shardshuffle=False)]
     assert keys == [r["clip_id"] for r in ws.sql(recipe_sql("video"))]  # each row once, in set order
     assert json.loads((out / "video-v1-index.json").read_text())["rows"] == result.rows
@@ -238,7 +281,9 @@ def test_the_image_stage_trains_on_the_sets_chosen_frame(ws):
     for i, row in enumerate(rows):
         video = data[i]["video"]  # (3, 1, 64, 64) in [-1, 1]
         assert video.shape[1] == 1
-        want = ClipDataset([{**row, "start_frame": row["frame"], "end_frame": row["frame"] + 1}], cfg, 16, 0, False)[0]
+        want = ClipDataset(
+            [{**row, "start_frame": row["frame"], "end_frame": row["frame"] + 1}], cfg, 16, 0, False
+        )[0]
         assert torch_equal(video, want["video"])  # the chosen frame, not a random frame of the span
 
 
@@ -256,15 +301,26 @@ def test_cli_export_errors_are_one_line_and_json_summarises(ws, tmp_path):
         return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True)
 
     (tmp_path / "file").write_text("x")
-    for args in (["video", "--output", str(tmp_path / "file" / "t.csv")],
-                 ["video", "--format", "webdataset", "--output", "/proc/self/x"],
-                 ["nothing-here"]):  # fmt: skip
+    for args in (
+        ["video", "--output", str(tmp_path / "file" / "t.csv")],
+        ["video", "--format", "webdataset", "--output", "/proc/self/x"],
+        ["nothing-here"],
+    ):
         bad = datakit(*args)
         assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
     select(ws, "empty", "SELECT clip_id FROM clips WHERE false")
     assert "--allow-empty" in datakit("empty").stderr
-    ok = datakit("video", "--format", "opensora-v1.0", "--output", str(tmp_path / "v.csv"), "--root", str(ws.root), "--json")
+    ok = datakit(
+        "video",
+        "--format",
+        "opensora-v1.0",
+        "--output",
+        str(tmp_path / "v.csv"),
+        "--root",
+        str(ws.root),
+        "--json",
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["rows"] == len(load_v10(tmp_path / "v.csv", root=ws.root)) > 0
 

@@ -24,9 +24,17 @@ from training.features_stage import FeaturesStage, resolve_selection
 pytestmark = pytest.mark.timeout(300)
 
 STAGE_OPTS = {"train_stage": "video", "preset": "tiny", "batch_size": 2, "commit_every": 2}
-TRAIN = ["train.progress=false", "data.num_workers=0", "data.flip=false", "data.val_min_rows=2",
-         "data.val_fraction=0.3", "train.max_steps=4", "train.val_every=2", "train.ckpt_every=4",
-         "train.sample_steps=2"]  # fmt: skip
+TRAIN = [
+    "train.progress=false",
+    "data.num_workers=0",
+    "data.flip=false",
+    "data.val_min_rows=2",
+    "data.val_fraction=0.3",
+    "train.max_steps=4",
+    "train.val_every=2",
+    "train.ckpt_every=4",
+    "train.sample_steps=2",
+]
 
 
 def write_set(ws: Path, name: str, version: int, rows: list[dict]) -> Path:
@@ -49,19 +57,49 @@ def cache(tmp_path_factory) -> dict:
         path = make_sample(
             SampleSpec(name, w, h, 24, "libx264", "mp4", [30], seed=31 + seed), root / "videos"
         ).path
-        rows += [dict(clip_id=f"{name}-{s}", source_path=path, path=None, start_frame=s, end_frame=s + 7,
-                      fps=24.0, width=w, height=h, caption=f"{name} shapes, clip {s}") for s in (0, 10, 20)]  # fmt: skip
+        rows += [
+            dict(
+                clip_id=f"{name}-{s}",
+                source_path=path,
+                path=None,
+                start_frame=s,
+                end_frame=s + 7,
+                fps=24.0,
+                width=w,
+                height=h,
+                caption=f"{name} shapes, clip {s}",
+            )
+            for s in (0, 10, 20)
+        ]
     rows.append({**rows[0], "clip_id": "short", "end_frame": 3})
     ws = Workspace(root / "ws")
     write_set(ws.root, "s", 1, rows)
     overrides = [f"model.tiny_dir={root / 'tiny'}"]
     proc = subprocess.run(
-        [PYTHON, str(ROOT / "cli.py"), "datakit", "features", "-w", str(ws.root),
-         "--selection", str(ws.root / "sets" / "s"), "--train-stage", "video", "--preset", "tiny",
-         "--batch-size", "2", "--commit-every", "2",
-         "-o", f"overrides={json.dumps(overrides)}"],
-        env=cli_env(), capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            PYTHON,
+            str(ROOT / "cli.py"),
+            "datakit",
+            "features",
+            "-w",
+            str(ws.root),
+            "--selection",
+            str(ws.root / "sets" / "s"),
+            "--train-stage",
+            "video",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "2",
+            "--commit-every",
+            "2",
+            "-o",
+            f"overrides={json.dumps(overrides)}",
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     opts = {**STAGE_OPTS, "selection": str(ws.root / "sets" / "s" / "v1"), "overrides": overrides}
     return {"root": root, "ws": ws, "rows": rows, "opts": opts, "tiny": root / "tiny", "log": proc.stdout}
@@ -176,7 +214,8 @@ def test_sigkill_between_a_shard_and_its_commit_then_rerun_gives_the_same_table(
     committed = table(ws)
     shards = ws.root / "data" / "features"
     orphans = {p.relative_to(shards).as_posix() for p in shards.glob("*/*.safetensors")} - {
-        r["shard"] for r in committed.values()}  # fmt: skip
+        r["shard"] for r in committed.values()
+    }
     assert 0 < len(committed) < 7 and orphans, "the kill must land after a shard and before its rows"
 
     stats = run_stage(ws, FeaturesStage(**opts), progress=False)

@@ -81,8 +81,12 @@ def test_gifs_are_videos_and_jpeg_png_webp_are_one_frame_images(tmp_path):
     walked = Workspace(tmp_path / "walked")
     stats = ingest(walked, [str(folder)])
     assert sorted(Path(r["path"]).name for r in walked.sql("SELECT path FROM sources")) == [
-        "anim.gif", "anim_without_extension", "photo.jpg", "photo.png", "thumb.bin",
-    ]  # fmt: skip  # GIFs and supported images, by extension and by magic bytes; BMP and TIFF left out quietly
+        "anim.gif",
+        "anim_without_extension",
+        "photo.jpg",
+        "photo.png",
+        "thumb.bin",
+    ]  # GIFs and supported images, by extension and by magic bytes; BMP and TIFF left out quietly
     assert stats.errors == 0
 
     named = Workspace(tmp_path / "named")
@@ -102,10 +106,22 @@ def test_gifs_are_videos_and_jpeg_png_webp_are_one_frame_images(tmp_path):
     assert (probed["anim.gif"]["width"], probed["anim.gif"]["height"]) == (32, 24)
     for name in ("photo.png", "photo.jpg", "thumb.bin"):
         got = {k: probed[name][k] for k in ("status", "media_type", "num_frames", "fps", "width", "height")}
-        assert got == {"status": "ok", "media_type": "image", "num_frames": 1, "fps": None, "width": 32, "height": 24}
-    clips = walked.sql("SELECT c.*, v.source FROM clips c JOIN videos v USING (video_id) WHERE media_type = 'image'")
+        assert got == {
+            "status": "ok",
+            "media_type": "image",
+            "num_frames": 1,
+            "fps": None,
+            "width": 32,
+            "height": 24,
+        }
+    clips = walked.sql(
+        "SELECT c.*, v.source FROM clips c JOIN videos v USING (video_id) WHERE media_type = 'image'"
+    )
     assert sorted(Path(c["source"]).name for c in clips) == ["photo.jpg", "photo.png", "thumb.bin"]
-    spans = {(c["clip_id"] == f"{c['video_id']}-0-1", c["start_frame"], c["end_frame"], c["num_frames"]) for c in clips}
+    spans = {
+        (c["clip_id"] == f"{c['video_id']}-0-1", c["start_frame"], c["end_frame"], c["num_frames"])
+        for c in clips
+    }
     assert spans == {(True, 0, 1, 1)}
 
 
@@ -153,10 +169,14 @@ def test_a_url_list_csv_stays_a_url_list_and_a_known_dataset_header_is_imported(
     urls = tmp_path / "urls.csv"
     urls.write_text("url,note\nhttps://example.com/a.mp4,x\n")
     panda = tmp_path / "panda.csv"
-    panda.write_text("videoID,url,timestamp,caption,matching_score\n"
-                     "v,https://example.com/b.mp4,\"[['0:00:00.000', '0:00:02.000']]\",['a ball'],[0.3]\n")  # fmt: skip
+    panda.write_text(
+        "videoID,url,timestamp,caption,matching_score\n"
+        "v,https://example.com/b.mp4,\"[['0:00:00.000', '0:00:02.000']]\",['a ball'],[0.3]\n"
+    )
     stats = ingest(ws, [str(urls), str(panda)])
     assert stats.urls == 1 and len(stats.imports) == 1 and "1 spans" in stats.imports[0]
     assert {r["source"] for r in ws.sql("SELECT source FROM sources")} == {
-        "https://example.com/a.mp4", "https://example.com/b.mp4"}
+        "https://example.com/a.mp4",
+        "https://example.com/b.mp4",
+    }
     assert ws.sql("SELECT caption FROM given_spans") == [{"caption": "a ball"}]

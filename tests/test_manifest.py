@@ -21,8 +21,12 @@ from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace, WorkspaceError
 from tests.conftest import PYTHON, cli_env
 
-REQUIRED_VIDEO_COLUMNS = "video_id source path status error width height fps num_frames duration_s codec bytes".split()
-REQUIRED_CLIP_COLUMNS = "clip_id video_id start_frame end_frame start_s end_s num_frames fps width height path".split()
+REQUIRED_VIDEO_COLUMNS = (
+    "video_id source path status error width height fps num_frames duration_s codec bytes".split()
+)
+REQUIRED_CLIP_COLUMNS = (
+    "clip_id video_id start_frame end_frame start_s end_s num_frames fps width height path".split()
+)
 
 
 def test_schema_doc_is_in_sync():
@@ -80,8 +84,13 @@ def test_missing_workspace_is_a_clear_error(tmp_path):
 
 
 def test_ids_are_deterministic():
-    assert canonical_url("HTTPS://Example.COM:443/a/b.mp4?utm_source=x&k=1#frag") == "https://example.com/a/b.mp4?k=1"
-    assert url_video_id("https://youtu.be/abc123") == url_video_id("https://www.youtube.com/watch?v=abc123&utm_medium=s")
+    assert (
+        canonical_url("HTTPS://Example.COM:443/a/b.mp4?utm_source=x&k=1#frag")
+        == "https://example.com/a/b.mp4?k=1"
+    )
+    assert url_video_id("https://youtu.be/abc123") == url_video_id(
+        "https://www.youtube.com/watch?v=abc123&utm_medium=s"
+    )
     assert url_video_id("https://example.com/a.mp4") != url_video_id("https://example.com/b.mp4")
     assert clip_id("00ff", 10, 20) == "00ff-10-20"
 
@@ -100,14 +109,18 @@ def test_ingest_files_dirs_and_url_lists(tmp_path, demo_samples, bad_inputs):
     (sniffed.parent / "readme.md").write_text("not a video")
     sample_dir = Path(demo_samples[0].path).parent
     stats = ingest(
-        ws, [str(sample_dir), str(bad_inputs["empty"].parent), str(sniffed.parent), *map(str, lists.iterdir())]
+        ws,
+        [str(sample_dir), str(bad_inputs["empty"].parent), str(sniffed.parent), *map(str, lists.iterdir())],
     )
     assert stats.urls == 4  # a.mp4 appears twice
     assert stats.duplicates == 1  # the sniffed copy has the same content as sample 0
     rows = ws.sql("select * from sources")
     by_source = {Path(r["source"]).name if r["source_kind"] == "file" else r["source"]: r for r in rows}
     assert by_source["folder.mp4"]["status"] == "error" and "directory" in by_source["folder.mp4"]["error"]
-    assert by_source["dangling.mp4"]["status"] == "error" and "broken symlink" in by_source["dangling.mp4"]["error"]
+    assert (
+        by_source["dangling.mp4"]["status"] == "error"
+        and "broken symlink" in by_source["dangling.mp4"]["error"]
+    )
     assert "readme.md" not in by_source
     assert {r["source"] for r in rows if r["source_kind"] == "url"} == {
         f"https://example.com/{n}" for n in ("a.mp4", "b.mp4", "c.mp4", "d.webm")
@@ -169,8 +182,21 @@ def test_contact_sheet_shows_one_strip_per_clip(tmp_path, demo_samples):
     ingest(ws, [demo_samples[0].path])
     vid = ws.sql("select video_id from sources")[0]["video_id"]
     spans = [(0, 40), (60, 100)]
-    ws.write("clip_spans", [{"clip_id": clip_id(vid, a, b), "video_id": vid, "start_frame": a, "end_frame": b,
-                             "start_s": a / 24, "end_s": b / 24, "run_key": "r1"} for a, b in spans])  # fmt: skip
+    ws.write(
+        "clip_spans",
+        [
+            {
+                "clip_id": clip_id(vid, a, b),
+                "video_id": vid,
+                "start_frame": a,
+                "end_frame": b,
+                "start_s": a / 24,
+                "end_s": b / 24,
+                "run_key": "r1",
+            }
+            for a, b in spans
+        ],
+    )
     ws.write("scene_runs", [{"video_id": vid, "status": "ok", "run_key": "r1", "num_clips": len(spans)}])
     image = Image.open(contact_sheet(ws, tmp_path / "sheet.png"))
     assert image.height == 8 + len(spans) * (THUMB_H + 22)
@@ -197,7 +223,10 @@ def test_reader_snapshot_views_equal_the_catalog_views(tmp_path):
     assert fast == slow and len(fast) == 50
     ws.write("probes", [{"video_id": f"v{i}", "status": "error", "error": "again"} for i in range(0, 50, 5)])
     ws.compact("probes")
-    ws.write("probes", [{"video_id": "v1", "status": "error", "error": "newer"}, {"video_id": "v99", "status": "ok"}])
+    ws.write(
+        "probes",
+        [{"video_id": "v1", "status": "error", "error": "newer"}, {"video_id": "v99", "status": "ok"}],
+    )
     ws.write("probes", [{"video_id": "v1", "status": "ok", "width": 7}])
     fast, slow = both()
     assert fast == slow
@@ -216,7 +245,14 @@ def test_runs_compact_many_small_parts(tmp_path, demo_samples):
     from demo.samples import SampleSpec, make_sample
 
     for i in range(3):  # small later runs add parts beside the compacted one, up to the limit
-        ingest(ws, [make_sample(SampleSpec(f"extra{i}", 64, 48, 12, scene_frames=[6], seed=50 + i), tmp_path / "x").path])
+        ingest(
+            ws,
+            [
+                make_sample(
+                    SampleSpec(f"extra{i}", 64, 48, 12, scene_frames=[6], seed=50 + i), tmp_path / "x"
+                ).path
+            ],
+        )
         run_stage(ws, stage, progress=False, compact_above_parts=2)
         assert len(ws.data_parts("probes")) == [2, 3, 1][i]
     assert ws.sql("select count(*) n from probes where status = 'ok'")[0]["n"] == len(demo_samples) + 3
@@ -231,7 +267,10 @@ def test_a_reader_keeps_its_snapshot_while_compaction_replaces_the_parts(tmp_pat
     assert ws.compact("probes") == 10
     assert all(p.exists() for p in old_parts), "replaced parts stay while a snapshot may read them"
     assert ws.live_parts("probes") != old_parts
-    assert con.execute("select count(*), count(*) filter (status = 'error') from probes").fetchone() == (10, 1)
+    assert con.execute("select count(*), count(*) filter (status = 'error') from probes").fetchone() == (
+        10,
+        1,
+    )
     assert ws.sql("select count(*) n from probes")[0]["n"] == 10, "a new snapshot reads the compacted part"
     con.close()
     del con  # the snapshot ends with its connection
@@ -246,7 +285,13 @@ def test_readers_never_fail_beside_a_compaction_loop(tmp_path):
     from datakit.pipeline import status
 
     ws = Workspace(tmp_path / "ws")
-    ws.write("sources", [{"video_id": f"v{i:04d}", "source": f"/v/{i}", "source_kind": "file", "status": "ok"} for i in range(500)])
+    ws.write(
+        "sources",
+        [
+            {"video_id": f"v{i:04d}", "source": f"/v/{i}", "source_kind": "file", "status": "ok"}
+            for i in range(500)
+        ],
+    )
     ws.write("probes", [{"video_id": f"v{i:04d}", "status": "ok", "width": i} for i in range(500)])
     loop = (
         "import sys\nfrom pathlib import Path\nfrom datakit.workspace import Workspace\n"
@@ -281,7 +326,10 @@ def test_readers_never_fail_beside_a_compaction_loop(tmp_path):
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"video_id": "v", "status": "ok", "widht": 64}, "table 'probes' has no column 'widht' (did you mean 'width'?)"),
+        (
+            {"video_id": "v", "status": "ok", "widht": 64},
+            "table 'probes' has no column 'widht' (did you mean 'width'?)",
+        ),
         ({"video_id": "v", "stauts": "ok", "zzz": 1}, "'stauts' (did you mean 'status'?), 'zzz'"),
         ({"video_id": "v", "_written_ns": 1}, "no column '_written_ns'"),
         ({"video_id": "v", "width": "64"}, "column 'width' (int32): row 1 has '64' of type str"),
@@ -304,7 +352,10 @@ def test_write_refuses_rows_that_do_not_fit_the_table(tmp_path, row, message):
 
 def test_write_keeps_values_that_fit(tmp_path):
     ws = Workspace(tmp_path)
-    ws.write("probes", [{"video_id": "v", "status": "ok", "width": 64.0, "fps": 24, "has_audio": False, "bytes": 2**40}])
+    ws.write(
+        "probes",
+        [{"video_id": "v", "status": "ok", "width": 64.0, "fps": 24, "has_audio": False, "bytes": 2**40}],
+    )
     assert ws.sql("select width, fps, has_audio, bytes from probes") == [
         {"width": 64, "fps": 24.0, "has_audio": False, "bytes": 2**40}
     ]

@@ -13,7 +13,10 @@ from datakit.workspace import Workspace
 @pytest.fixture
 def ws(tmp_path) -> Workspace:
     ws = Workspace(tmp_path / "ws")
-    ws.write("sources", [{"video_id": v, "source": f"/v/{v}.mp4", "source_kind": "file", "status": "ok"} for v in "abc"])
+    ws.write(
+        "sources",
+        [{"video_id": v, "source": f"/v/{v}.mp4", "source_kind": "file", "status": "ok"} for v in "abc"],
+    )
     return ws
 
 
@@ -99,7 +102,10 @@ def test_a_pivot_gives_one_column_per_value(ws):
         ("CALL pragma_version()", "CALL statements"),
         ("EXPLAIN ANALYZE INSTALL httpfs", "EXPLAIN of INSTALL statements"),
         ("UPDATE EXTENSIONS", "UPDATE statements"),
-        ("WITH p AS (PIVOT sources ON status USING count(*)) INSERT INTO t SELECT * FROM p", "INSERT statements"),
+        (
+            "WITH p AS (PIVOT sources ON status USING count(*)) INSERT INTO t SELECT * FROM p",
+            "INSERT statements",
+        ),
     ],
 )
 def test_a_refusal_names_the_statement_as_written(ws, sql, named):

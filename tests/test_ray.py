@@ -64,8 +64,10 @@ def _manifest(ws: Workspace) -> dict[str, list[dict]]:
     def rel(v):
         return v.replace(root, "WS") if isinstance(v, str) else v
 
-    return {t: [{k: rel(v) for k, v in row.items()} for row in ws.sql(f"select * from {t} order by 1")]
-            for t in ("videos", "clips")}  # fmt: skip
+    return {
+        t: [{k: rel(v) for k, v in row.items()} for row in ws.sql(f"select * from {t} order by 1")]
+        for t in ("videos", "clips")
+    }
 
 
 def _gpu_motion() -> MotionStage:

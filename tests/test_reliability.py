@@ -133,10 +133,35 @@ def _embedded_clips(ws: Workspace, blobs: list[bytes], dim: int) -> None:
     from tests.curation_fixtures import write_clips
 
     ids = [f"vid{k:04d}-0-48" for k in range(len(blobs))]
-    write_clips(ws, [{"clip_id": cid, "video_id": cid[:7], "start_frame": 0, "end_frame": 48, "fps": 24.0,
-                      "width": 64, "height": 48} for cid in ids])  # fmt: skip
-    ws.write("clip_embeddings", [{"row_id": f"{cid}:e", "clip_id": cid, "model_key": "e", "dim": dim,
-                                  "embedding": blob, "scored_at": 1.0} for cid, blob in zip(ids, blobs, strict=True)])  # fmt: skip
+    write_clips(
+        ws,
+        [
+            {
+                "clip_id": cid,
+                "video_id": cid[:7],
+                "start_frame": 0,
+                "end_frame": 48,
+                "fps": 24.0,
+                "width": 64,
+                "height": 48,
+            }
+            for cid in ids
+        ],
+    )
+    ws.write(
+        "clip_embeddings",
+        [
+            {
+                "row_id": f"{cid}:e",
+                "clip_id": cid,
+                "model_key": "e",
+                "dim": dim,
+                "embedding": blob,
+                "scored_at": 1.0,
+            }
+            for cid, blob in zip(ids, blobs, strict=True)
+        ],
+    )
 
 
 def _datakit(*args: str) -> subprocess.CompletedProcess:
@@ -193,8 +218,12 @@ def test_aesthetic_scores_are_bit_identical_whichever_clips_share_a_batch(tmp_pa
     run_stage(ws, ProbeStage(), progress=False)
     run_stage(ws, SceneStage(), progress=False)
     config, weights = save_tiny_clip(tmp_path / "tiny")
-    stage = AestheticStage(model=str(config), pretrained=str(weights), batch_size=4,
-                           head=str(save_tiny_aesthetic_head(tmp_path / "tiny" / "head.pth")))  # fmt: skip
+    stage = AestheticStage(
+        model=str(config),
+        pretrained=str(weights),
+        batch_size=4,
+        head=str(save_tiny_aesthetic_head(tmp_path / "tiny" / "head.pth")),
+    )
     stage.setup(WorkerContext.for_workspace(ws.root, stage.name))
     items = [stage.prepare(i) for i in plan(ws, stage)]
     assert len(items) == 13
@@ -217,17 +246,26 @@ def test_aesthetic_scores_are_bit_identical_whichever_clips_share_a_batch(tmp_pa
     from tests.curation_fixtures import write_scores
 
     words = ["a dog on a beach", "a city street at night", "two cats", "rain on a window", "a red car"]
-    write_scores(ws, {item["clip_id"]: {"caption": words[k % 5] + f" {k}", "caption_status": "ok"}
-                      for k, item in enumerate(items)})  # fmt: skip
+    write_scores(
+        ws,
+        {
+            item["clip_id"]: {"caption": words[k % 5] + f" {k}", "caption_status": "ok"}
+            for k, item in enumerate(items)
+        },
+    )
     match = TextMatchStage(model=str(config), pretrained=str(weights), batch_size=4)
     match.setup(WorkerContext.for_workspace(ws.root, match.name))
     pairs = [match.prepare(i) for i in plan(ws, match)]
     assert len(pairs) == 13
 
     def matched(batches: list[list[dict]]) -> dict[str, float]:
-        return {r["text_match_scores"][0]["clip_id"]: r["text_match_scores"][0]["text_match"]
-                for batch in batches for r in match.process_batch(batch)}  # fmt: skip
+        return {
+            r["text_match_scores"][0]["clip_id"]: r["text_match_scores"][0]["text_match"]
+            for batch in batches
+            for r in match.process_batch(batch)
+        }
 
     shuffled = random.Random(1).sample(pairs, len(pairs))
     assert matched([shuffled[:3], shuffled[3:4], shuffled[4:8], shuffled[8:]]) == matched(
-        [pairs[i : i + 4] for i in range(0, 13, 4)])  # fmt: skip
+        [pairs[i : i + 4] for i in range(0, 13, 4)]
+    )

@@ -14,8 +14,13 @@ from datakit.workspace import Workspace
 
 
 def sources(ws: Workspace, n: int, start: int = 0) -> None:
-    ws.write("sources", [{"video_id": f"v{i}", "source": f"/x/{i}.mp4", "source_kind": "file", "status": "ok"}
-                         for i in range(start, start + n)])  # fmt: skip
+    ws.write(
+        "sources",
+        [
+            {"video_id": f"v{i}", "source": f"/x/{i}.mp4", "source_kind": "file", "status": "ok"}
+            for i in range(start, start + n)
+        ],
+    )
 
 
 def count(con: duckdb.DuckDBPyConnection) -> int:
@@ -48,9 +53,18 @@ def test_a_moved_workspace_reads_its_own_files_in_plain_duckdb_and_datakit(tmp_p
     os.rename(orig.root, moved)
     ws = Workspace(moved, create=False)
     assert ws.sql("SELECT count(*) AS n FROM sources")[0]["n"] == 5
-    out = subprocess.run([sys.executable, "-c", "from datakit.pipeline import status; from datakit.workspace import "
-                          f"Workspace; print(status(Workspace({str(moved)!r}, create=False)))"],
-                         capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from datakit.pipeline import status; from datakit.workspace import "
+            f"Workspace; print(status(Workspace({str(moved)!r}, create=False)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert "ingest" in out.stdout or "probe" in out.stdout
     monkeypatch.chdir(moved)
     with duckdb.connect(str(moved / "manifest.duckdb"), read_only=True) as con:
@@ -71,8 +85,13 @@ def test_datakit_attach_sql_prints_lines_a_plain_client_runs(tmp_path, monkeypat
 
     ws = Workspace(tmp_path / "ws")
     sources(ws, 2)
-    out = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", "attach-sql", "-w", str(ws.root)],
-                         env=cli_env(), capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [PYTHON, str(ROOT / "cli.py"), "datakit", "attach-sql", "-w", str(ws.root)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     monkeypatch.chdir(tmp_path)
     with duckdb.connect() as con:
         con.execute(out)

@@ -21,16 +21,24 @@ N_SOURCES = 6
 
 
 def datakit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", *args], env=cli_env(), capture_output=True)
+    return subprocess.run(
+        [PYTHON, str(ROOT / "cli.py"), "datakit", *args], env=cli_env(), capture_output=True
+    )
 
 
 def _workspace(root: Path) -> tuple[Workspace, Path]:
     """Sources in two parts, probes in one; returns the workspace and the probes part (to damage)."""
     ws = Workspace(root)
-    rows = [{"video_id": f"v{i}", "source": f"/v/{i}.mp4", "source_kind": "file", "status": "ok"} for i in range(N_SOURCES)]
+    rows = [
+        {"video_id": f"v{i}", "source": f"/v/{i}.mp4", "source_kind": "file", "status": "ok"}
+        for i in range(N_SOURCES)
+    ]
     ws.write("sources", rows[:3])
     ws.write("sources", rows[3:])
-    ws.write("probes", [{"video_id": "v0", "status": "ok", "width": 64}, {"video_id": "v1", "status": "ok", "width": 32}])
+    ws.write(
+        "probes",
+        [{"video_id": "v0", "status": "ok", "width": 64}, {"video_id": "v1", "status": "ok", "width": 32}],
+    )
     ws.write("probes", [{"video_id": "v2", "status": "error", "error": "empty file (0 bytes)"}])
     return ws, ws.data_parts("probes")[1]
 

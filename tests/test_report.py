@@ -43,7 +43,10 @@ def test_recipe_funnel_counts_what_each_condition_removes(tmp_path):
     assert got == {
         "(media_type = 'video')": (0, 0),
         "((end_s - start_s) BETWEEN 2 AND 15)": (2, 2),  # short, long
-        "(aesthetic >= COALESCE(getvariable('video_min_aesthetic'), 4.5))": (2, 2),  # ugly, unscored (a recipe parameter)
+        "(aesthetic >= COALESCE(getvariable('video_min_aesthetic'), 4.5))": (
+            2,
+            2,
+        ),  # ugly, unscored (a recipe parameter)
         "(static = false)": (1, 1),  # still
         "(caption_status = 'ok')": (1, 1),  # refused
         "(dup_group IS NOT NULL)": (1, 1),  # undeduped
@@ -68,8 +71,19 @@ def reported(tmp_path_factory) -> tuple[Workspace, Path]:
     run_stage(ws, ProbeStage(), progress=False)
     run_stage(ws, SceneStage(), progress=False)
     clips = [c["clip_id"] for c in ws.sql("SELECT clip_id FROM clips ORDER BY clip_id")]
-    write_scores(ws, {cid: {**GOOD, "aesthetic": 3.0 + i, "motion": 0.1 * i, "caption": f"clip <{i}> & more",
-                            "dup_group": cid} for i, cid in enumerate(clips)})  # fmt: skip
+    write_scores(
+        ws,
+        {
+            cid: {
+                **GOOD,
+                "aesthetic": 3.0 + i,
+                "motion": 0.1 * i,
+                "caption": f"clip <{i}> & more",
+                "dup_group": cid,
+            }
+            for i, cid in enumerate(clips)
+        },
+    )
     return ws, write_report(ws, root / "report.html")
 
 
@@ -85,13 +99,21 @@ def test_report_renders_in_chromium_with_every_image_loaded(reported, tmp_path):
     probed = tmp_path / "probed.html"
     probed.write_text(text.replace("</body>", PROBE_SCRIPT + "</body>"))
     browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    dom = subprocess.run([*browser, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    dom = subprocess.run(
+        [*browser, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert f"<title>IMAGES {n_images}/{n_images}</title>" in dom
 
     shot = tmp_path / "report.png"
-    subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1200,2600", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        [*browser, f"--screenshot={shot}", "--window-size=1200,2600", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     with Image.open(shot) as im:
         colors = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is None or len(colors) > 1000, "the screenshot is (nearly) blank"
@@ -110,8 +132,14 @@ def test_the_page_is_a_template_that_escapes_every_value_and_takes_extra_section
     ws = Workspace(tmp_path / "ws")
     curated_manifest(ws)
     write_scores(ws, {"good": {**GOOD, "caption": "<script>alert(1)</script> & more"}}, key="xss")
-    extra = [{"title": "Training <run>", "links": [{"href": "loss.png", "text": "loss curve"}],
-              "headers": ["clip", "loss"], "rows": [["good", 0.5], ["<b>x</b>", None]]}]  # fmt: skip
+    extra = [
+        {
+            "title": "Training <run>",
+            "links": [{"href": "loss.png", "text": "loss curve"}],
+            "headers": ["clip", "loss"],
+            "rows": [["good", 0.5], ["<b>x</b>", None]],
+        }
+    ]
     page = write_report(ws, tmp_path / "r.html", extra_sections=extra).read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "<h2>Training &lt;run&gt;</h2>" in page and '<a href="loss.png">loss curve</a>' in page

@@ -122,23 +122,38 @@ def test_sample_cli(parts, tmp_path):
     prompts.write_text("a cat playing piano\n\n")
     out = tmp_path / "out"
     args = [
-        "--prompt", "a red ball bouncing",
-        "--prompt-file", str(prompts),
-        "--ckpt", parts["ckpt"],
-        "--out", str(out),
-        "--vae", parts["vae"],
-        "--text-encoder", parts["t5"],
-        "--model", parts["config"],
-        "--num-frames", "4",
-        "--height", "64",
-        "--width", "64",
-        "--steps", "3",
-        "--seed", "7",
-        "--fps", "4",
-        "--batch-size", "2",
-        "--device", "cpu",
+        "--prompt",
+        "a red ball bouncing",
+        "--prompt-file",
+        str(prompts),
+        "--ckpt",
+        parts["ckpt"],
+        "--out",
+        str(out),
+        "--vae",
+        parts["vae"],
+        "--text-encoder",
+        parts["t5"],
+        "--model",
+        parts["config"],
+        "--num-frames",
+        "4",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--steps",
+        "3",
+        "--seed",
+        "7",
+        "--fps",
+        "4",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
         "--no-progress",
-    ]  # fmt: skip
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     meta = json.loads((out / "samples.json").read_text())
@@ -166,8 +181,23 @@ def test_sample_cli_rebuilds_the_model_from_our_checkpoint(parts, tmp_path):
     app = typer.Typer()
     app.command()(sample)
     out = tmp_path / "out"
-    args = ["-p", "a red ball", "--ckpt", str(ckpt), "--out", str(out), "--vae", parts["vae"],
-            "--text-encoder", parts["t5"], "--steps", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+    args = [
+        "-p",
+        "a red ball",
+        "--ckpt",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--vae",
+        parts["vae"],
+        "--text-encoder",
+        parts["t5"],
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     settings = json.loads((out / "samples.json").read_text())["settings"]
@@ -218,10 +248,35 @@ def test_sample_from_a_run_folder_anywhere(tmp_path):
     elsewhere.mkdir()
 
     def sample(run) -> subprocess.CompletedProcess:
-        args = ["sample", "--ckpt", str(run), "--prompt", "a red ball", "--num-frames", "1", "--height", "64",
-                "--width", "64", "--steps", "2", "--device", "cpu", "--out", "out", "--no-progress", "--no-gif"]  # fmt: skip
-        return subprocess.run([PYTHON, str(ROOT / "cli.py"), *args], cwd=elsewhere, env=cli_env(),
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        args = [
+            "sample",
+            "--ckpt",
+            str(run),
+            "--prompt",
+            "a red ball",
+            "--num-frames",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            "out",
+            "--no-progress",
+            "--no-gif",
+        ]
+        return subprocess.run(
+            [PYTHON, str(ROOT / "cli.py"), *args],
+            cwd=elsewhere,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     proc = sample(runs / "hq")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -97,7 +97,11 @@ def test_transitions_split_scenes_and_keep_their_frames_out():
     assert scenes_from_transitions(found, 100) == [(0, 40), (40, 60), (70, 90)]
     # PySceneDetect's cuts and gradual gaps become transitions in frame order
     det = Detection(cuts=[80, 40], gradual=[(60, 70)], analysed_frames=100)
-    assert det.transitions == [Transition(40, 40, "hard"), Transition(60, 70, "gradual"), Transition(80, 80, "hard")]
+    assert det.transitions == [
+        Transition(40, 40, "hard"),
+        Transition(60, 70, "gradual"),
+        Transition(80, 80, "hard"),
+    ]
 
 
 def _random_transitions(rng: random.Random, n: int) -> list[Transition]:
@@ -135,7 +139,9 @@ def test_policy_never_puts_a_transition_frame_in_a_clip():
             if e - s < min_f:
                 assert mine == []
                 continue
-            assert mine[0][0] == s and all(b == a2 for (_, b), (a2, _) in zip(mine, mine[1:], strict=False)), (mine, s, e)
+            assert mine[0][0] == s and all(
+                b == a2 for (_, b), (a2, _) in zip(mine, mine[1:], strict=False)
+            ), (mine, s, e)
             assert 0 <= e - mine[-1][1] < min_f
 
 

@@ -45,8 +45,9 @@ class ReleasedLayout(torch.nn.Module):
     def __init__(self):
         super().__init__()
         L, D = torch.nn.Linear, torch.nn.Dropout  # noqa: N806
-        self.layers = torch.nn.Sequential(L(768, 1024), D(0.2), L(1024, 128), D(0.2), L(128, 64), D(0.1),
-                                          L(64, 16), L(16, 1))  # fmt: skip
+        self.layers = torch.nn.Sequential(
+            L(768, 1024), D(0.2), L(1024, 128), D(0.2), L(128, 64), D(0.1), L(64, 16), L(16, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -56,7 +57,11 @@ class ReleasedLayout(torch.nn.Module):
 def tiny(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("tiny-random-models")
     config, weights = save_tiny_clip(d)
-    return {"model": str(config), "pretrained": str(weights), "head": str(save_tiny_aesthetic_head(d / "head.pth"))}
+    return {
+        "model": str(config),
+        "pretrained": str(weights),
+        "head": str(save_tiny_aesthetic_head(d / "head.pth")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +88,9 @@ def _open_clip_reference(tiny: dict, path: str, indices: list[int]) -> torch.Ten
     from mediaio import read_frames_at
 
     open_clip.add_model_config(Path(tiny["model"]))
-    model, _, preprocess = open_clip.create_model_and_transforms(Path(tiny["model"]).stem, pretrained=tiny["pretrained"])
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        Path(tiny["model"]).stem, pretrained=tiny["pretrained"]
+    )
     pixels = torch.stack([preprocess(Image.fromarray(f)) for f in read_frames_at(path, indices)])
     with torch.no_grad():
         return torch.nn.functional.normalize(model.eval().encode_image(pixels), dim=-1)
@@ -125,7 +132,9 @@ def test_frames_are_preprocessed_as_open_clip_does_without_building_the_model(ti
     import open_clip
 
     open_clip.add_model_config(Path(tiny["model"]))
-    _, _, preprocess = open_clip.create_model_and_transforms(Path(tiny["model"]).stem, pretrained=tiny["pretrained"])
+    _, _, preprocess = open_clip.create_model_and_transforms(
+        Path(tiny["model"]).stem, pretrained=tiny["pretrained"]
+    )
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 150, 3), dtype=np.uint8))
     torch.testing.assert_close(image_transform(tiny["model"], tiny["pretrained"])(image), preprocess(image))
 
@@ -172,10 +181,14 @@ def test_aesthetic_scores_every_clip_and_image_and_keeps_each_models_rows(tmp_pa
     run_stage(ws, AestheticStage(**{**tiny, "head": str(other_head)}), progress=False)
     keys = ws.sql("SELECT model_key, count(*) AS n FROM aesthetic_scores GROUP BY ALL")
     assert sorted(k["n"] for k in keys) == [5, 5]
-    newest = {r["clip_id"]: r["aesthetic"] for r in ws.sql(
-        "SELECT clip_id, aesthetic FROM aesthetic_scores WHERE model LIKE '%other-head.pth%'")}  # fmt: skip
+    newest = {
+        r["clip_id"]: r["aesthetic"]
+        for r in ws.sql("SELECT clip_id, aesthetic FROM aesthetic_scores WHERE model LIKE '%other-head.pth%'")
+    }
     assert {c["clip_id"]: c["aesthetic"] for c in ws.sql("SELECT * FROM clips")} == newest
-    assert ws.sql("SELECT count(DISTINCT model_key) AS n FROM clip_embeddings")[0]["n"] == 1  # same CLIP: same rows
+    assert (
+        ws.sql("SELECT count(DISTINCT model_key) AS n FROM clip_embeddings")[0]["n"] == 1
+    )  # same CLIP: same rows
 
 
 def test_a_clip_whose_files_are_gone_becomes_an_error_row(tmp_path, tiny, media):
@@ -187,8 +200,12 @@ def test_a_clip_whose_files_are_gone_becomes_an_error_row(tmp_path, tiny, media)
     assert stats.statuses == {"ok": 3, "error": 2}
     errors = ws.sql("SELECT clip_id, error, model_key FROM aesthetic_scores WHERE status = 'error'")
     assert all("neither the source" in e["error"] and e["model_key"] for e in errors)
-    assert all(e["clip_id"].startswith(ws.sql("SELECT video_id FROM videos WHERE path LIKE '%v0.mp4'")[0]["video_id"])
-               for e in errors)  # fmt: skip
+    assert all(
+        e["clip_id"].startswith(
+            ws.sql("SELECT video_id FROM videos WHERE path LIKE '%v0.mp4'")[0]["video_id"]
+        )
+        for e in errors
+    )
     assert run_stage(ws, AestheticStage(**tiny), progress=False).planned == 0  # errors are not retried
 
 
@@ -203,7 +220,9 @@ def test_process_batch_makes_one_model_call_per_batch(tmp_path, tiny, media):
     stage._clip.model.encode_image = lambda x: calls.append(len(x)) or encode(x)
     items = [stage.prepare(i) for i in plan(ws, stage)]
     out = stage.process_batch(items)
-    assert len(out) == 5 and calls == [15]  # 4 video clips x 3 frames + 1 image frame, one call padded to 5 x 3
+    assert len(out) == 5 and calls == [
+        15
+    ]  # 4 video clips x 3 frames + 1 image frame, one call padded to 5 x 3
 
 
 @pytest.mark.timeout(300)
@@ -223,8 +242,12 @@ def test_aesthetic_sigkill_then_rerun_scores_each_clip_once(tmp_path, tiny):
     def parts() -> int:
         return len([p for p in table.glob("part-*.parquet") if "init" not in p.name])
 
-    proc = subprocess.Popen([*cmd, "--set", "commit_every=1", "--set", "batch_size=1"], env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cmd, "--set", "commit_every=1", "--set", "batch_size=1"],
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while parts() < 3:
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before 3 commits"
@@ -242,7 +265,9 @@ def test_aesthetic_sigkill_then_rerun_scores_each_clip_once(tmp_path, tiny):
     ingest(reference, [str(folder)])
     run_stage(reference, ProbeStage(), progress=False)
     run_stage(reference, AestheticStage(**tiny), progress=False)
-    expected = {r["clip_id"]: r["aesthetic"] for r in reference.sql("SELECT clip_id, aesthetic FROM aesthetic_scores")}
+    expected = {
+        r["clip_id"]: r["aesthetic"] for r in reference.sql("SELECT clip_id, aesthetic FROM aesthetic_scores")
+    }
     assert {r["clip_id"]: r["aesthetic"] for r in rows} == pytest.approx(expected, abs=1e-5)
 
 
@@ -278,11 +303,35 @@ def test_motion_measures_pan_speed_and_flags_static_clips(tmp_path):
 # ------------------------------------------------------------------------------- dedup
 def _embedded_manifest(ws: Workspace, x: np.ndarray, scores: dict[int, float]) -> list[str]:
     ids = [f"vid{k:04d}-0-48" for k in range(len(x))]
-    write_clips(ws, [{"clip_id": cid, "video_id": cid[:7], "start_frame": 0, "end_frame": 48, "fps": 24.0,
-                      "width": 64, "height": 48} for cid in ids])  # fmt: skip
-    ws.write("clip_embeddings", [{"row_id": f"{cid}:e", "clip_id": cid, "model_key": "e", "dim": x.shape[1],
-                                  "embedding": x[k].astype("<f2").tobytes(), "scored_at": 1.0}
-                                 for k, cid in enumerate(ids)])  # fmt: skip
+    write_clips(
+        ws,
+        [
+            {
+                "clip_id": cid,
+                "video_id": cid[:7],
+                "start_frame": 0,
+                "end_frame": 48,
+                "fps": 24.0,
+                "width": 64,
+                "height": 48,
+            }
+            for cid in ids
+        ],
+    )
+    ws.write(
+        "clip_embeddings",
+        [
+            {
+                "row_id": f"{cid}:e",
+                "clip_id": cid,
+                "model_key": "e",
+                "dim": x.shape[1],
+                "embedding": x[k].astype("<f2").tobytes(),
+                "scored_at": 1.0,
+            }
+            for k, cid in enumerate(ids)
+        ],
+    )
     write_scores(ws, {ids[k]: {"aesthetic": s} for k, s in scores.items()})
     return ids
 
@@ -306,22 +355,50 @@ def test_dedup_groups_planted_near_duplicates_keeps_the_best_and_reruns_after_ne
     dups = {cid: c["dup_of"] for cid, c in clips.items() if c["dup_of"]}
     assert dups == {ids[5]: ids[10], ids[11]: ids[10], ids[20]: ids[7]}
     assert {clips[ids[k]]["dup_group"] for k in (5, 10, 11)} == {ids[10]}
-    assert all(c["dup_group"] == cid for cid, c in clips.items() if cid not in dups and cid not in (ids[10], ids[7]))
+    assert all(
+        c["dup_group"] == cid for cid, c in clips.items() if cid not in dups and cid not in (ids[10], ids[7])
+    )
     (run,) = ws.sql("SELECT * FROM dedup_runs")
     assert (run["num_clips"], run["num_groups"], run["num_duplicates"], run["index"]) == (300, 2, 3, "flat")
 
     assert run_stage(ws, DedupStage(), progress=False).planned == 0  # same snapshot: nothing to do
     # a new, better-scored near-duplicate of clip 7 arrives: the groups are recomputed
     new = _unit(x[7] + 0.01 * rng.normal(size=64))
-    write_clips(ws, [{"clip_id": "newvid-0-48", "video_id": "newvid", "start_frame": 0, "end_frame": 48,
-                      "fps": 24.0, "width": 64, "height": 48}])  # fmt: skip
-    ws.write("clip_embeddings", [{"row_id": "newvid-0-48:e", "clip_id": "newvid-0-48", "model_key": "e", "dim": 64,
-                                  "embedding": new.astype("<f2").tobytes(), "scored_at": 2.0}])  # fmt: skip
+    write_clips(
+        ws,
+        [
+            {
+                "clip_id": "newvid-0-48",
+                "video_id": "newvid",
+                "start_frame": 0,
+                "end_frame": 48,
+                "fps": 24.0,
+                "width": 64,
+                "height": 48,
+            }
+        ],
+    )
+    ws.write(
+        "clip_embeddings",
+        [
+            {
+                "row_id": "newvid-0-48:e",
+                "clip_id": "newvid-0-48",
+                "model_key": "e",
+                "dim": 64,
+                "embedding": new.astype("<f2").tobytes(),
+                "scored_at": 2.0,
+            }
+        ],
+    )
     write_scores(ws, {"newvid-0-48": {"aesthetic": 9.0}}, key="later")
     assert run_stage(ws, DedupStage(), progress=False).statuses == {"ok": 1}
     clips = {c["clip_id"]: c for c in ws.sql("SELECT * FROM clips")}
     assert (clips[ids[7]]["dup_of"], clips[ids[20]]["dup_of"], clips["newvid-0-48"]["dup_of"]) == (
-        "newvid-0-48", "newvid-0-48", None)  # fmt: skip
+        "newvid-0-48",
+        "newvid-0-48",
+        None,
+    )
     assert clips[ids[5]]["dup_of"] == ids[10]
 
 
@@ -336,7 +413,10 @@ def test_dedup_ivf_index_finds_the_planted_groups_of_the_exact_search(tmp_path):
     run_stage(ws, DedupStage(exact_below=100, nprobe=4), progress=False)
     (run,) = ws.sql("SELECT index FROM dedup_runs")
     assert run["index"].startswith("ivf")
-    dups = {c["clip_id"]: c["dup_of"] for c in ws.sql("SELECT clip_id, dup_of FROM clips WHERE dup_of IS NOT NULL")}
+    dups = {
+        c["clip_id"]: c["dup_of"]
+        for c in ws.sql("SELECT clip_id, dup_of FROM clips WHERE dup_of IS NOT NULL")
+    }
     assert dups == {ids[b]: ids[a] for a, b in planted.items()}
 
 
@@ -346,7 +426,10 @@ def test_text_match_compares_caption_and_middle_frame_and_follows_new_captions(t
 
     ws = _scanned(tmp_path, media)
     clips = ws.sql("SELECT * FROM clips WHERE media_type = 'video' ORDER BY clip_id")
-    captioned = {c["clip_id"]: {"caption": f"a red ball number {i}", "caption_status": "ok"} for i, c in enumerate(clips[:3])}
+    captioned = {
+        c["clip_id"]: {"caption": f"a red ball number {i}", "caption_status": "ok"}
+        for i, c in enumerate(clips[:3])
+    }
     write_scores(ws, captioned)
     stage = TextMatchStage(model=tiny["model"], pretrained=tiny["pretrained"])
     assert run_stage(ws, stage, progress=False).statuses == {"ok": 3}  # only captioned clips
@@ -364,7 +447,12 @@ def test_text_match_compares_caption_and_middle_frame_and_follows_new_captions(t
     assert view[c["clip_id"]] == got[c["clip_id"]]["text_match"] and view[clips[3]["clip_id"]] is None
 
     assert run_stage(ws, stage, progress=False).planned == 0
-    write_scores(ws, {c["clip_id"]: {"caption": "a completely different caption", "caption_status": "ok"}}, key="v2")
+    write_scores(
+        ws, {c["clip_id"]: {"caption": "a completely different caption", "caption_status": "ok"}}, key="v2"
+    )
     assert [i["clip_id"] for i in plan(ws, stage)] == [c["clip_id"]]  # the new caption is pending
     run_stage(ws, stage, progress=False)
-    assert ws.sql("SELECT text_match FROM clips WHERE clip_id = ?", [c["clip_id"]])[0]["text_match"] != view[c["clip_id"]]
+    assert (
+        ws.sql("SELECT text_match FROM clips WHERE clip_id = ?", [c["clip_id"]])[0]["text_match"]
+        != view[c["clip_id"]]
+    )

@@ -52,7 +52,9 @@ def test_select_writes_immutable_numbered_versions_with_a_card(tmp_path):
     assert card["name"] == "pretrain" and card["version"] == 1 and card["row_count"] == 5
     assert card["recipe"] == {"name": "@video", "kind": "recipe", "text": recipe_sql("video")}
     parts = card["manifest"]["tables"]["clip_spans"]
-    assert parts["part_rows"] == len(CASES) and parts["parts"] == [p.name for p in ws.live_parts("clip_spans")]
+    assert parts["part_rows"] == len(CASES) and parts["parts"] == [
+        p.name for p in ws.live_parts("clip_spans")
+    ]
     assert card["created"] and card["manifest"]["schema_version"] >= 3
 
     # the files are read-only; a new select is v2; NAME is the latest, NAME@v1 the first
@@ -105,8 +107,13 @@ def scanned(tmp_path_factory) -> Workspace:
     run_stage(ws, ProbeStage(), progress=False)
     run_stage(ws, SceneStage(), progress=False)
     clips = [c["clip_id"] for c in ws.sql("SELECT clip_id FROM clips ORDER BY clip_id")]
-    write_scores(ws, {cid: {**GOOD, "aesthetic": 5.0 + i, "caption": f"caption {i}", "dup_group": cid}
-                      for i, cid in enumerate(clips[:3])})  # fmt: skip
+    write_scores(
+        ws,
+        {
+            cid: {**GOOD, "aesthetic": 5.0 + i, "caption": f"caption {i}", "dup_group": cid}
+            for i, cid in enumerate(clips[:3])
+        },
+    )
     return ws
 
 
@@ -118,15 +125,40 @@ def test_cli_select_sets_and_opensora_export_cut_the_clips(scanned, tmp_path):
     assert "allclips@v1: 4 rows" in datakit("select", "allclips", "--where", "media_type = 'video'")
     listing = datakit("sets")
     assert "allclips" in listing and "v1" in listing and "--where" in listing
-    bad = subprocess.run([PYTHON, str(ROOT / "cli.py"), "datakit", "select", "x", "--sql", "DELETE FROM clips",
-                          "-w", str(scanned.root)], env=cli_env(), capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [
+            PYTHON,
+            str(ROOT / "cli.py"),
+            "datakit",
+            "select",
+            "x",
+            "--sql",
+            "DELETE FROM clips",
+            "-w",
+            str(scanned.root),
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "read-only" in bad.stderr
 
     out = tmp_path / "train.csv"
-    printed = datakit("export", "allclips@v1", "--format", "opensora", "--output", str(out), "--short-side", "32")
+    printed = datakit(
+        "export", "allclips@v1", "--format", "opensora", "--output", str(out), "--short-side", "32"
+    )
     assert "exported 3 rows" in printed and "1 without caption" in printed
     table = pacsv.read_csv(out).to_pylist()
-    assert list(table[0])[:8] == ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution", "fps"]
+    assert list(table[0])[:8] == [
+        "path",
+        "text",
+        "num_frames",
+        "height",
+        "width",
+        "aspect_ratio",
+        "resolution",
+        "fps",
+    ]
     assert [r["text"] for r in table] == ["caption 0", "caption 1", "caption 2"]
     spans = {c["clip_id"]: c for c in scanned.sql("SELECT * FROM clips")}
     for row in table:  # each row is a clip file, cut frame-exact, at the asked size
@@ -149,10 +181,15 @@ def test_webdataset_export_writes_byte_sized_shards_that_webdataset_reads(scanne
     assert [s["__key__"] for s in samples] == sorted(rows)
     for s in samples:
         meta = json.loads(s["json"])
-        assert s["txt"].decode() == rows[s["__key__"]]["caption"] and meta["aesthetic"] == rows[s["__key__"]]["aesthetic"]
+        assert (
+            s["txt"].decode() == rows[s["__key__"]]["caption"]
+            and meta["aesthetic"] == rows[s["__key__"]]["aesthetic"]
+        )
         cut = scanned.sql("SELECT path FROM cuts WHERE clip_id = ?", [s["__key__"]])[0]["path"]
         assert s["mp4"] == Path(cut).read_bytes()
-    bigger = export_set(scanned, "wds", "webdataset", tmp_path / "one-shard", shard_bytes=10**9, progress=False)
+    bigger = export_set(
+        scanned, "wds", "webdataset", tmp_path / "one-shard", shard_bytes=10**9, progress=False
+    )
     assert len(bigger.files) == 1
     with pytest.raises(SetError, match="already holds"):
         export_set(scanned, "wds", "webdataset", tmp_path / "one-shard", progress=False)
@@ -168,7 +205,9 @@ def test_cli_select_takes_recipe_parameters_and_recipe_files(tmp_path):
 
     # @hq keeps only "good" at its own thresholds; lowering them via --param keeps more, recorded in the card
     strict = json.loads(datakit("hq", "--recipe", "@hq").stdout)
-    loose = datakit("hq", "--recipe", "@hq", "--param", "hq_min_aesthetic=0", "--param", "hq_min_text_match=0")
+    loose = datakit(
+        "hq", "--recipe", "@hq", "--param", "hq_min_aesthetic=0", "--param", "hq_min_text_match=0"
+    )
     card = json.loads(loose.stdout)
     assert strict["row_count"] == 1 and card["row_count"] > 1
     assert card["recipe"]["params"] == {"hq_min_aesthetic": 0.0, "hq_min_text_match": 0.0}
@@ -177,7 +216,8 @@ def test_cli_select_takes_recipe_parameters_and_recipe_files(tmp_path):
     mine.write_text("SELECT clip_id FROM clips WHERE aesthetic >= getvariable('floor') ORDER BY clip_id")
     picked = json.loads(datakit("mine", "--recipe", str(mine), "--param", "floor=6.5").stdout)
     rows = pq.read_table(ws.root / "sets" / "mine" / "v1" / "rows.parquet").column("clip_id").to_pylist()
-    assert picked["recipe"]["name"] == str(mine) and rows == sorted(r["clip_id"] for r in ws.sql(
-        "SELECT clip_id FROM clips WHERE aesthetic >= 6.5"))  # fmt: skip
+    assert picked["recipe"]["name"] == str(mine) and rows == sorted(
+        r["clip_id"] for r in ws.sql("SELECT clip_id FROM clips WHERE aesthetic >= 6.5")
+    )
     bad = datakit("x", "--recipe", "@hq", "--param", "nonsense")
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr

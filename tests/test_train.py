@@ -85,8 +85,20 @@ def chain(tmp_path_factory) -> dict[str, Path]:
 def train(
     chain: dict[str, Path], run: str, *args: str, torchrun: bool = True, **kwargs
 ) -> subprocess.CompletedProcess:
-    return cli("train", "--preset", "tiny", "-w", str(chain["ws"]), "--run-dir", str(chain["root"] / run),
-               f"model.tiny_dir={chain['tiny']}", "train.progress=false", *args, torchrun=torchrun, **kwargs)  # fmt: skip
+    return cli(
+        "train",
+        "--preset",
+        "tiny",
+        "-w",
+        str(chain["ws"]),
+        "--run-dir",
+        str(chain["root"] / run),
+        f"model.tiny_dir={chain['tiny']}",
+        "train.progress=false",
+        *args,
+        torchrun=torchrun,
+        **kwargs,
+    )
 
 
 IMAGE_ARGS = ("--stage", "image", "--select", "select * from clips", "--max-steps", "8", "--ckpt-every", "4")
@@ -148,8 +160,20 @@ def descendants(pid: int) -> list[int]:
 
 def test_kill_and_resume_repeats_the_uninterrupted_run_bitwise(chain, image_run):
     run_dir = chain["root"] / "killed"
-    cmd = [*TORCHRUN, str(ROOT / "cli.py"), "train", "--preset", "tiny", "-w", str(chain["ws"]), "--run-dir",
-           str(run_dir), f"model.tiny_dir={chain['tiny']}", "train.progress=false", *IMAGE_ARGS]  # fmt: skip
+    cmd = [
+        *TORCHRUN,
+        str(ROOT / "cli.py"),
+        "train",
+        "--preset",
+        "tiny",
+        "-w",
+        str(chain["ws"]),
+        "--run-dir",
+        str(run_dir),
+        f"model.tiny_dir={chain['tiny']}",
+        "train.progress=false",
+        *IMAGE_ARGS,
+    ]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = run_dir / "metrics.jsonl"
     deadline = time.time() + 600
@@ -220,9 +244,25 @@ def test_hq_stage_takes_the_latest_set_version(hq_run):
 def test_sample_from_the_final_ema_weights(chain, hq_run, tmp_path):
     out = tmp_path / "samples"
     # the run folder is a checkpoint: its EMA weights and config.json (so the trained size: 4 × 96 × 96)
-    cli("sample", "-p", "shapes moving", "--ckpt", str(hq_run), "--vae", str(chain["tiny"] / "vae"),
-        "--text-encoder", str(chain["tiny"] / "t5"), "--steps", "3", "--device", "cpu", "--out", str(out),
-        "--local-files-only", "--no-progress")  # fmt: skip
+    cli(
+        "sample",
+        "-p",
+        "shapes moving",
+        "--ckpt",
+        str(hq_run),
+        "--vae",
+        str(chain["tiny"] / "vae"),
+        "--text-encoder",
+        str(chain["tiny"] / "t5"),
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--local-files-only",
+        "--no-progress",
+    )
     meta = json.loads((out / "samples.json").read_text())
     assert meta["settings"]["ckpt"] == str(hq_run)
     with av.open(meta["samples"][0]["mp4"]) as container:
@@ -233,13 +273,26 @@ def test_sample_from_the_final_ema_weights(chain, hq_run, tmp_path):
 def test_a_set_whose_files_moved_fails_fast(chain, tmp_path):
     clips = pq.read_table(chain["ws"] / "sets" / "base" / "v1" / "rows.parquet")
     moved = clips.set_column(
-        clips.column_names.index("source_path"), "source_path",
+        clips.column_names.index("source_path"),
+        "source_path",
         pa.array([f"/nowhere/{Path(p).name}" for p in clips["source_path"].to_pylist()]),
-    )  # fmt: skip
+    )
     write_set(chain["ws"], "moved", 1, moved)
     run_dir = tmp_path / "moved-run"
-    proc = cli("train", "--stage", "video", "--preset", "tiny", "-w", str(chain["ws"]), "--set", "moved",
-               "--run-dir", str(run_dir), check=False)  # fmt: skip
+    proc = cli(
+        "train",
+        "--stage",
+        "video",
+        "--preset",
+        "tiny",
+        "-w",
+        str(chain["ws"]),
+        "--set",
+        "moved",
+        "--run-dir",
+        str(run_dir),
+        check=False,
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "6 of 6 clips have no readable file" in err and "/nowhere/" in err
     assert "Traceback" not in err and not run_dir.exists()

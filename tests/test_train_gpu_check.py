@@ -17,11 +17,32 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def test_gpu_check_dry_run_prints_one_table(tmp_path):
-    env = {**cli_env(), "OUT": str(tmp_path / "out"), "GPU_CHECK_WORK": str(tmp_path / "work"), "PYTHON": PYTHON,
-           "PATH": f"{os.path.dirname(PYTHON)}:{os.environ['PATH']}"}  # fmt: skip
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--cases", "1,2,4,5",
-                           "--steps", "2", "--resume-steps", "4,3,2", "--budget-s", "800"],
-                          env=env, capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    env = {
+        **cli_env(),
+        "OUT": str(tmp_path / "out"),
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "PYTHON": PYTHON,
+        "PATH": f"{os.path.dirname(PYTHON)}:{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "bench" / "gpu_check.sh"),
+            "--dry-run",
+            "--cases",
+            "1,2,4,5",
+            "--steps",
+            "2",
+            "--resume-steps",
+            "4,3,2",
+            "--budget-s",
+            "800",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "out" / "gpu_check.txt").read_text()
     assert "gpu_check: none (CPU) | torch " in table and "colossalai 0.5.0" in table and "load " in table

@@ -164,5 +164,7 @@ def test_hybrid_adam_unavailable_is_one_line_naming_nvcc_and_ninja(monkeypatch):
 
     monkeypatch.setenv("PATH", "/nonexistent")
     message = hybrid_adam_unavailable(AssertionError("No usable kernel found for CPUAdamLoader\nmore detail"))
-    assert "\n" not in message and "nvcc NOT found, ninja NOT found" in message and "optim.name=adamw" in message
+    assert (
+        "\n" not in message and "nvcc NOT found, ninja NOT found" in message and "optim.name=adamw" in message
+    )
     assert "No usable kernel found for CPUAdamLoader" in message

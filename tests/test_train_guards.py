@@ -28,8 +28,20 @@ def one_set(ws: Path, path: Path, n: int = 2) -> Path:
     """A curated set `one`: n one-frame spans of `path`."""
     folder = ws / "sets" / "one" / "v1"
     folder.mkdir(parents=True)
-    rows = [dict(clip_id=f"c{i}", source_path=str(path), path=None, start_frame=30 + i, end_frame=31 + i,
-                 fps=25.0, width=160, height=160, caption="a scene") for i in range(n)]  # fmt: skip
+    rows = [
+        dict(
+            clip_id=f"c{i}",
+            source_path=str(path),
+            path=None,
+            start_frame=30 + i,
+            end_frame=31 + i,
+            fps=25.0,
+            width=160,
+            height=160,
+            caption="a scene",
+        )
+        for i in range(n)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), folder / "rows.parquet")
     (folder / "card.json").write_text(json.dumps({"name": "one", "version": 1, "recipe": "by hand"}))
     return ws
@@ -52,8 +64,24 @@ def launch_here(ws: Path, run_dir: Path, overrides: list[str], resume: bool = Fa
 
 
 def train_cli(ws: Path, run_dir: Path, *args: str, wait: bool = True, log: Path | None = None):
-    cmd = [PYTHON, str(ROOT / "cli.py"), "train", "--stage", "image", "--preset", "tiny", "-w", str(ws),
-           "--set", "one", "--run-dir", str(run_dir), f"model.tiny_dir={run_dir.parent / 'tiny'}", *BASE, *args]  # fmt: skip
+    cmd = [
+        PYTHON,
+        str(ROOT / "cli.py"),
+        "train",
+        "--stage",
+        "image",
+        "--preset",
+        "tiny",
+        "-w",
+        str(ws),
+        "--set",
+        "one",
+        "--run-dir",
+        str(run_dir),
+        f"model.tiny_dir={run_dir.parent / 'tiny'}",
+        *BASE,
+        *args,
+    ]
     if not wait:
         return subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=log.open("w"))
     return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True)
@@ -70,7 +98,9 @@ def test_a_selection_that_never_decodes_stops_with_one_error(tmp_path, video):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(video.read_bytes()[:2000])  # a file that exists but does not decode
     ws = one_set(tmp_path / "ws", broken, n=3)
-    with pytest.raises(RunError, match=r"no usable batch: .* no clip that decodes; 3 clip decodes failed") as err:
+    with pytest.raises(
+        RunError, match=r"no usable batch: .* no clip that decodes; 3 clip decodes failed"
+    ) as err:
         launch_here(ws, tmp_path / "run", ["train.max_steps=1000", "data.batch_size=1"])
     assert "broken" in str(err.value) or "c0" in str(err.value)
     assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))
@@ -83,7 +113,9 @@ def test_consecutive_failures_stop_before_an_epoch_ends(tmp_path, video):
     broken.write_bytes(video.read_bytes()[:2000])
     ws = one_set(tmp_path / "ws", broken, n=12)
     with pytest.raises(RunError, match=r"5 steps in a row had no clip that decodes; 5 clip decodes failed"):
-        launch_here(ws, tmp_path / "run", ["train.max_steps=10", "data.batch_size=1", "data.max_failed_in_a_row=5"])
+        launch_here(
+            ws, tmp_path / "run", ["train.max_steps=10", "data.batch_size=1", "data.max_failed_in_a_row=5"]
+        )
 
 
 # ------------------------------------------------------------------------------------ finding 3
@@ -130,18 +162,29 @@ def test_resume_refuses_changes_that_break_an_exact_resume(tmp_path, video):
     assert (run_dir / "train_config.json").read_bytes() == config, "a refused resume writes nothing"
 
     # what may change: when to stop, checkpoint, validate, log
-    launch_here(ws, run_dir, ["train.max_steps=3", "train.ckpt_every=1", "train.val_every=7",
-                              "train.keep_last=5"], resume=True)  # fmt: skip
+    launch_here(
+        ws,
+        run_dir,
+        ["train.max_steps=3", "train.ckpt_every=1", "train.val_every=7", "train.keep_last=5"],
+        resume=True,
+    )
     saved = json.loads((run_dir / "train_config.json").read_text())["train"]
     assert (saved["max_steps"], saved["val_every"], saved["keep_last"]) == (3, 7, 5)
-    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
 
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--max-steps", "-3"], "train.max_steps must be >= 1, got -3"),
-     (["--ckpt-every", "0"], "train.ckpt_every must be >= 1, got 0"), (["optim.lr=nan"], "optim.lr must be a finite")],
-)  # fmt: skip
+    [
+        (["--max-steps", "-3"], "train.max_steps must be >= 1, got -3"),
+        (["--ckpt-every", "0"], "train.ckpt_every must be >= 1, got 0"),
+        (["optim.lr=nan"], "optim.lr must be a finite"),
+    ],
+)
 def test_out_of_range_numbers_exit_2_with_one_line(tmp_path, video, args, message):
     ws = one_set(tmp_path / "ws", video)
     proc = train_cli(ws, tmp_path / "run", *args)
@@ -152,11 +195,17 @@ def test_out_of_range_numbers_exit_2_with_one_line(tmp_path, video, args, messag
 
 @pytest.mark.parametrize(
     "override, message",
-    [("optim.lr=-1", "optim.lr must be a finite number > 0"), ("data.batch_size=0", "data.batch_size must be >= 1"),
-     ("data.num_workers=-1", "data.num_workers must be >= 0"), ("train.val_every=0", "train.val_every must be >= 1"),
-     ("optim.betas=[0.9, 1.5]", "optim.betas"), ("train.epochs=0", "train.epochs must be >= 1"),
-     ("optim.grad_clip=inf", "optim.grad_clip"), ("train.max_nonfinite=0", "train.max_nonfinite must be >= 1")],
-)  # fmt: skip
+    [
+        ("optim.lr=-1", "optim.lr must be a finite number > 0"),
+        ("data.batch_size=0", "data.batch_size must be >= 1"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0"),
+        ("train.val_every=0", "train.val_every must be >= 1"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas"),
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("optim.grad_clip=inf", "optim.grad_clip"),
+        ("train.max_nonfinite=0", "train.max_nonfinite must be >= 1"),
+    ],
+)
 def test_config_refuses_out_of_range_numbers(override, message):
     from training.config import ConfigError, resolve_config
 
@@ -169,8 +218,14 @@ def test_resume_with_a_bad_max_steps_exits_2_and_keeps_the_config(tmp_path, vide
     run_dir = tmp_path / "run"
     launch_here(ws, run_dir, ["train.max_steps=1"])
     config = (run_dir / "train_config.json").read_bytes()
-    proc = subprocess.run([PYTHON, str(ROOT / "cli.py"), "train", "--resume", "--run-dir", str(run_dir),
-                           "--max-steps", "-3"], env=cli_env(), capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [PYTHON, str(ROOT / "cli.py"), "train", "--resume", "--run-dir", str(run_dir), "--max-steps", "-3"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
     lines = error_lines(proc.stderr)
-    assert proc.returncode == 2 and len(lines) == 1 and "train.max_steps must be >= 1" in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1 and "train.max_steps must be >= 1" in lines[0], (
+        proc.stderr
+    )
     assert (run_dir / "train_config.json").read_bytes() == config

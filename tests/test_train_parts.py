@@ -33,8 +33,17 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 
 def row(path: Path, start: int, end: int, width: int, height: int, caption: str = "a scene") -> dict:
-    return dict(clip_id=f"{path.stem}-{start}-{end}", source_path=str(path), path=None, start_frame=start,
-                end_frame=end, fps=24.0, width=width, height=height, caption=caption)  # fmt: skip
+    return dict(
+        clip_id=f"{path.stem}-{start}-{end}",
+        source_path=str(path),
+        path=None,
+        start_frame=start,
+        end_frame=end,
+        fps=24.0,
+        width=width,
+        height=height,
+        caption=caption,
+    )
 
 
 # ------------------------------------------------------------------------------------ config
@@ -65,9 +74,14 @@ def test_config_layers_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("optim.lrr=1", "unknown key"), ("data.batch_size=two", "expected int"), ("train.plugin=fsdp", "plugin"),
-     ("data.aspect_ratios=['wide']", "aspect ratio"), ("noequals", "key=value")],
-)  # fmt: skip
+    [
+        ("optim.lrr=1", "unknown key"),
+        ("data.batch_size=two", "expected int"),
+        ("train.plugin=fsdp", "plugin"),
+        ("data.aspect_ratios=['wide']", "aspect ratio"),
+        ("noequals", "key=value"),
+    ],
+)
 def test_config_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config("video", overrides=[override])
@@ -228,8 +242,14 @@ def run_in_process(ws: Path, run_dir: Path, overrides: list[str]) -> Path:
     from training.dist import shutdown
     from training.run import Source, launch
 
-    base = [f"model.tiny_dir={run_dir.parent / 'tiny'}", "train.progress=false", "data.num_workers=0",
-            "data.flip=false", "data.val_min_rows=2", "data.val_fraction=0.5"]  # fmt: skip
+    base = [
+        f"model.tiny_dir={run_dir.parent / 'tiny'}",
+        "train.progress=false",
+        "data.num_workers=0",
+        "data.flip=false",
+        "data.val_min_rows=2",
+        "data.val_fraction=0.5",
+    ]
     cfg = resolve_config("image", tiny=True, overrides=base + overrides)
     try:
         return launch(cfg, run_dir=run_dir, source=Source(ws, set_spec="one"), resume=False)
@@ -242,8 +262,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def test_overfitting_one_batch_lowers_the_loss(one_clip_set, tmp_path):
-    run = run_in_process(one_clip_set, tmp_path / "run", ["train.max_steps=30", "train.val_every=10",
-                                                          "train.ckpt_every=30", "optim.lr=3e-3"])  # fmt: skip
+    run = run_in_process(
+        one_clip_set,
+        tmp_path / "run",
+        ["train.max_steps=30", "train.val_every=10", "train.ckpt_every=30", "optim.lr=3e-3"],
+    )
     m = read_metrics(run)
     losses = [r["loss"] for r in m]
     assert len(m) == 30 and all(np.isfinite(losses))
@@ -260,8 +283,11 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(one_clip_set, t
 
     run_dir = tmp_path / "nan"
     with pytest.raises(RunError, match=r"non-finite (loss|gradient norm) .* at step 2: stopping") as err:
-        run_in_process(one_clip_set, run_dir, ["train.max_steps=5", "train.ckpt_every=1", "optim.lr=1e30",
-                                               "optim.grad_clip=0"])  # fmt: skip
+        run_in_process(
+            one_clip_set,
+            run_dir,
+            ["train.max_steps=5", "train.ckpt_every=1", "optim.lr=1e30", "optim.grad_clip=0"],
+        )
     assert "step-00000001" in str(err.value)
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-00000001"]
     assert (run_dir / "checkpoints" / "latest").resolve().name == "step-00000001"

@@ -39,9 +39,25 @@ def free_port() -> int:
 
 
 def train_args(ws: Path, run_dir: Path) -> list[str]:
-    return [str(ROOT / "cli.py"), "train", "--stage", "image", "--preset", "tiny", "-w", str(ws), "--set", "one",
-            "--run-dir", str(run_dir), f"model.tiny_dir={run_dir.parent / 'tiny'}", *BASE, "--max-steps", "3",
-            "data.batch_size=1"]  # fmt: skip
+    return [
+        str(ROOT / "cli.py"),
+        "train",
+        "--stage",
+        "image",
+        "--preset",
+        "tiny",
+        "-w",
+        str(ws),
+        "--set",
+        "one",
+        "--run-dir",
+        str(run_dir),
+        f"model.tiny_dir={run_dir.parent / 'tiny'}",
+        *BASE,
+        "--max-steps",
+        "3",
+        "data.batch_size=1",
+    ]
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -57,8 +73,12 @@ def test_two_nodes_on_localhost_match_two_processes_on_one_node(tmp_path, video)
     ensure_tiny_models(tmp_path / "tiny")
 
     one = tmp_path / "one-node"
-    proc = subprocess.run([*torchrun, "--standalone", "--nproc_per_node", "2", *train_args(ws, one)],
-                          env=cli_env(), capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [*torchrun, "--standalone", "--nproc_per_node", "2", *train_args(ws, one)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     flags = readme_multinode_flags()
@@ -68,8 +88,12 @@ def test_two_nodes_on_localhost_match_two_processes_on_one_node(tmp_path, video)
     two = tmp_path / "two-nodes"
     logs = [(tmp_path / f"node{n}.log").open("w") for n in (0, 1)]
     nodes = [
-        subprocess.Popen([*torchrun, *set_flag(flags, "--node_rank", str(n)), *train_args(ws, two)],
-                         env=cli_env(), stdout=logs[n], stderr=subprocess.STDOUT)  # fmt: skip
+        subprocess.Popen(
+            [*torchrun, *set_flag(flags, "--node_rank", str(n)), *train_args(ws, two)],
+            env=cli_env(),
+            stdout=logs[n],
+            stderr=subprocess.STDOUT,
+        )
         for n in (0, 1)
     ]
     codes = [node.wait(timeout=500) for node in nodes]

@@ -70,7 +70,9 @@ def test_vae_micro_batching_is_equivalent(vae_dir):
     # Posterior samples: one seed gives the same sample whatever the micro-batch size, and a
     # sample is the mean plus std-scaled noise (standardised, its values look standard normal).
     zs = micro.encode(x, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(zs, full.encode(x, generator=torch.Generator().manual_seed(0)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        zs, full.encode(x, generator=torch.Generator().manual_seed(0)), rtol=1e-5, atol=1e-6
+    )
     eps = (zs - mean_f) / std_f
     assert eps.abs().max() > 0.5 and abs(eps.mean().item()) < 0.1 and abs(eps.std().item() - 1) < 0.1
 

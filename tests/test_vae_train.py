@@ -14,9 +14,19 @@ def _rows(table) -> list[dict]:
     rows = []
     for video in csv.DictReader(table.open()):
         for k in range(len(eval(video["timestamp"]))):  # noqa: S307 - our own table
-            rows.append(dict(clip_id=f"{video['videoID']}-{k}", video_id=video["videoID"],
-                             source_path=str(table.parent / video["url"]), path=None,
-                             start_frame=12 * k, end_frame=12 * k + 12, fps=12.0, width=32, height=32))  # fmt: skip
+            rows.append(
+                dict(
+                    clip_id=f"{video['videoID']}-{k}",
+                    video_id=video["videoID"],
+                    source_path=str(table.parent / video["url"]),
+                    path=None,
+                    start_frame=12 * k,
+                    end_frame=12 * k + 12,
+                    fps=12.0,
+                    width=32,
+                    height=32,
+                )
+            )
     return rows
 
 
@@ -25,18 +35,32 @@ def test_vae_stage_trains_and_is_taken_by_run_folder(tmp_path):
     header = table.read_text().splitlines()[0]
     assert header == "videoID,url,timestamp,caption"
     assert "ball moves" in table.read_text() and "background" in table.read_text()
-    cfg = VaeConfig(resolution=32, crop=16, frames_per_clip=2, block_out_channels=[8, 8], steps=4, permute_colours=True,
-                    batch_size=4, val_every=2, val_fraction=0.25)  # fmt: skip
+    cfg = VaeConfig(
+        resolution=32,
+        crop=16,
+        frames_per_clip=2,
+        block_out_channels=[8, 8],
+        steps=4,
+        permute_colours=True,
+        batch_size=4,
+        val_every=2,
+        val_fraction=0.25,
+    )
     run = tmp_path / "runs" / "vae"
     summary = train_vae(_rows(table), {"name": "image", "version": 1}, run, cfg)
     assert (run / VAE_DIR / "config.json").is_file() and (run / "loss.png").stat().st_size > 1000
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [0, 2, 4]
     assert summary["val_clips"] and summary["val_psnr"] > 0
-    assert vae_path(run) == run / VAE_DIR and vae_path("stabilityai/sd-vae-ft-ema") == "stabilityai/sd-vae-ft-ema"
+    assert (
+        vae_path(run) == run / VAE_DIR
+        and vae_path("stabilityai/sd-vae-ft-ema") == "stabilityai/sd-vae-ft-ema"
+    )
     assert train_vae([], {}, run, cfg) == summary  # a finished run is not trained again
     from training.build import encoder_paths
 
-    stage = resolve_config("image", tiny=True, overrides=[f"model.vae={run}", f"model.tiny_dir={tmp_path / 'tiny'}"])
+    stage = resolve_config(
+        "image", tiny=True, overrides=[f"model.vae={run}", f"model.tiny_dir={tmp_path / 'tiny'}"]
+    )
     vae, t5 = encoder_paths(stage)
     assert vae == str(run / VAE_DIR) and t5.startswith(str(tmp_path / "tiny"))

@@ -23,13 +23,20 @@ def test_dry_run_installs_pypis_vllm_wheel_into_its_own_venv(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("+ ")]
     assert lines[0] == f"+ rm -rf {venv}" and f"-m venv {venv}" in lines[1]
-    assert any(line.endswith("uv pip install --python " + f"{venv}/bin/python vllm==0.32.0") for line in lines)
+    assert any(
+        line.endswith("uv pip install --python " + f"{venv}/bin/python vllm==0.32.0") for line in lines
+    )
     assert not venv.exists()  # a dry run changes nothing
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--bogus"], "unknown argument --bogus"),
-                                               (["--version", "x; rm -rf /"], "bad --version"),
-                                               (["--venv"], "usage")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unknown argument --bogus"),
+        (["--version", "x; rm -rf /"], "bad --version"),
+        (["--venv"], "usage"),
+    ],
+)
 def test_bad_arguments_fail_in_one_line(args, message):
     out = run(*args)
     assert out.returncode != 0 and message in out.stderr and "+ " not in out.stdout

@@ -24,9 +24,18 @@ log = logging.getLogger(__name__)
 
 # STDiT constructor arguments that define the architecture (taken from a run we start from)
 ARCH_KEYS = (
-    "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "pred_sigma",
-    "caption_channels", "model_max_length", "no_temporal_pos_emb", "drop_path",
-)  # fmt: skip
+    "in_channels",
+    "patch_size",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "pred_sigma",
+    "caption_channels",
+    "model_max_length",
+    "no_temporal_pos_emb",
+    "drop_path",
+)
 
 
 @dataclass
@@ -141,9 +150,12 @@ def build_encoders(
         vae_path, micro_batch_size=m.vae_micro_batch_size, dtype=dtype, local_files_only=m.local_files_only
     ).to(device)
     t5 = T5Encoder(
-        t5_path, model_max_length=m.model_max_length, device=device, dtype=dtype,
+        t5_path,
+        model_max_length=m.model_max_length,
+        device=device,
+        dtype=dtype,
         local_files_only=m.local_files_only,
-    )  # fmt: skip
+    )
     return vae, t5
 
 

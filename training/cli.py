@@ -48,7 +48,9 @@ def train(
             help="Continue the run in --run-dir from its last checkpoint (start it if there is none)."
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary (run folder, steps) at the end.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary (run folder, steps) at the end.")
+    ] = False,
 ) -> None:
     """Train STDiT on a curated set or a SQL selection (one stage of Open-Sora 1.0's recipe).
 

@@ -52,8 +52,18 @@ def clip_losses(trainer) -> list[dict[str, Any]]:
             for ts in cfg.train.val_timesteps:
                 t = torch.full((1,), ts, device=dev, dtype=torch.long)
                 noise = torch.randn(x0.shape, generator=gen, device=dev)
-                kwargs = {"y": text["y"], "mask": text["mask"], "force_drop_ids": torch.zeros(1, dtype=torch.long, device=dev)}
-                losses.append(float(trainer.diffusion.training_losses(stdit, x0, t, model_kwargs=kwargs, noise=noise)["loss"].mean()))
+                kwargs = {
+                    "y": text["y"],
+                    "mask": text["mask"],
+                    "force_drop_ids": torch.zeros(1, dtype=torch.long, device=dev),
+                }
+                losses.append(
+                    float(
+                        trainer.diffusion.training_losses(stdit, x0, t, model_kwargs=kwargs, noise=noise)[
+                            "loss"
+                        ].mean()
+                    )
+                )
             out.append({"clip_id": item["clip_id"], "train_loss": sum(losses) / len(losses)})
     stdit.train()
     return out
@@ -75,11 +85,27 @@ def _write(trainer, workspace: Path) -> int:
 
     run = str(trainer.run_dir)
     step = int(trainer.state.step)
-    key = hashlib.blake2b(f"{Path(run).resolve().name}:{trainer.cfg.stage}:{step}".encode(), digest_size=6).hexdigest()
+    key = hashlib.blake2b(
+        f"{Path(run).resolve().name}:{trainer.cfg.stage}:{step}".encode(), digest_size=6
+    ).hexdigest()
     now, ts = time.time(), json.dumps(list(trainer.cfg.train.val_timesteps))
-    rows = [{"row_id": f"{key}:{r['clip_id']}", "clip_id": r["clip_id"], "status": "ok", "model_key": key, "run": run,
-             "stage": trainer.cfg.stage, "step": step, "train_loss": r["train_loss"], "timesteps": ts, "scored_at": now}
-            for r in clip_losses(trainer)]  # fmt: skip
+    rows = [
+        {
+            "row_id": f"{key}:{r['clip_id']}",
+            "clip_id": r["clip_id"],
+            "status": "ok",
+            "model_key": key,
+            "run": run,
+            "stage": trainer.cfg.stage,
+            "step": step,
+            "train_loss": r["train_loss"],
+            "timesteps": ts,
+            "scored_at": now,
+        }
+        for r in clip_losses(trainer)
+    ]
     Workspace(Path(workspace), create=False).write("train_losses", rows)
-    log.info("wrote the training loss of %d clips to %s (train_losses, model key %s)", len(rows), workspace, key)
+    log.info(
+        "wrote the training loss of %d clips to %s (train_losses, model key %s)", len(rows), workspace, key
+    )
     return len(rows)

@@ -285,17 +285,29 @@ def _finite(*values: float) -> bool:
 def validate(cfg: RunConfig) -> None:
     d, t, o = cfg.data, cfg.train, cfg.optim
     positive = {  # integer options that must be >= 1 when set
-        "train.max_steps": t.max_steps, "train.epochs": t.epochs, "train.ckpt_every": t.ckpt_every,
-        "train.keep_last": t.keep_last, "train.val_every": t.val_every, "train.sample_steps": t.sample_steps,
-        "train.optim_shard_mb": t.optim_shard_mb, "train.max_nonfinite": t.max_nonfinite,
-        "data.frame_interval": d.frame_interval, "data.batch_size": d.batch_size, "data.val_max": d.val_max,
-        "data.max_failed_in_a_row": d.max_failed_in_a_row, "model.model_max_length": cfg.model.model_max_length,
-    }  # fmt: skip
+        "train.max_steps": t.max_steps,
+        "train.epochs": t.epochs,
+        "train.ckpt_every": t.ckpt_every,
+        "train.keep_last": t.keep_last,
+        "train.val_every": t.val_every,
+        "train.sample_steps": t.sample_steps,
+        "train.optim_shard_mb": t.optim_shard_mb,
+        "train.max_nonfinite": t.max_nonfinite,
+        "data.frame_interval": d.frame_interval,
+        "data.batch_size": d.batch_size,
+        "data.val_max": d.val_max,
+        "data.max_failed_in_a_row": d.max_failed_in_a_row,
+        "model.model_max_length": cfg.model.model_max_length,
+    }
     for key, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    for key, value in {"data.num_workers": d.num_workers, "data.val_min_rows": d.val_min_rows,
-                       "train.sample_every": t.sample_every, "optim.warmup_steps": o.warmup_steps}.items():  # fmt: skip
+    for key, value in {
+        "data.num_workers": d.num_workers,
+        "data.val_min_rows": d.val_min_rows,
+        "train.sample_every": t.sample_every,
+        "optim.warmup_steps": o.warmup_steps,
+    }.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     checks = [
@@ -310,8 +322,14 @@ def validate(cfg: RunConfig) -> None:
         (_finite(o.lr) and o.lr > 0, f"optim.lr must be a finite number > 0, got {o.lr}"),
         (_finite(o.eps) and o.eps > 0, f"optim.eps must be a finite number > 0, got {o.eps}"),
         (_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay must be finite and >= 0"),
-        (_finite(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip must be finite and >= 0 (0: no clipping)"),
-        (len(o.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in o.betas), "optim.betas: two values in [0, 1)"),
+        (
+            _finite(o.grad_clip) and o.grad_clip >= 0,
+            "optim.grad_clip must be finite and >= 0 (0: no clipping)",
+        ),
+        (
+            len(o.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in o.betas),
+            "optim.betas: two values in [0, 1)",
+        ),
         (t.plugin in ("auto", "ddp", "zero2"), "train.plugin is auto, ddp or zero2"),
         (t.precision in ("auto", "fp32", "bf16"), "train.precision is auto, fp32 or bf16"),
         (t.backend in ("auto", "gloo", "nccl"), "train.backend is auto, gloo or nccl"),

@@ -136,8 +136,13 @@ class ClipDataset(Dataset):
             indices = clip_window(row, bucket, self.cfg, rng)  # drawn before the flip
             flip = self.train and self.cfg.flip and bool(rng.random() < 0.5)
             video = load_clip(row, bucket, self.cfg, indices, flip)
-            return {"index": index, "clip_id": row["clip_id"], "caption": row["caption"] or "",
-                    "bucket": bucket, "video": video}  # fmt: skip
+            return {
+                "index": index,
+                "clip_id": row["clip_id"],
+                "caption": row["caption"] or "",
+                "bucket": bucket,
+                "video": video,
+            }
         except Exception as err:  # any decoder failure is data, not a crash
             return {"index": index, "clip_id": row["clip_id"], "error": f"{type(err).__name__}: {err}"}
 

@@ -53,10 +53,16 @@ def features_key(cfg: RunConfig) -> str:
     else:
         vae, t5 = model_ref(m.vae), model_ref(m.text_encoder)
     return model_key(
-        vae=vae, text_encoder=t5, model_max_length=m.model_max_length, num_frames=d.num_frames,
-        frame_interval=d.frame_interval, resolution=d.resolution, aspect_ratios=d.aspect_ratios,
-        patch=stdit_arch(cfg)["patch_size"][1:], version=FEATURES_VERSION,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=t5,
+        model_max_length=m.model_max_length,
+        num_frames=d.num_frames,
+        frame_interval=d.frame_interval,
+        resolution=d.resolution,
+        aspect_ratios=d.aspect_ratios,
+        patch=stdit_arch(cfg)["patch_size"][1:],
+        version=FEATURES_VERSION,
+    )
 
 
 def caption_md5(caption: str | None) -> str:
@@ -135,8 +141,11 @@ def freeze_index(run_dir: Path, workspace: Path, cfg: RunConfig, rows: Sequence[
         raise SelectionError(f"data.source=features: {err}") from None
     by_clip = {r["clip_id"]: r for r in found}
     missing = [r["clip_id"] for r in rows if r["clip_id"] not in by_clip]
-    stale = [r["clip_id"] for r in rows if r["clip_id"] in by_clip
-             and by_clip[r["clip_id"]]["caption_md5"] != caption_md5(r.get("caption"))]  # fmt: skip
+    stale = [
+        r["clip_id"]
+        for r in rows
+        if r["clip_id"] in by_clip and by_clip[r["clip_id"]]["caption_md5"] != caption_md5(r.get("caption"))
+    ]
     if missing or stale:
         counts = [f"{len(missing)} have none"] if missing else []
         counts += [f"{len(stale)} were cached for an older caption"] if stale else []
@@ -204,9 +213,16 @@ class FeatureDataset(Dataset):
             if self.buckets[index] is None:  # the sampler never asks for these
                 raise ValueError(f"no features: {entry['error'] or entry['status']}")
             t = read_entry(entry["shard"], entry["shard_index"])
-            return {"index": index, "clip_id": row["clip_id"], "caption": row["caption"],
-                    "bucket": self.buckets[index], "mean": t["mean"], "std": t["std"],
-                    "y": padded_text(t["text"], t["mask"]), "mask": t["mask"].long()}  # fmt: skip
+            return {
+                "index": index,
+                "clip_id": row["clip_id"],
+                "caption": row["caption"],
+                "bucket": self.buckets[index],
+                "mean": t["mean"],
+                "std": t["std"],
+                "y": padded_text(t["text"], t["mask"]),
+                "mask": t["mask"].long(),
+            }
         except Exception as err:  # a damaged shard is data, not a crash
             return {"index": index, "clip_id": row["clip_id"], "error": f"{type(err).__name__}: {err}"}
 

@@ -36,7 +36,10 @@ def loss_curve(run_dir: Path, title: str | None = None) -> Path | None:
         steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, lw=0.6, alpha=0.4, label="train loss")
         k = max(1, len(losses) // 20)
-        mean = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
+        mean = [
+            sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         ax.plot(steps, mean, lw=1.5, label=f"train loss (mean of {k})")
     if val:
         ax.plot(*zip(*val, strict=True), "o-", lw=1.5, label="validation loss")

@@ -121,9 +121,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # processes decode. Anything else (optimizer, data, model, seed, precision) would not continue
 # the run exactly, so it is refused.
 RESUME_CHANGEABLE = (
-    "train.max_steps", "train.epochs", "train.ckpt_every", "train.keep_last", "train.val_every",
-    "train.sample_every", "train.progress", "train.optim_shard_mb", "data.num_workers", "data.worker_start",
-)  # fmt: skip
+    "train.max_steps",
+    "train.epochs",
+    "train.ckpt_every",
+    "train.keep_last",
+    "train.val_every",
+    "train.sample_every",
+    "train.progress",
+    "train.optim_shard_mb",
+    "data.num_workers",
+    "data.worker_start",
+)
 
 
 def lock_run_dir(run_dir: Path) -> Any:

@@ -26,8 +26,16 @@ from datakit.sets import media_path  # one home: which file (source or cut) a cl
 if TYPE_CHECKING:
     from .config import DataConfig
 
-__all__ = ["SelectionError", "check_files", "freeze", "load_frozen", "media_path", "normalise", "read_set",
-           "split_validation"]  # fmt: skip
+__all__ = [
+    "SelectionError",
+    "check_files",
+    "freeze",
+    "load_frozen",
+    "media_path",
+    "normalise",
+    "read_set",
+    "split_validation",
+]
 
 REQUIRED = ("start_frame", "end_frame", "fps", "width", "height")
 ROWS_FILE, CARD_FILE = "rows.parquet", "card.json"

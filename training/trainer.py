@@ -64,7 +64,11 @@ def step_seed(*parts: int) -> int:
 
 
 def make_loader(
-    dataset: Dataset, sampler: BucketBatchSampler, tensors: tuple[str, ...], workers: int, pin: bool,
+    dataset: Dataset,
+    sampler: BucketBatchSampler,
+    tensors: tuple[str, ...],
+    workers: int,
+    pin: bool,
     start: str = "spawn",
 ) -> DataLoader:
     """Loader processes start fresh (`spawn`) by default: a worker forked from a process that has
@@ -79,7 +83,7 @@ def make_loader(
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         pin_memory=pin,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -97,7 +101,9 @@ def build_data(cfg: RunConfig, ctx: DistContext, inputs: Inputs, rows: list[dict
     d, seed, pin = cfg.data, cfg.train.seed, ctx.device.type == "cuda"
     train_rows, val_rows = split_validation(rows, d)
     train_set = inputs.dataset(train_rows, train=True)
-    sampler = BucketBatchSampler(train_set.buckets, d.batch_size, world_size=ctx.world_size, rank=ctx.rank, seed=seed)
+    sampler = BucketBatchSampler(
+        train_set.buckets, d.batch_size, world_size=ctx.world_size, rank=ctx.rank, seed=seed
+    )
     if sampler.steps_per_epoch() == 0:
         raise RunError(
             f"none of the {len(train_rows)} training clips is long enough for "
@@ -115,9 +121,13 @@ def build_data(cfg: RunConfig, ctx: DistContext, inputs: Inputs, rows: list[dict
     log.info(
         "%d training clips in buckets (frames x height x width: clips) %s; %d left out (%s); %d held "
         "out for validation; %d steps per epoch",
-        len(train_rows) - sampler.excluded, sampler.buckets_used(), sampler.excluded, inputs.left_out,
-        len(val_rows), sampler.steps_per_epoch(),
-    )  # fmt: skip
+        len(train_rows) - sampler.excluded,
+        sampler.buckets_used(),
+        sampler.excluded,
+        inputs.left_out,
+        len(val_rows),
+        sampler.steps_per_epoch(),
+    )
     inputs.log_left_out(train_set)
     return Data(train_set, sampler, loader, val_loader)
 
@@ -202,7 +212,9 @@ class Trainer:
             self._resume(self.resume_from)
         elif resume:
             log.info("--resume: no checkpoint in %s yet, starting from step 0", self.run_dir)
-        self.metrics = MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
+        self.metrics = (
+            MetricsWriter(self.run_dir, self.state.step if resume else None) if ctx.is_main else None
+        )
 
     # ------------------------------------------------------------------------------ building
     def _build_models(self) -> Models:
@@ -251,8 +263,15 @@ class Trainer:
         rng = ckpt_io.load_rng(ckpt, self.ctx.rank)
         if rng is not None:
             ckpt_io.set_rng_state(rng)
-        fields = ("step", "epoch", "position", "failed_clips", "skipped_steps", "nonfinite_steps",
-                  "nonfinite_in_a_row")  # fmt: skip
+        fields = (
+            "step",
+            "epoch",
+            "position",
+            "failed_clips",
+            "skipped_steps",
+            "nonfinite_steps",
+            "nonfinite_in_a_row",
+        )
         self.state = TrainState(**{k: saved.get(k, 0) for k in fields})
         self.last_ckpt = ckpt
         log.info(
@@ -271,14 +290,26 @@ class Trainer:
             if k not in ("pos_embed", "pos_embed_temporal")  # recomputed from the config on load
         }
         self.last_ckpt = ckpt_io.save_checkpoint(
-            self.run_dir, s.step, self.ctx, booster=self.booster, optimizer=self.optimizer,
-            scheduler=self.scheduler, model_weights={**model_full, **buffers}, ema_weights={**ema_full, **buffers},
-            stdit_args=self.models.stdit_args, keep_last=self.cfg.train.keep_last,
+            self.run_dir,
+            s.step,
+            self.ctx,
+            booster=self.booster,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            model_weights={**model_full, **buffers},
+            ema_weights={**ema_full, **buffers},
+            stdit_args=self.models.stdit_args,
+            keep_last=self.cfg.train.keep_last,
             optim_shard_mb=self.cfg.train.optim_shard_mb,
-            state={"epoch": s.epoch, "position": s.position, "failed_clips": s.failed_clips,
-                   "skipped_steps": s.skipped_steps, "nonfinite_steps": s.nonfinite_steps,
-                   "nonfinite_in_a_row": s.nonfinite_in_a_row},
-        )  # fmt: skip
+            state={
+                "epoch": s.epoch,
+                "position": s.position,
+                "failed_clips": s.failed_clips,
+                "skipped_steps": s.skipped_steps,
+                "nonfinite_steps": s.nonfinite_steps,
+                "nonfinite_in_a_row": s.nonfinite_in_a_row,
+            },
+        )
         log.info("checkpoint %s", self.last_ckpt)
         return self.last_ckpt
 
@@ -336,8 +367,12 @@ class Trainer:
             raise RunError(self._nonfinite(what, value))
         log.warning(
             "non-finite %s (%s) at step %d: step skipped (%d in a row; the run stops at %d, train.max_nonfinite)",
-            what, value, s.step + 1, s.nonfinite_in_a_row, limit,
-        )  # fmt: skip
+            what,
+            value,
+            s.step + 1,
+            s.nonfinite_in_a_row,
+            limit,
+        )
         return None
 
     def write_samples(self) -> None:
@@ -423,8 +458,9 @@ class Trainer:
 
         c, s, ctx = self.cfg, self.state, self.ctx
         total = c.train.max_steps or (c.train.epochs or 1) * self.sampler.steps_per_epoch()
-        bar = Progress(f"train {c.stage}", total, initial=s.step, unit="steps",
-                       enabled=ctx.is_main and c.train.progress).__enter__()  # rich on a TTY, plain lines off it
+        bar = Progress(
+            f"train {c.stage}", total, initial=s.step, unit="steps", enabled=ctx.is_main and c.train.progress
+        ).__enter__()  # rich on a TTY, plain lines off it
         self.models.stdit.train()
         saved_at = s.step if self.last_ckpt else None
         in_a_row = warned = 0  # steps in a row with no decodable clip; skipped clips logged
@@ -461,11 +497,18 @@ class Trainer:
                 s.step += 1
                 s.failed_clips += round(failed * ctx.world_size)
                 record = {
-                    "step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                    "samples_per_s": n * ctx.world_size / elapsed, "data_wait": wait / elapsed,
-                    "step_time": elapsed, "bucket": batch["bucket"], "failed_clips": s.failed_clips,
+                    "step": s.step,
+                    "epoch": s.epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "samples_per_s": n * ctx.world_size / elapsed,
+                    "data_wait": wait / elapsed,
+                    "step_time": elapsed,
+                    "bucket": batch["bucket"],
+                    "failed_clips": s.failed_clips,
                     "nonfinite_steps": s.nonfinite_steps,
-                }  # fmt: skip
+                }
                 if ctx.device.type == "cuda":
                     record["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
                 if s.step % c.train.val_every == 0 or self.done():
@@ -491,7 +534,11 @@ class Trainer:
             self.metrics.close()
         log.info(
             "done: step %d, epoch %d; %d clips failed to decode, %d steps skipped; last checkpoint %s",
-            s.step, s.epoch, s.failed_clips, s.skipped_steps, self.last_ckpt,
-        )  # fmt: skip
+            s.step,
+            s.epoch,
+            s.failed_clips,
+            s.skipped_steps,
+            self.last_ckpt,
+        )
         barrier(ctx)
         return self.run_dir

@@ -37,7 +37,9 @@ VAE_DIR, VAE_CONFIG = "vae", "vae_config.json"
 class VaeConfig:
     resolution: int = 64  # frames are resized to cover resolution², then centre-cropped
     frames_per_clip: int = 8  # evenly spaced frames decoded from each clip
-    crop: int | None = 32  # train on random crops of this size (the model is convolutional); None: whole frames
+    crop: int | None = (
+        32  # train on random crops of this size (the model is convolutional); None: whole frames
+    )
     block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 32])  # 3 levels: ×4
     layers_per_block: int = 1
     latent_channels: int = 4
@@ -50,6 +52,7 @@ class VaeConfig:
     val_fraction: float = 0.15  # held-out clips (by clip id, as the STDiT stages)
     val_every: int = 50
     permute_colours: bool = False  # augment: each sample's RGB channels in a random order (unseen colours)
+    colour_jitter: float = 0.0  # augment: each channel x -> a*x + b, a in 1 ± j, b in ± j (then clamped)
     seed: int = 0
 
 
@@ -86,10 +89,14 @@ def build_vae(cfg: VaeConfig):
         return AutoencoderKL.from_pretrained(str(vae_path(cfg.init_from)), local_files_only=True)
     n = len(cfg.block_out_channels)
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups, sample_size=cfg.resolution,
-    )  # fmt: skip
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.resolution,
+    )
     with torch.no_grad():  # start from a nearly deterministic posterior (std e^-3): the decoder
         vae.quant_conv.bias[cfg.latent_channels :] = -6.0  # is not first drowned in sampling noise
     return vae
@@ -122,7 +129,9 @@ def evaluate(vae, frames: torch.Tensor, cfg: VaeConfig) -> dict[str, float]:
     return {"val_loss": (mse + cfg.kl_weight * kl) / n, "val_psnr": psnr(torch.cat(recs), frames)}
 
 
-def train_vae(rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, cfg: VaeConfig) -> dict[str, Any]:
+def train_vae(
+    rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, cfg: VaeConfig
+) -> dict[str, Any]:
     """Train on `rows` (a set's rows), hold out a slice of clips for validation; returns the summary."""
     from .metrics import METRICS_FILE
     from .plots import loss_curve
@@ -162,6 +171,11 @@ def train_vae(rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, c
             if cfg.permute_colours:
                 order = torch.argsort(torch.rand(len(x), 3, generator=gen), dim=1)
                 x = torch.gather(x, 1, order[:, :, None, None].expand_as(x))
+            if cfg.colour_jitter:
+                gain, offset = (
+                    cfg.colour_jitter * (2 * torch.rand(2, len(x), 3, 1, 1, generator=gen) - 1)
+                ).unbind(0)
+                x = ((1 + gain) * x + offset).clamp(-1, 1)
             rec, kl, _ = _losses(vae, x, sample=True)
             loss = rec + cfg.kl_weight * kl
             opt.zero_grad(set_to_none=True)
@@ -172,18 +186,28 @@ def train_vae(rows: list[dict[str, Any]], card: dict[str, Any], run_dir: Path, c
             write({"step": step, "loss": float(loss), "rec": float(rec), "kl": float(kl)})
             if val_x is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 write({"step": step, **evaluate(vae, val_x, cfg)})
-                log.info("vae step %d: loss %.4f, val_loss %.4f, val PSNR %.1f dB", step, float(loss),
-                         records[-1]["val_loss"], records[-1]["val_psnr"])  # fmt: skip
+                log.info(
+                    "vae step %d: loss %.4f, val_loss %.4f, val PSNR %.1f dB",
+                    step,
+                    float(loss),
+                    records[-1]["val_loss"],
+                    records[-1]["val_psnr"],
+                )
     vals = [r for r in records if "val_loss" in r]
     summary = {
-        "steps": cfg.steps, "seconds": round(time.time() - start, 1), "train_frames": len(train_x),
-        "val_frames": 0 if val_x is None else len(val_x), "val_clips": [r["clip_id"] for r in val_rows],
+        "steps": cfg.steps,
+        "seconds": round(time.time() - start, 1),
+        "train_frames": len(train_x),
+        "val_frames": 0 if val_x is None else len(val_x),
+        "val_clips": [r["clip_id"] for r in val_rows],
         "val_loss": [vals[0]["val_loss"], vals[-1]["val_loss"]] if vals else None,
         "val_psnr": vals[-1]["val_psnr"] if vals else None,
-    }  # fmt: skip
+    }
     # As SD's 0.18215: latents scaled to unit std, the scale the diffusion stages assume.
     with torch.no_grad():
-        z = torch.cat([vae.encode(train_x[i : i + 64]).latent_dist.mode() for i in range(0, len(train_x), 64)])
+        z = torch.cat(
+            [vae.encode(train_x[i : i + 64]).latent_dist.mode() for i in range(0, len(train_x), 64)]
+        )
     vae.register_to_config(scaling_factor=float(1 / z.std().clamp_min(1e-6)))
     summary["scaling_factor"] = vae.config.scaling_factor
     tmp = run_dir / f".{VAE_DIR}.tmp"
@@ -198,4 +222,3 @@ def _table(rows: list[dict[str, Any]]):
     import pyarrow as pa
 
     return pa.Table.from_pylist(rows)
-

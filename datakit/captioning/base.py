@@ -36,7 +36,9 @@ class Engine(Protocol):
     name: str  # "vllm", "openai", "transformers"
     model: str  # readable model identity stored in each row
 
-    def generate(self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling) -> list[Generation | Exception]:
+    def generate(
+        self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling
+    ) -> list[Generation | Exception]:
         """One generation (or the exception that stopped it) per clip, in order."""
         ...
 

@@ -35,10 +35,14 @@ class TransformersEngine:
     def _chat_text(self, num_frames: int, prompt: Prompt) -> str:
         system, user = prompt.render(num_frames)
         content = [{"type": "image"} for _ in range(num_frames)] + [{"type": "text", "text": user}]
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": content}
+        ]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def generate(self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling) -> list[Generation | Exception]:
+    def generate(
+        self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling
+    ) -> list[Generation | Exception]:
         from PIL import Image
 
         texts = [self._chat_text(len(frames), prompt) for frames in clips]
@@ -49,8 +53,13 @@ class TransformersEngine:
             self.torch.manual_seed(sampling.seed)
             kwargs = {"do_sample": True, "temperature": sampling.temperature}
         with self.torch.inference_mode():
-            out = self.net.generate(**inputs, max_new_tokens=sampling.max_tokens, pad_token_id=self.pad_id,
-                                    eos_token_id=sorted(self.eos_ids), **kwargs)  # fmt: skip
+            out = self.net.generate(
+                **inputs,
+                max_new_tokens=sampling.max_tokens,
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.eos_ids),
+                **kwargs,
+            )
         new_tokens = out[:, inputs["input_ids"].shape[1] :].tolist()
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         results: list[Generation | Exception] = []

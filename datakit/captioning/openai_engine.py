@@ -60,8 +60,17 @@ def base_url(endpoint: str) -> str:
 class OpenAIEngine:
     """Chat completions against `endpoint` with bounded concurrency and retries."""
 
-    def __init__(self, endpoint: str, model: str, *, api_key: str | None = None,
-                 concurrency: int = 8, timeout_s: float = 300.0, max_retries: int = 5, name: str = "openai"):  # fmt: skip
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 300.0,
+        max_retries: int = 5,
+        name: str = "openai",
+    ):
         self.name = name
         self.endpoint = base_url(endpoint)
         self._loop = _LoopThread(f"{name}-client")
@@ -74,7 +83,9 @@ class OpenAIEngine:
         from openai import AsyncOpenAI
 
         self._semaphore = asyncio.Semaphore(self._concurrency)
-        return AsyncOpenAI(base_url=self.endpoint, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
+        return AsyncOpenAI(
+            base_url=self.endpoint, api_key=api_key, timeout=timeout_s, max_retries=max_retries
+        )
 
     def check(self) -> None:
         """Fail fast (before any clip) when the endpoint is unreachable, refuses the key or lacks the model."""
@@ -89,7 +100,9 @@ class OpenAIEngine:
         except openai.APIError as exc:
             raise RuntimeError(f"cannot list the models of {self.endpoint}: {_describe(exc)}") from exc
         if self.served_model not in names:
-            raise ValueError(f"{self.endpoint} does not serve model {self.served_model!r} (it serves: {', '.join(names)})")
+            raise ValueError(
+                f"{self.endpoint} does not serve model {self.served_model!r} (it serves: {', '.join(names)})"
+            )
 
     async def _one(self, frames: list[bytes], prompt: Prompt, sampling: Sampling) -> Generation:
         extra = {"seed": sampling.seed} if sampling.temperature > 0 else {}
@@ -121,7 +134,9 @@ class OpenAIEngine:
         except Exception as exc:
             return _as_clip_error(exc)
 
-    def generate(self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling) -> list[Generation | Exception]:
+    def generate(
+        self, clips: list[list[bytes]], prompt: Prompt, sampling: Sampling
+    ) -> list[Generation | Exception]:
         futures = [self.submit(frames, prompt, sampling) for frames in clips]
         return [self.result(f) for f in futures]
 
@@ -170,16 +185,25 @@ def generation_of(body: bytes) -> Generation:
         value = usage.get(key)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    return Generation(text=text or "", finish_reason=finish, prompt_tokens=tokens("prompt_tokens"),
-                      output_tokens=tokens("completion_tokens"))  # fmt: skip
+    return Generation(
+        text=text or "",
+        finish_reason=finish,
+        prompt_tokens=tokens("prompt_tokens"),
+        output_tokens=tokens("completion_tokens"),
+    )
 
 
 def _as_clip_error(exc: Exception) -> Exception:
     """A failed request as the exception its clip's row records (transient ones get a retry row)."""
     import openai
 
-    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError
-                  | openai.InternalServerError):  # fmt: skip
+    if isinstance(
+        exc,
+        openai.APITimeoutError
+        | openai.APIConnectionError
+        | openai.RateLimitError
+        | openai.InternalServerError,
+    ):
         return TransientError(f"endpoint still failing after retries: {_describe(exc)}")
     if isinstance(exc, openai.APIStatusError):
         return ValueError(f"endpoint refused the request: {_describe(exc)}")

@@ -47,17 +47,23 @@ def load_prompt(spec: str, directory: Path = PROMPTS_DIR) -> Prompt:
     """The prompt named `NAME@vN` (shipped) or `path/to/file.toml@vN`; a clear error otherwise."""
     name, sep, version = spec.rpartition("@")
     if not sep or not name or not version:
-        raise PromptError(f"prompt {spec!r}: expected NAME@VERSION, e.g. video@v1 (shipped: {', '.join(available())})")
+        raise PromptError(
+            f"prompt {spec!r}: expected NAME@VERSION, e.g. video@v1 (shipped: {', '.join(available())})"
+        )
     path = Path(name) if name.endswith(".toml") else directory / f"{name}.toml"
     if not path.is_file():
         raise PromptError(f"prompt {spec!r}: no file {path} (shipped: {', '.join(available())})")
     versions = _read(path)
     if version not in versions:
-        raise PromptError(f"prompt {spec!r}: {path.name} has no [{version}] (versions: {', '.join(versions)})")
+        raise PromptError(
+            f"prompt {spec!r}: {path.name} has no [{version}] (versions: {', '.join(versions)})"
+        )
     entry = versions[version]
     if not isinstance(entry, dict) or not isinstance(entry.get("user"), str):
         raise PromptError(f"prompt {spec!r}: [{version}] needs a `user` text (and optionally `system`)")
-    prompt = Prompt(spec if path.parent != directory else f"{path.stem}@{version}", entry.get("system", ""), entry["user"])
+    prompt = Prompt(
+        spec if path.parent != directory else f"{path.stem}@{version}", entry.get("system", ""), entry["user"]
+    )
     try:
         prompt.render(1)
     except (KeyError, IndexError, ValueError) as exc:

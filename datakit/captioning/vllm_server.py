@@ -56,13 +56,29 @@ def _die_with_parent() -> None:
 class VllmServer:
     """`start()` returns the base URL once /health answers; `stop()` ends the whole server."""
 
-    def __init__(self, python: str | os.PathLike, model: str, *, served_name: str, log_path: Path,
-                 max_images: int, max_model_len: int | None = None, kv_cache_gib: float = 1.0,
-                 extra_args: list[str] | None = None, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        python: str | os.PathLike,
+        model: str,
+        *,
+        served_name: str,
+        log_path: Path,
+        max_images: int,
+        max_model_len: int | None = None,
+        kv_cache_gib: float = 1.0,
+        extra_args: list[str] | None = None,
+        seed: int = 0,
+    ):
         self.python, self.model, self.served_name = Path(python), model, served_name
         self.log_path = log_path
-        self.args = ["--served-model-name", served_name, "--seed", str(seed),
-                     "--limit-mm-per-prompt", json.dumps({"image": max_images})]  # fmt: skip
+        self.args = [
+            "--served-model-name",
+            served_name,
+            "--seed",
+            str(seed),
+            "--limit-mm-per-prompt",
+            json.dumps({"image": max_images}),
+        ]
         if max_model_len:
             self.args += ["--max-model-len", str(max_model_len)]
         self.args += list(extra_args or [])
@@ -77,8 +93,18 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return [str(self.python), "-m", SERVER_MODULE, "--model", self.model, "--host", "127.0.0.1",
-                "--port", str(self.port), *self.args]  # fmt: skip
+        return [
+            str(self.python),
+            "-m",
+            SERVER_MODULE,
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -103,8 +129,14 @@ class VllmServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop)
         self._log.write(f"\n$ {' '.join(self.command())}\n".encode())
         self._log.flush()
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=self._env(), preexec_fn=_die_with_parent)  # fmt: skip
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            preexec_fn=_die_with_parent,
+        )
         try:
             self._wait_ready(timeout_s)
         except BaseException:
@@ -118,8 +150,10 @@ class VllmServer:
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
-                raise RuntimeError(f"vLLM server exited with code {code} while starting; its log "
-                                   f"{self.log_path} ends with:\n{self.log_tail()}")  # fmt: skip
+                raise RuntimeError(
+                    f"vLLM server exited with code {code} while starting; its log "
+                    f"{self.log_path} ends with:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(health, timeout=2) as response:
                     if response.status == 200:
@@ -127,7 +161,9 @@ class VllmServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"vLLM server not ready after {timeout_s:.0f}s; log {self.log_path}:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"vLLM server not ready after {timeout_s:.0f}s; log {self.log_path}:\n{self.log_tail()}"
+        )
 
     def version(self) -> str:
         try:

@@ -32,9 +32,7 @@ from datakit.tables import ClipColumns, Table
 from datakit.tables import Column as C
 
 SCORER_VERSION = 1  # bump when a change here changes scores
-LAION_HEAD_URL = (
-    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
-)
+LAION_HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
 
 _VERSIONED = identity_columns(
     "short hash of model, weights, settings and scorer version",
@@ -61,7 +59,11 @@ TABLES = (
         "L2-normalised embeddings, normalised again, as little-endian float16 bytes "
         "(`numpy.frombuffer(embedding, '<f2')`).",
         (
-            C("row_id", "VARCHAR", "'<clip_id>:<model_key>' (the key covers the CLIP model and frames, not the head)"),
+            C(
+                "row_id",
+                "VARCHAR",
+                "'<clip_id>:<model_key>' (the key covers the CLIP model and frames, not the head)",
+            ),
             *_VERSIONED,
             C("dim", "INTEGER", "embedding size"),
             C("embedding", "BLOB", "dim float16 values, little-endian, unit length"),
@@ -133,8 +135,10 @@ class AestheticStage(ScoreStage, ClipOptions):
         self._clip = load_clip(self.model, self.pretrained, ctx.device, self.cache_dir)
         self._head = load_aesthetic_head(self.head).to(ctx.device)
         if self._head.layers[0].in_features != self._clip.embed_dim:
-            raise OptionError(f"{self.name}: head expects {self._head.layers[0].in_features}-d embeddings, "
-                              f"{self.model} makes {self._clip.embed_dim}-d")  # fmt: skip
+            raise OptionError(
+                f"{self.name}: head expects {self._head.layers[0].in_features}-d embeddings, "
+                f"{self.model} makes {self._clip.embed_dim}-d"
+            )
 
     def prepare(self, item: dict) -> dict:
         import torch
@@ -168,18 +172,32 @@ class AestheticStage(ScoreStage, ClipOptions):
             mean = torch.nn.functional.normalize(embeddings[at : at + n].mean(0), dim=0).numpy()
             at += n
             base = {"clip_id": item["clip_id"], "scored_at": t}
-            out.append({
-                "aesthetic_scores": [{
-                    **base, "row_id": item["row_id"], "model_key": self.score_key, "model": self.score_description,
-                    "status": "ok", "aesthetic": float(np.mean(frame_scores)),
-                    "frame_scores": [float(s) for s in frame_scores], "frames": json.dumps(item["frames_read"]),
-                }],
-                "clip_embeddings": [{
-                    **base, "row_id": f"{item['clip_id']}:{self.embed_key}", "model_key": self.embed_key,
-                    "model": self.clip_description, "dim": len(mean),
-                    "embedding": mean.astype("<f2").tobytes(),
-                }],
-            })  # fmt: skip
+            out.append(
+                {
+                    "aesthetic_scores": [
+                        {
+                            **base,
+                            "row_id": item["row_id"],
+                            "model_key": self.score_key,
+                            "model": self.score_description,
+                            "status": "ok",
+                            "aesthetic": float(np.mean(frame_scores)),
+                            "frame_scores": [float(s) for s in frame_scores],
+                            "frames": json.dumps(item["frames_read"]),
+                        }
+                    ],
+                    "clip_embeddings": [
+                        {
+                            **base,
+                            "row_id": f"{item['clip_id']}:{self.embed_key}",
+                            "model_key": self.embed_key,
+                            "model": self.clip_description,
+                            "dim": len(mean),
+                            "embedding": mean.astype("<f2").tobytes(),
+                        }
+                    ],
+                }
+            )
         return out
 
     def teardown(self) -> None:

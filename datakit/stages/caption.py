@@ -45,9 +45,17 @@ TABLES = (
             C("prompt_id", "VARCHAR", "prompt template, NAME@VERSION (manifests/prompts)"),
             C("caption", "VARCHAR", "cleaned caption (always kept, whatever its caption_status)"),
             C("raw_caption", "VARCHAR", "the model's text before cleaning"),
-            C("caption_status", "VARCHAR", "'ok' or the first QA problem: empty, refusal, repetition, truncated"),
+            C(
+                "caption_status",
+                "VARCHAR",
+                "'ok' or the first QA problem: empty, refusal, repetition, truncated",
+            ),
             C("qa_reason", "VARCHAR", "every QA problem found, readable (null when ok)"),
-            C("finish_reason", "VARCHAR", "why generation stopped: 'stop' (end of text), 'length' (max_tokens)"),
+            C(
+                "finish_reason",
+                "VARCHAR",
+                "why generation stopped: 'stop' (end of text), 'length' (max_tokens)",
+            ),
             C("prompt_tokens", "INTEGER", "tokens of the prompt, frames included"),
             C("output_tokens", "INTEGER", "tokens generated"),
             C("num_frames", "INTEGER", "frames sent to the model"),
@@ -75,25 +83,43 @@ class CaptionStage(Stage):
     resources = Resources(cpus=1, gpus=1)  # one worker (one vLLM server) per GPU; the CPU without one
     run_by_default = False
 
-    engine: str = option("auto", "vllm, openai (an endpoint) or transformers; auto: openai with --endpoint, else vllm.", choices=ENGINES)
-    model: str | None = option(None, f"Model folder or hub name (default {DEFAULT_MODEL}); with --endpoint, the served model name.")
+    engine: str = option(
+        "auto",
+        "vllm, openai (an endpoint) or transformers; auto: openai with --endpoint, else vllm.",
+        choices=ENGINES,
+    )
+    model: str | None = option(
+        None, f"Model folder or hub name (default {DEFAULT_MODEL}); with --endpoint, the served model name."
+    )
     endpoint: str | None = option(None, "Base URL of an OpenAI-compatible server, e.g. http://host:8000/v1.")
-    prompt: str = option("video@v1", "Prompt template NAME@VERSION from manifests/prompts, or FILE.toml@VERSION.")
+    prompt: str = option(
+        "video@v1", "Prompt template NAME@VERSION from manifests/prompts, or FILE.toml@VERSION."
+    )
     frames: int = option(4, "Frames per clip, at the centres of equal parts of the span.", min=1, max=32)
     frame_size: int = option(448, "Short side of the frames sent (never enlarged).", min=28)
-    max_tokens: int = option(256, "Most tokens generated per caption (a caption cut there is 'truncated').", min=1)
+    max_tokens: int = option(
+        256, "Most tokens generated per caption (a caption cut there is 'truncated').", min=1
+    )
     temperature: float = option(0.0, "Sampling temperature (0: greedy, reproducible).", min=0.0, max=2.0)
     seed: int = option(0, "Sampling seed (used when temperature > 0).", min=0)
     concurrency: int = option(32, "Requests in flight (openai and vllm engines).", min=1)
     request_timeout_s: float = option(300.0, "Seconds before one request times out (it is retried).", min=1.0)
     max_retries: int = option(5, "Retries of a request (429, 5xx, timeouts) with exponential backoff.", min=0)
-    api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the endpoint's API key (never stored).")
-    vllm_python: str | None = option(None, "Python of the vLLM environment (default $DATAKIT_VLLM_PYTHON or .venv-vllm).")
-    vllm_args: list[str] = option([], "Extra `vllm serve` arguments, e.g. [\"--tensor-parallel-size\", \"2\"].")
+    api_key_env: str = option(
+        "OPENAI_API_KEY", "Environment variable holding the endpoint's API key (never stored)."
+    )
+    vllm_python: str | None = option(
+        None, "Python of the vLLM environment (default $DATAKIT_VLLM_PYTHON or .venv-vllm)."
+    )
+    vllm_args: list[str] = option([], 'Extra `vllm serve` arguments, e.g. ["--tensor-parallel-size", "2"].')
     max_model_len: int | None = option(None, "vLLM context length (default: the model's).", min=256)
-    kv_cache_gib: float = option(1.0, "vLLM KV cache size on the CPU, GiB (GPUs size it themselves).", min=0.25)
+    kv_cache_gib: float = option(
+        1.0, "vLLM KV cache size on the CPU, GiB (GPUs size it themselves).", min=0.25
+    )
     server_timeout_s: float = option(900.0, "Seconds to wait for the vLLM server to become ready.", min=10.0)
-    batch_size: int = option(16, "Clips per generate call (transformers); clips collected per step (servers).", min=1)
+    batch_size: int = option(
+        16, "Clips per generate call (transformers); clips collected per step (servers).", min=1
+    )
 
     # ------------------------------------------------------------------ options
     @property
@@ -118,7 +144,9 @@ class CaptionStage(Stage):
             if not self.endpoint:
                 raise OptionError("caption: --engine openai needs --endpoint URL")
             if not self.model:
-                raise OptionError("caption: with --endpoint, --model must name the served model (GET /v1/models lists them)")
+                raise OptionError(
+                    "caption: with --endpoint, --model must name the served model (GET /v1/models lists them)"
+                )
             from datakit.captioning.openai_engine import base_url
 
             try:
@@ -148,11 +176,18 @@ class CaptionStage(Stage):
 
         prompt = load_prompt(self.prompt)
         return model_key(
-            engine=self.resolved_engine, model=self.model_name, weights=_weights_fingerprint(self.model_name),
-            prompt=prompt.id, prompt_digest=prompt.digest, frames=self.frames, frame_size=self.frame_size,
-            max_tokens=self.max_tokens, temperature=self.temperature,
-            seed=self.seed if self.temperature > 0 else None, version=1,
-        )  # fmt: skip
+            engine=self.resolved_engine,
+            model=self.model_name,
+            weights=_weights_fingerprint(self.model_name),
+            prompt=prompt.id,
+            prompt_digest=prompt.digest,
+            frames=self.frames,
+            frame_size=self.frame_size,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            seed=self.seed if self.temperature > 0 else None,
+            version=1,
+        )
 
     @functools.cached_property
     def prompt_id(self) -> str:
@@ -164,7 +199,9 @@ class CaptionStage(Stage):
     def items_sql(self) -> str:
         from datakit.scoring import CLIP_ITEMS_SQL, sql_str
 
-        return f"SELECT i.clip_id || ':' || {sql_str(self.model_key)} AS row_id, i.* FROM ({CLIP_ITEMS_SQL}) i"
+        return (
+            f"SELECT i.clip_id || ':' || {sql_str(self.model_key)} AS row_id, i.* FROM ({CLIP_ITEMS_SQL}) i"
+        )
 
     def setup(self, ctx: WorkerContext) -> None:
         from datakit.captioning.base import Sampling
@@ -185,20 +222,36 @@ class CaptionStage(Stage):
             self._engine = self._start_vllm(ctx)
         self._model_desc = self._engine.model + (" [random weights]" if _is_random(self.model_name) else "")
 
-    def _client(self, endpoint: str, model: str, *, api_key: str | None = None, name: str = "openai") -> Engine:
+    def _client(
+        self, endpoint: str, model: str, *, api_key: str | None = None, name: str = "openai"
+    ) -> Engine:
         from datakit.captioning.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(endpoint, model, api_key=api_key, concurrency=self.concurrency,
-                            timeout_s=self.request_timeout_s, max_retries=self.max_retries, name=name)  # fmt: skip
+        return OpenAIEngine(
+            endpoint,
+            model,
+            api_key=api_key,
+            concurrency=self.concurrency,
+            timeout_s=self.request_timeout_s,
+            max_retries=self.max_retries,
+            name=name,
+        )
 
     def _start_vllm(self, ctx: WorkerContext) -> Engine:
         from datakit.captioning.vllm_server import VllmServer
 
         served = Path(self.model_name).name or "model"
-        server = VllmServer(self.vllm_python_path, self.model_name, served_name=served,
-                            log_path=ctx.stage_dir / f"vllm-server-{ctx.rank}.log", max_images=self.frames,
-                            max_model_len=self.max_model_len, kv_cache_gib=self.kv_cache_gib,
-                            extra_args=self.vllm_args, seed=self.seed)  # fmt: skip
+        server = VllmServer(
+            self.vllm_python_path,
+            self.model_name,
+            served_name=served,
+            log_path=ctx.stage_dir / f"vllm-server-{ctx.rank}.log",
+            max_images=self.frames,
+            max_model_len=self.max_model_len,
+            kv_cache_gib=self.kv_cache_gib,
+            extra_args=self.vllm_args,
+            seed=self.seed,
+        )
         url = server.start(self.server_timeout_s)
         self._server = server
         engine = self._client(url, served, name="vllm")
@@ -235,25 +288,46 @@ class CaptionStage(Stage):
         if server is not None and (server.process is None or server.process.poll() is not None):
             raise TransientError(f"the vLLM server is not running; see {server.log_path}")
         unsent = [i for i in items if "request" not in i]
-        generated = iter(self._engine.generate([i["frames"] for i in unsent], self._prompt, self._sampling) if unsent else [])
+        generated = iter(
+            self._engine.generate([i["frames"] for i in unsent], self._prompt, self._sampling)
+            if unsent
+            else []
+        )
         results = [self._engine.result(i["request"]) if "request" in i else next(generated) for i in items]
-        return [self.failure_rows(item, r) if isinstance(r, Exception) else {"captions": [self._row(item, r)]}
-                for item, r in zip(items, results, strict=True)]  # fmt: skip
+        return [
+            self.failure_rows(item, r) if isinstance(r, Exception) else {"captions": [self._row(item, r)]}
+            for item, r in zip(items, results, strict=True)
+        ]
 
     def _row(self, item: dict, gen) -> dict:
         from datakit.captioning.qa import check_caption, clean_caption
 
         caption = clean_caption(gen.text)
         qa = check_caption(caption, gen.finish_reason, max_tokens=self.max_tokens)
-        return {**self._identity(item), "status": "ok", "error": None, "caption": caption, "raw_caption": gen.text,
-                "caption_status": qa.status, "qa_reason": qa.reason, "finish_reason": gen.finish_reason,
-                "prompt_tokens": gen.prompt_tokens, "output_tokens": gen.output_tokens,
-                "num_frames": len(item["frames"]), "scored_at": time.time()}  # fmt: skip
+        return {
+            **self._identity(item),
+            "status": "ok",
+            "error": None,
+            "caption": caption,
+            "raw_caption": gen.text,
+            "caption_status": qa.status,
+            "qa_reason": qa.reason,
+            "finish_reason": gen.finish_reason,
+            "prompt_tokens": gen.prompt_tokens,
+            "output_tokens": gen.output_tokens,
+            "num_frames": len(item["frames"]),
+            "scored_at": time.time(),
+        }
 
     def _identity(self, item: dict) -> dict:
-        return {"row_id": item["row_id"], "clip_id": item["clip_id"], "model_key": self.model_key,
-                "engine": self.resolved_engine, "model": getattr(self, "_model_desc", self.model_name),
-                "prompt_id": self.prompt_id}  # fmt: skip
+        return {
+            "row_id": item["row_id"],
+            "clip_id": item["clip_id"],
+            "model_key": self.model_key,
+            "engine": self.resolved_engine,
+            "model": getattr(self, "_model_desc", self.model_name),
+            "prompt_id": self.prompt_id,
+        }
 
     def failure_rows(self, item: dict, exc: BaseException) -> Rows:
         rows = super().failure_rows(item, exc)

@@ -52,8 +52,12 @@ class CutStage(Stage):
     run_by_default = False  # clip files are optional: training reads spans from the sources
     order_by = "i.video_id, i.start_frame"  # consecutive clips of one video hit a warm page cache
 
-    fps: float | None = option(None, "Target frame rate by frame picking (never upsamples); default: the source's.", min=0.1)
-    short_side: int | None = option(None, "Resize so the short side is this (even sizes); default: keep.", min=2)
+    fps: float | None = option(
+        None, "Target frame rate by frame picking (never upsamples); default: the source's.", min=0.1
+    )
+    short_side: int | None = option(
+        None, "Resize so the short side is this (even sizes); default: keep.", min=2
+    )
     crf: int = option(18, "libx264 quality (lower is better).", min=0, max=51)
     preset: str = option("veryfast", "libx264 speed preset.", choices=PRESETS)
     max_pixels: int = option(MAX_PIXELS_DEFAULT, "Refuse sources with larger frames (0: no limit).", min=0)
@@ -89,7 +93,9 @@ class CutStage(Stage):
             preset=self.preset,
             max_pixels=self.max_pixels,
         )
-        params = json.dumps({"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset})
+        params = json.dumps(
+            {"fps": self.fps, "short_side": self.short_side, "crf": self.crf, "preset": self.preset}
+        )
         return {"cuts": [{"clip_id": item["clip_id"], **row, "params": params}]}
 
 

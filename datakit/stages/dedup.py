@@ -51,7 +51,11 @@ TABLES = (
             C("run_key", "VARCHAR", "the dedup run that wrote this row"),
             C("dup_group", "VARCHAR", "clip id of the group's kept member (the clip itself when unique)"),
             C("dup_of", "VARCHAR", "clip id of the kept member; null for the kept member and unique clips"),
-            C("similarity", "DOUBLE", "highest cosine similarity to another clip of its group (null: unique)"),
+            C(
+                "similarity",
+                "DOUBLE",
+                "highest cosine similarity to another clip of its group (null: unique)",
+            ),
         ),
     ),
 )
@@ -63,8 +67,15 @@ LATEST_GROUPS_SQL = """
 
 
 # ----------------------------------------------------------------------------------- algorithm
-def similar_pairs(x: np.ndarray, threshold: float, *, exact_below: int = 20_000, nlist: int | None = None,
-                  nprobe: int = 4, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:  # fmt: skip
+def similar_pairs(
+    x: np.ndarray,
+    threshold: float,
+    *,
+    exact_below: int = 20_000,
+    nlist: int | None = None,
+    nprobe: int = 4,
+    chunk: int = 65_536,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Pairs (i < j) of unit rows of `x` with inner product >= threshold: (i, j, similarity, index name).
 
     Below `exact_below` rows: exact, a faiss flat index's range search. Above: an IVF search of
@@ -100,8 +111,9 @@ def _flat_pairs(x: np.ndarray, threshold: float, chunk: int) -> tuple[np.ndarray
     return _unique_pairs(found, len(x))
 
 
-def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int,
-               chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def _ivf_pairs(
+    x: np.ndarray, threshold: float, nlist: int, nprobe: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An IVF search with `nprobe`, scanned list by list as matrix products.
 
     faiss places `nlist` centroids (spherical k-means, a few iterations on a sample: a pair this
@@ -163,8 +175,9 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
             return labels
 
 
-def group_rows(clip_ids: list[str], x: np.ndarray, scores: np.ndarray, threshold: float,
-               **search) -> tuple[list[dict], dict]:  # fmt: skip
+def group_rows(
+    clip_ids: list[str], x: np.ndarray, scores: np.ndarray, threshold: float, **search
+) -> tuple[list[dict], dict]:
     """One row per clip (dup_group, dup_of, similarity) and run statistics; `scores` -inf: unscored."""
     t0 = time.monotonic()
     n = len(clip_ids)
@@ -187,13 +200,21 @@ def group_rows(clip_ids: list[str], x: np.ndarray, scores: np.ndarray, threshold
     rows = []
     for k in range(n):
         kept = int(kept_by[k])
-        rows.append({
-            "clip_id": clip_ids[k], "dup_group": clip_ids[kept],
-            "dup_of": None if kept == k else clip_ids[kept],
-            "similarity": float(best[k]) if np.isfinite(best[k]) else None,
-        })  # fmt: skip
-    stats = {"index": index, "num_clips": n, "num_groups": int((sizes > 1).sum()),
-             "num_duplicates": int(sum(r["dup_of"] is not None for r in rows)), "seconds": time.monotonic() - t0}  # fmt: skip
+        rows.append(
+            {
+                "clip_id": clip_ids[k],
+                "dup_group": clip_ids[kept],
+                "dup_of": None if kept == k else clip_ids[kept],
+                "similarity": float(best[k]) if np.isfinite(best[k]) else None,
+            }
+        )
+    stats = {
+        "index": index,
+        "num_clips": n,
+        "num_groups": int((sizes > 1).sum()),
+        "num_duplicates": int(sum(r["dup_of"] is not None for r in rows)),
+        "seconds": time.monotonic() - t0,
+    }
     return rows, stats
 
 
@@ -224,23 +245,35 @@ class DedupStage(Stage):
     clip_columns = (ClipColumns("dup_groups", ("dup_group", "dup_of"), sql=LATEST_GROUPS_SQL),)
     run_by_default = False  # needs embeddings (score aesthetic)
 
-    threshold: float = option(0.98, "Cosine similarity at or above which two clips are near-duplicates.", min=-1, max=1)
-    embedding_key: str | None = option(None, "model_key of the embeddings to compare (default: the latest written).")
+    threshold: float = option(
+        0.98, "Cosine similarity at or above which two clips are near-duplicates.", min=-1, max=1
+    )
+    embedding_key: str | None = option(
+        None, "model_key of the embeddings to compare (default: the latest written)."
+    )
     exact_below: int = option(20_000, "Exact flat search below this many clips, IVF above.", min=2)
     nlist: int | None = option(None, "IVF lists (default: sqrt(nprobe x clips)).", min=1)
     nprobe: int = option(4, "IVF lists searched per clip (more: slower, higher recall).", min=1)
 
     def settings(self) -> dict:
-        return {"threshold": self.threshold, "exact_below": self.exact_below, "nlist": self.nlist, "nprobe": self.nprobe}
+        return {
+            "threshold": self.threshold,
+            "exact_below": self.exact_below,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+        }
 
     def _embeddings_sql(self) -> str:
-        key = (sql_str(self.embedding_key) if self.embedding_key else
-               "(SELECT model_key FROM _latest_clip_embeddings ORDER BY scored_at DESC LIMIT 1)")  # fmt: skip
+        key = (
+            sql_str(self.embedding_key)
+            if self.embedding_key
+            else "(SELECT model_key FROM _latest_clip_embeddings ORDER BY scored_at DESC LIMIT 1)"
+        )
         return f"""
             SELECT e.row_id, e.clip_id, e.dim, e.embedding, e.model_key, a.aesthetic
             FROM _latest_clip_embeddings e
             JOIN (SELECT clip_id FROM ({CLIP_IDS_SQL})) USING (clip_id)  -- spans without score joins
-            LEFT JOIN ({latest_ok_sql('aesthetic_scores', 'aesthetic')}) a USING (clip_id)
+            LEFT JOIN ({latest_ok_sql("aesthetic_scores", "aesthetic")}) a USING (clip_id)
             WHERE e.model_key = {key}
         """
 
@@ -267,10 +300,23 @@ class DedupStage(Stage):
             raise ValueError(f"embeddings of one model have several sizes: {sorted(dims)}")
         x = embedding_matrix(data.column("embedding"), dims.pop())
         scores = data.column("aesthetic").to_numpy(zero_copy_only=False).astype(np.float64)
-        rows, stats = group_rows(data.column("clip_id").to_pylist(), x, np.nan_to_num(scores, nan=-np.inf),
-                                 self.threshold, exact_below=self.exact_below, nlist=self.nlist, nprobe=self.nprobe)  # fmt: skip
+        rows, stats = group_rows(
+            data.column("clip_id").to_pylist(),
+            x,
+            np.nan_to_num(scores, nan=-np.inf),
+            self.threshold,
+            exact_below=self.exact_below,
+            nlist=self.nlist,
+            nprobe=self.nprobe,
+        )
         for row in rows:
             row["run_key"] = item["run_key"]
-        run = {"run_key": item["run_key"], "status": "ok", "embedding_key": item["embedding_key"],
-               "threshold": self.threshold, "finished_at": time.time(), **stats}  # fmt: skip
+        run = {
+            "run_key": item["run_key"],
+            "status": "ok",
+            "embedding_key": item["embedding_key"],
+            "threshold": self.threshold,
+            "finished_at": time.time(),
+            **stats,
+        }
         return {"dup_groups": rows, "dedup_runs": [run]}

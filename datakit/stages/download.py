@@ -143,17 +143,29 @@ class DownloadStage(Stage):
     tables = TABLES
     default_workers: ClassVar[int] = 8
 
-    timeout_s: float = option(30.0, "Connect timeout, and the longest wait for the next byte of a body.", min=0.001)
+    timeout_s: float = option(
+        30.0, "Connect timeout, and the longest wait for the next byte of a body.", min=0.001
+    )
     max_retries: int = option(4, "Attempts per URL within one run, the first included.", min=1)
-    backoff_base_s: float = option(0.5, "Wait before the 2nd attempt; doubles each attempt, with jitter.", min=0)
+    backoff_base_s: float = option(
+        0.5, "Wait before the 2nd attempt; doubles each attempt, with jitter.", min=0
+    )
     backoff_cap_s: float = option(30.0, "Longest backoff wait.", min=0)
-    max_wait_s: float = option(60.0, "A longer Retry-After is not slept: the row becomes 'retry' with retry_at.", min=0)
-    max_bytes: int = option(2 * 1024**3, "Larger files are an error (by Content-Length, or while streaming).", min=1)
+    max_wait_s: float = option(
+        60.0, "A longer Retry-After is not slept: the row becomes 'retry' with retry_at.", min=0
+    )
+    max_bytes: int = option(
+        2 * 1024**3, "Larger files are an error (by Content-Length, or while streaming).", min=1
+    )
     max_attempts: int = option(8, "Attempts over all runs; then a transient failure becomes 'error'.", min=1)
     max_redirects: int = option(10, "More redirects are an error.", min=0)
-    use_ytdlp: str = option("auto", "auto: site URLs via yt-dlp, direct files via HTTP.", choices=("auto", "always", "never"))
+    use_ytdlp: str = option(
+        "auto", "auto: site URLs via yt-dlp, direct files via HTTP.", choices=("auto", "always", "never")
+    )
     ytdlp_format: str = option(DEFAULT_YTDLP_FORMAT, "yt-dlp format selector (720p cap).")
-    user_agent: str | None = option(None, "HTTP User-Agent (default: datakit's for HTTP, yt-dlp's own for yt-dlp).")
+    user_agent: str | None = option(
+        None, "HTTP User-Agent (default: datakit's for HTTP, yt-dlp's own for yt-dlp)."
+    )
     fsync: bool = option(True, "fsync each file before the rename that publishes it.")
     commit_every: int = option(32, "Items per committed part file.", min=1)
 

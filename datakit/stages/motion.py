@@ -36,8 +36,10 @@ TABLES = (
         C("row_id", "VARCHAR", "'<clip_id>:<model_key>'"),
         "Optical-flow motion per clip and settings. Written by `score motion`.",
         (
-            *identity_columns("short hash of the flow settings, threshold and scorer version",
-                              "readable: method, OpenCV version and settings"),
+            *identity_columns(
+                "short hash of the flow settings, threshold and scorer version",
+                "readable: method, OpenCV version and settings",
+            ),
             C("motion", "DOUBLE", "mean flow magnitude in short sides per second"),
             C("static", "BOOLEAN", "motion below the static threshold"),
             C("pair_motion", "FLOAT[]", "motion of each frame pair"),
@@ -63,8 +65,9 @@ def flow_magnitude(a, b) -> float:
     import cv2
     import numpy as np
 
-    flow = cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=3, winsize=15, iterations=3,
-                                        poly_n=5, poly_sigma=1.2, flags=0)  # fmt: skip
+    flow = cv2.calcOpticalFlowFarneback(
+        a, b, None, pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0
+    )
     return float(np.linalg.norm(flow, axis=2).mean())
 
 
@@ -82,24 +85,36 @@ class MotionStage(ScoreStage):
     pairs: int = option(4, "Frame pairs per clip, evenly spaced over the span.", min=1)
     gap_s: float = option(0.1, "Seconds between the two frames of a pair (at least one frame).", min=0)
     short_side: int = option(128, "Frames are shrunk to this short side before the flow.", min=16)
-    static_threshold: float = option(0.01, "Motion (short sides per second) below which a clip is static.", min=0)
+    static_threshold: float = option(
+        0.01, "Motion (short sides per second) below which a clip is static.", min=0
+    )
     commit_every: int = option(128, "Items per committed part file.", min=1)
 
     @cached_property
     def settings_key(self) -> str:
-        return model_key(method="farneback", pairs=self.pairs, gap_s=self.gap_s, short_side=self.short_side,
-                         static_threshold=self.static_threshold, version=SCORER_VERSION)  # fmt: skip
+        return model_key(
+            method="farneback",
+            pairs=self.pairs,
+            gap_s=self.gap_s,
+            short_side=self.short_side,
+            static_threshold=self.static_threshold,
+            version=SCORER_VERSION,
+        )
 
     @cached_property
     def description(self) -> str:
         import cv2
 
-        return (f"farneback (OpenCV {cv2.__version__}) pairs={self.pairs} gap_s={self.gap_s} "
-                f"short_side={self.short_side} static<{self.static_threshold}")  # fmt: skip
+        return (
+            f"farneback (OpenCV {cv2.__version__}) pairs={self.pairs} gap_s={self.gap_s} "
+            f"short_side={self.short_side} static<{self.static_threshold}"
+        )
 
     def items_sql(self) -> str:
-        return (f"SELECT *, clip_id || ':' || {sql_str(self.settings_key)} AS row_id "
-                f"FROM ({CLIP_ITEMS_SQL}) WHERE media_type = 'video'")  # fmt: skip
+        return (
+            f"SELECT *, clip_id || ':' || {sql_str(self.settings_key)} AS row_id "
+            f"FROM ({CLIP_ITEMS_SQL}) WHERE media_type = 'video'"
+        )
 
     def process(self, item: dict) -> dict:
         import cv2
@@ -109,17 +124,31 @@ class MotionStage(ScoreStage):
             raise ValueError(f"clip {item['clip_id']} has no frame rate")
         pairs = pair_indices(start, end, float(fps), self.pairs, self.gap_s)
         wanted = [i for pair in pairs for i in pair]
-        grey = dict(zip(wanted, (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-                                 for f in read_frames_at(path, wanted, size=self.short_side)), strict=True))  # fmt: skip
+        grey = dict(
+            zip(
+                wanted,
+                (
+                    cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
+                    for f in read_frames_at(path, wanted, size=self.short_side)
+                ),
+                strict=True,
+            )
+        )
         short = min(next(iter(grey.values())).shape)
         per_pair = [flow_magnitude(grey[i], grey[j]) / short / ((j - i) / float(fps)) for i, j in pairs]
         motion = sum(per_pair) / len(per_pair)
         row = {
-            "row_id": item["row_id"], "clip_id": item["clip_id"], "model_key": self.settings_key,
-            "model": self.description, "status": "ok", "motion": motion,
-            "static": motion < self.static_threshold, "pair_motion": per_pair,
-            "frames": json.dumps({"file": kind, "pairs": pairs}), "scored_at": now(),
-        }  # fmt: skip
+            "row_id": item["row_id"],
+            "clip_id": item["clip_id"],
+            "model_key": self.settings_key,
+            "model": self.description,
+            "status": "ok",
+            "motion": motion,
+            "static": motion < self.static_threshold,
+            "pair_motion": per_pair,
+            "frames": json.dumps({"file": kind, "pairs": pairs}),
+            "scored_at": now(),
+        }
         return {"motion_scores": [row]}
 
     @property

@@ -26,11 +26,23 @@ TABLES = (
             C("bit_rate", "BIGINT", "container bit rate, bits/s"),
             C("has_audio", "BOOLEAN", "whether an audio stream exists"),
             C("bytes", "BIGINT", "file size"),
-            C("rotation", "INTEGER", "degrees clockwise that turn the coded frames upright (0, 90, 180, 270)"),
+            C(
+                "rotation",
+                "INTEGER",
+                "degrees clockwise that turn the coded frames upright (0, 90, 180, 270)",
+            ),
             C("coded_width", "INTEGER", "width of the coded frames (before rotation)"),
             C("coded_height", "INTEGER", "height of the coded frames (before rotation)"),
-            C("media_type", "VARCHAR", "'video' or 'image' (one frame: num_frames 1, fps and duration_s null)"),
-            C("video_stream", "INTEGER", "index of the video stream used (the largest, when there are several)"),
+            C(
+                "media_type",
+                "VARCHAR",
+                "'video' or 'image' (one frame: num_frames 1, fps and duration_s null)",
+            ),
+            C(
+                "video_stream",
+                "INTEGER",
+                "index of the video stream used (the largest, when there are several)",
+            ),
         ),
     ),
 )
@@ -51,15 +63,27 @@ class ProbeStage(Stage):
     tables = TABLES
     after = ("download",)
 
-    count_frames: bool = option(True, "Count packets for the true frame count (false: trust the header; faster).")
-    max_pixels: int = option(8192 * 4352, "Refuse frames larger than this (the largest any H.264/HEVC/AV1 level allows; 0: no limit).", min=0)
+    count_frames: bool = option(
+        True, "Count packets for the true frame count (false: trust the header; faster)."
+    )
+    max_pixels: int = option(
+        8192 * 4352,
+        "Refuse frames larger than this (the largest any H.264/HEVC/AV1 level allows; 0: no limit).",
+        min=0,
+    )
     commit_every: int = option(64, "Items per committed part file.", min=1)
 
     def items_sql(self) -> str:
         return PENDING_PATHS
 
     def process(self, item: dict) -> dict[str, list[dict]]:
-        return {"probes": [probe_file(item["video_id"], item["path"], count_frames=self.count_frames, max_pixels=self.max_pixels)]}
+        return {
+            "probes": [
+                probe_file(
+                    item["video_id"], item["path"], count_frames=self.count_frames, max_pixels=self.max_pixels
+                )
+            ]
+        }
 
 
 def probe_file(video_id: str, path: str, *, count_frames: bool = True, max_pixels: int | None = None) -> dict:

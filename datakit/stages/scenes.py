@@ -52,7 +52,11 @@ TABLES = (
             C("fps", "DOUBLE", "frame rate of the source"),
             C("width", "INTEGER", "source width"),
             C("height", "INTEGER", "source height"),
-            C("run_key", "VARCHAR", "the scene run that made this span (spans of older runs are hidden in `clips`)"),
+            C(
+                "run_key",
+                "VARCHAR",
+                "the scene run that made this span (spans of older runs are hidden in `clips`)",
+            ),
         ),
     ),
     Table(
@@ -95,34 +99,44 @@ class SceneStage(Stage):
     tables = TABLES
     after = ("probe",)
 
-    detector: str = option("auto", "Detector; auto: transnetv2 on a GPU worker, adaptive on the CPU.",
-                           choices=DETECTORS)  # fmt: skip
+    detector: str = option(
+        "auto", "Detector; auto: transnetv2 on a GPU worker, adaptive on the CPU.", choices=DETECTORS
+    )
     threshold: float | None = option(None, "Threshold (adaptive 3.0, content 27, transnetv2 0.5).", min=0)
     min_scene_len: int = option(15, "Frames; PySceneDetect never reports two cuts closer than this.", min=1)
     min_clip_s: float = option(2.0, "Drop scenes (and tail windows) shorter than this (seconds).", min=0)
-    max_clip_s: float | None = option(15.0, "Split longer scenes into consecutive windows of this length.",
-                                      min=0.1)  # fmt: skip
+    max_clip_s: float | None = option(
+        15.0, "Split longer scenes into consecutive windows of this length.", min=0.1
+    )
     trim_frames: int = option(1, "Frames dropped at each scene edge that is a transition.", min=0)
     analysis_width: int = option(256, "PySceneDetect: frames are shrunk to this width.", min=16)
-    analysis_interp: str = option("linear", "PySceneDetect: shrinking filter for analysis frames.",
-                                  choices=("linear", "area"))  # fmt: skip
+    analysis_interp: str = option(
+        "linear", "PySceneDetect: shrinking filter for analysis frames.", choices=("linear", "area")
+    )
     gradual: bool = option(False, "PySceneDetect: extra sparse pass that finds cross-dissolves and fades.")
     gradual_step: int = option(8, "Frame stride of the gradual pass.", min=1)
     gradual_threshold: float = option(20.0, "ContentDetector threshold of the gradual pass.", min=0)
-    transition_margin: int = option(2, "transnetv2: frames added on each side of a gradual transition.",
-                                    min=0, max=100)  # fmt: skip
-    precision: str = option("auto", "transnetv2 arithmetic; auto: bf16 on a GPU or a CPU with bf16 units, else fp32.",
-                            choices=PRECISIONS)  # fmt: skip
-    windows_per_batch: int = option(4, "transnetv2: 550-frame windows per model call (from several videos).",
-                                    min=1, max=4096)  # fmt: skip
+    transition_margin: int = option(
+        2, "transnetv2: frames added on each side of a gradual transition.", min=0, max=100
+    )
+    precision: str = option(
+        "auto",
+        "transnetv2 arithmetic; auto: bf16 on a GPU or a CPU with bf16 units, else fp32.",
+        choices=PRECISIONS,
+    )
+    windows_per_batch: int = option(
+        4, "transnetv2: 550-frame windows per model call (from several videos).", min=1, max=4096
+    )
     skip_loop_filter: bool = option(True, "Faster H.264/HEVC decoding for analysis (no effect on spans).")
     redo: bool = option(False, "Re-detect videos whose last run used other settings (old clips vanish).")
-    given_spans: str = option("detect", "Spans from an imported metadata table: detect (split them at detected "
-                              "transitions), trust (take them as shots, no decoding), ignore.",
-                              choices=("detect", "trust", "ignore"))  # fmt: skip
+    given_spans: str = option(
+        "detect",
+        "Spans from an imported metadata table: detect (split them at detected "
+        "transitions), trust (take them as shots, no decoding), ignore.",
+        choices=("detect", "trust", "ignore"),
+    )
     commit_every: int = option(16, "Items per committed part file.", min=1)
-    batch_size: int = option(4, "Videos per batch (transnetv2 decodes them in parallel).",
-                             min=1)  # fmt: skip
+    batch_size: int = option(4, "Videos per batch (transnetv2 decodes them in parallel).", min=1)
 
     def __post_init__(self) -> None:
         # transnetv2 asks for a GPU (one worker on the CPU without one, like other model stages);
@@ -132,16 +146,21 @@ class SceneStage(Stage):
 
     def check(self) -> None:
         if self.max_clip_s is not None and self.max_clip_s < self.min_clip_s:
-            raise OptionError(f"scenes: max_clip_s ({self.max_clip_s}) is below min_clip_s "
-                              f"({self.min_clip_s}): no clip could be kept")  # fmt: skip
+            raise OptionError(
+                f"scenes: max_clip_s ({self.max_clip_s}) is below min_clip_s "
+                f"({self.min_clip_s}): no clip could be kept"
+            )
         if self.threshold is None:
             return
         if self.detector == "auto":
-            raise OptionError("scenes: a threshold needs an explicit detector (adaptive, content or "
-                              "transnetv2): their thresholds are on different scales")  # fmt: skip
+            raise OptionError(
+                "scenes: a threshold needs an explicit detector (adaptive, content or "
+                "transnetv2): their thresholds are on different scales"
+            )
         if self.detector == "transnetv2" and not 0 < self.threshold < 1:
-            raise OptionError(f"scenes: the transnetv2 threshold is a probability in (0, 1), "
-                              f"got {self.threshold}")  # fmt: skip
+            raise OptionError(
+                f"scenes: the transnetv2 threshold is a probability in (0, 1), got {self.threshold}"
+            )
 
     def items_sql(self) -> str:
         from datakit.table_import import GIVEN_SPANS_SQL
@@ -177,8 +196,11 @@ class SceneStage(Stage):
     def stale_sql(self, marker: str) -> str | None:
         if not self.redo:  # a run with other settings does not count as done
             return None
-        done = ", ".join("'" + self.params_json(*s, g).replace("'", "''") + "'"
-                         for s in self.possible_settings() for g in (None, self.given_spans))  # fmt: skip
+        done = ", ".join(
+            "'" + self.params_json(*s, g).replace("'", "''") + "'"
+            for s in self.possible_settings()
+            for g in (None, self.given_spans)
+        )
         return f"coalesce({marker}.params, '') NOT IN ({done})"
 
     def params_json(self, detector: str, precision: str | None, given_spans: str | None = None) -> str:
@@ -251,8 +273,10 @@ class SceneStage(Stage):
             return [self.process(item) for item in items]
         todo = [item for item in items if not self._trusted(item)]
         results = iter(self._transnet.detect_many([str(item["path"]) for item in todo]) if todo else [])
-        return [self._rows(item, self._no_detection(item) if self._trusted(item) else next(results))
-                for item in items]  # fmt: skip
+        return [
+            self._rows(item, self._no_detection(item) if self._trusted(item) else next(results))
+            for item in items
+        ]
 
     def _no_detection(self, item: dict) -> Detection:
         from datakit.shot_detection import Detection
@@ -304,11 +328,24 @@ class SceneStage(Stage):
 
             frames, past_end = span_frames(given, video_id, fps, int(item.get("num_frames") or n))
             frames = [(a, min(b, n)) for a, b in frames if a < n]  # a corrupt tail ends the video early
-            clips = clips_in_spans(scenes, frames, fps, n, min_clip_s=self.min_clip_s,
-                                   max_clip_s=self.max_clip_s, trim_frames=self.trim_frames)  # fmt: skip
+            clips = clips_in_spans(
+                scenes,
+                frames,
+                fps,
+                n,
+                min_clip_s=self.min_clip_s,
+                max_clip_s=self.max_clip_s,
+                trim_frames=self.trim_frames,
+            )
         else:
-            clips = apply_clip_policy(scenes, fps, n, min_clip_s=self.min_clip_s, max_clip_s=self.max_clip_s,
-                                      trim_frames=self.trim_frames)  # fmt: skip
+            clips = apply_clip_policy(
+                scenes,
+                fps,
+                n,
+                min_clip_s=self.min_clip_s,
+                max_clip_s=self.max_clip_s,
+                trim_frames=self.trim_frames,
+            )
         spans = [
             {
                 "clip_id": f"{video_id}-{s}-{e}",
