@@ -52,7 +52,6 @@ class VaeConfig:
     val_fraction: float = 0.15  # held-out clips (by clip id, as the STDiT stages)
     val_every: int = 50
     permute_colours: bool = False  # augment: each sample's RGB channels in a random order (unseen colours)
-    colour_jitter: float = 0.0  # augment: each channel x -> a*x + b, a in 1 ± j, b in ± j (then clamped)
     seed: int = 0
 
 
@@ -171,11 +170,6 @@ def train_vae(
             if cfg.permute_colours:
                 order = torch.argsort(torch.rand(len(x), 3, generator=gen), dim=1)
                 x = torch.gather(x, 1, order[:, :, None, None].expand_as(x))
-            if cfg.colour_jitter:
-                gain, offset = (
-                    cfg.colour_jitter * (2 * torch.rand(2, len(x), 3, 1, 1, generator=gen) - 1)
-                ).unbind(0)
-                x = ((1 + gain) * x + offset).clamp(-1, 1)
             rec, kl, _ = _losses(vae, x, sample=True)
             loss = rec + cfg.kl_weight * kl
             opt.zero_grad(set_to_none=True)
