@@ -32,13 +32,15 @@ CONFIG = dict(
     model_max_length=32,
     class_dropout_prob=0.1,
 )
+TINY = {**CONFIG, "input_size": (2, 8, 8), "hidden_size": 32, "depth": 2, "num_heads": 2, "caption_channels": 16,
+        "model_max_length": 8}  # fmt: skip  (--tiny: the tests' smoke run)
 
 
 def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(ckpt: bool, steps: int, batch: int) -> dict:
+def worker(ckpt: bool, steps: int, batch: int, config: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -46,14 +48,14 @@ def worker(ckpt: bool, steps: int, batch: int) -> dict:
     from models.stdit import STDiT
 
     torch.manual_seed(0)
-    model = STDiT(**CONFIG, grad_checkpointing=ckpt).train()
+    model = STDiT(**config, grad_checkpointing=ckpt).train()
     diffusion = IDDPM(timestep_respacing="")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    T, H, W = CONFIG["input_size"]
-    L = CONFIG["model_max_length"]
+    T, H, W = config["input_size"]
+    L = config["model_max_length"]
     x = torch.randn(batch, 4, T, H, W)
     t = torch.randint(0, diffusion.num_timesteps, (batch,))
-    y = torch.randn(batch, 1, L, CONFIG["caption_channels"])
+    y = torch.randn(batch, 1, L, config["caption_channels"])
     mask = (torch.arange(L)[None] < torch.randint(L // 2, L + 1, (batch, 1))).long()
     noise = torch.randn_like(x)
 
@@ -85,10 +87,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="a tiny STDiT (smoke test)")
     ap.add_argument("--worker", choices=["0", "1"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    config = TINY if args.tiny else CONFIG
     if args.worker is not None:
-        print(json.dumps(worker(args.worker == "1", args.steps, args.batch)))
+        print(json.dumps(worker(args.worker == "1", args.steps, args.batch, config)))
         return
 
     results = []
@@ -102,15 +106,16 @@ def main() -> None:
             str(args.steps),
             "--batch",
             str(args.batch),
+            *(["--tiny"] if args.tiny else []),
         ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
 
-    T, H, W = CONFIG["input_size"]
+    T, H, W = config["input_size"]
     print(
-        f"STDiT depth {CONFIG['depth']}, hidden {CONFIG['hidden_size']}, {CONFIG['num_heads']} heads "
+        f"STDiT depth {config['depth']}, hidden {config['hidden_size']}, {config['num_heads']} heads "
         f"({results[0]['params_M']:.1f}M params); latent {T}x{H}x{W}, batch {args.batch}, "
-        f"caption {CONFIG['model_max_length']}x{CONFIG['caption_channels']}; "
+        f"caption {config['model_max_length']}x{config['caption_channels']}; "
         f"fp32 CPU, {results[0]['threads']} threads, IDDPM loss, AdamW; best of {args.steps} steps"
     )
     print(f"{'grad ckpt':>10} {'fwd+bwd+opt s/step':>19} {'peak RSS MiB':>13} {'step peak growth MiB':>21}")
