@@ -33,10 +33,13 @@ def make_workspace(root: Path, videos: int) -> Path:
     from datakit.stages.probe import ProbeStage
     from datakit.stages.scenes import SceneStage
     from datakit.workspace import Workspace
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     for i in range(videos):
-        make_sample(SampleSpec(f"b{i}", 320, 240, 24, "libx264", "mp4", [60, 60, 60, 60], seed=300 + i), root / "media")
+        make_sample(
+            SampleSpec(f"b{i}", 320, 240, 24, "libx264", "mp4", [60, 60, 60, 60], seed=300 + i),
+            root / "media",
+        )
     ws = Workspace(root / "ws")
     ingest(ws, [str(root / "media")])
     run_stage(ws, ProbeStage(), progress=False)
@@ -69,9 +72,18 @@ def main() -> None:
             models = {"model": str(config), "pretrained": str(weights)}
         import open_clip
 
-        dim = open_clip.get_model_config(Path(models["model"]).stem if args.model == "tiny" else args.model)["embed_dim"]
-        head = save_tiny_aesthetic_head(tmp / "head.pth", in_features=dim)  # the LAION layout on this CLIP's size
-        opts = {**models, "head": str(head), "batch_size": args.batch_size, "prepare_threads": args.prepare_threads}
+        dim = open_clip.get_model_config(Path(models["model"]).stem if args.model == "tiny" else args.model)[
+            "embed_dim"
+        ]
+        head = save_tiny_aesthetic_head(
+            tmp / "head.pth", in_features=dim
+        )  # the LAION layout on this CLIP's size
+        opts = {
+            **models,
+            "head": str(head),
+            "batch_size": args.batch_size,
+            "prepare_threads": args.prepare_threads,
+        }
         root = make_workspace(tmp / "a", args.videos)
         stage = AestheticStage(**opts)
         torch.manual_seed(0)  # random weights: the same ones on both sides
@@ -110,13 +122,17 @@ def main() -> None:
             model_runs.append(model_alone())
             stage_runs.append(whole_stage(run)[0])
         model_s, stage_s = statistics.median(model_runs), statistics.median(stage_runs)
-        print(f"aesthetic on {n} clips ({frames} frames, 320x240 H.264), model {args.model} (random weights), "
-              f"batch {args.batch_size}, {args.prepare_threads} prepare threads, torch threads "
-              f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, median of {args.repeats}")  # fmt: skip
+        print(
+            f"aesthetic on {n} clips ({frames} frames, 320x240 H.264), model {args.model} (random weights), "
+            f"batch {args.batch_size}, {args.prepare_threads} prepare threads, torch threads "
+            f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, median of {args.repeats}"
+        )
         print(f"  model alone (prepared frames): {n / model_s:.2f} clips/s ({frames / model_s:.1f} frames/s)")
         print(f"  whole stage (decode, preprocess, model, commits; no model load): {n / stage_s:.2f} clips/s")
-        print(f"  ratio stage / model: {model_s / stage_s:.2f} (target >= 0.9); "
-              f"per run: {', '.join(f'{m / s:.2f}' for m, s in zip(model_runs, stage_runs, strict=True))}")  # fmt: skip
+        print(
+            f"  ratio stage / model: {model_s / stage_s:.2f} (target >= 0.9); "
+            f"per run: {', '.join(f'{m / s:.2f}' for m, s in zip(model_runs, stage_runs, strict=True))}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

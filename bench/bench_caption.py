@@ -76,14 +76,16 @@ def clips_workspace(n_clips: int) -> Path:
     from datakit.ingest import ingest
     from datakit.stages.probe import ProbeStage
     from datakit.stages.scenes import SceneStage
-    from demo.samples import SampleSpec, make_demo_set
+    from demo.sample_videos import SampleSpec, make_demo_set
 
     root = OUT / f"template-{n_clips}"
     if (root / "ready").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    specs = [SampleSpec(f"cap_{i}", 160, 120, 24, scene_frames=[60, 66, 72, 78], seed=300 + i)
-             for i in range((n_clips + 3) // 4)]  # fmt: skip
+    specs = [
+        SampleSpec(f"cap_{i}", 160, 120, 24, scene_frames=[60, 66, 72, 78], seed=300 + i)
+        for i in range((n_clips + 3) // 4)
+    ]
     make_demo_set(OUT / "videos", specs)
     ws = Workspace(root / "ws")
     ingest(ws, [str(OUT / "videos" / f"{s.name}.{s.container}") for s in specs])
@@ -97,8 +99,13 @@ def run_engine(template: Path, args, stage_class: type[TimedCaption] = TimedCapt
     work = Path(tempfile.mkdtemp(prefix="bench-caption-", dir=OUT))
     shutil.copytree(template / "ws", work / "ws")
     ws = Workspace(work / "ws")
-    stage = stage_class(model=str(args.model), frames=args.frames, frame_size=args.frame_size,
-                        max_tokens=args.max_tokens, **options)  # fmt: skip
+    stage = stage_class(
+        model=str(args.model),
+        frames=args.frames,
+        frame_size=args.frame_size,
+        max_tokens=args.max_tokens,
+        **options,
+    )
     t0 = time.perf_counter()
     run_stage(ws, stage, progress=False, limit=args.clips)
     total = time.perf_counter() - t0
@@ -107,7 +114,13 @@ def run_engine(template: Path, args, stage_class: type[TimedCaption] = TimedCapt
     tokens = sum(r["output_tokens"] or 0 for r in rows)
     seconds = stage.marks["done"] - stage.marks["ready"]
     statuses = {s: sum(r["caption_status"] == s for r in rows) for s in {r["caption_status"] for r in rows}}
-    return {"clips": len(rows), "tokens": tokens, "seconds": seconds, "startup_s": total - seconds, "qa": statuses}
+    return {
+        "clips": len(rows),
+        "tokens": tokens,
+        "seconds": seconds,
+        "startup_s": total - seconds,
+        "qa": statuses,
+    }
 
 
 def run_offline(template: Path, args) -> dict:
@@ -115,23 +128,45 @@ def run_offline(template: Path, args) -> dict:
     items = clip_items(template, args.clips)
     prompt = load_prompt("video@v1")
     messages = [chat_messages(clip_frames(item, args.frames, args.frame_size), prompt) for item in items]
-    spec = {"model": str(args.model), "seed": 0, "max_images": args.frames, "max_tokens": args.max_tokens,
-            "temperature": 0.0, "messages": messages,
-            "engine_kwargs": {"enforce_eager": True, "distributed_executor_backend": "uni"} if args.eager else {}}  # fmt: skip
+    spec = {
+        "model": str(args.model),
+        "seed": 0,
+        "max_images": args.frames,
+        "max_tokens": args.max_tokens,
+        "temperature": 0.0,
+        "messages": messages,
+        "engine_kwargs": {"enforce_eager": True, "distributed_executor_backend": "uni"} if args.eager else {},
+    }
     scratch = Path(tempfile.mkdtemp(prefix="datakit-vllm-bench-"))
     try:
         (scratch / "requests.json").write_text(json.dumps(spec))
-        env = {**os.environ, "TMPDIR": str(scratch), "VLLM_CACHE_ROOT": str(OUT / "vllm-cache"),
-               "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "TMPDIR": str(scratch),
+            "VLLM_CACHE_ROOT": str(OUT / "vllm-cache"),
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
         env.pop("PYTHONPATH", None)
-        cmd = [str(default_vllm_python()), str(ROOT / "bench" / "vllm_offline.py"),
-               str(scratch / "requests.json"), str(scratch / "result.json")]  # fmt: skip
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=open(OUT / "offline.log", "w"))
+        cmd = [
+            str(default_vllm_python()),
+            str(ROOT / "bench" / "vllm_offline.py"),
+            str(scratch / "requests.json"),
+            str(scratch / "result.json"),
+        ]
+        subprocess.run(
+            cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=open(OUT / "offline.log", "w")
+        )
         result = json.loads((scratch / "result.json").read_text())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"clips": len(items), "tokens": result["output_tokens"], "seconds": result["seconds"],
-            "startup_s": result["init_s"], "qa": {}}  # fmt: skip
+    return {
+        "clips": len(items),
+        "tokens": result["output_tokens"],
+        "seconds": result["seconds"],
+        "startup_s": result["init_s"],
+        "qa": {},
+    }
 
 
 def main() -> None:
@@ -143,7 +178,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--hf-batch-size", type=int, default=8)
-    parser.add_argument("--no-eager", dest="eager", action="store_false", help="let vLLM compile (slow start on CPU)")
+    parser.add_argument(
+        "--no-eager", dest="eager", action="store_false", help="let vLLM compile (slow start on CPU)"
+    )
     parser.add_argument("--no-vllm", dest="vllm", action="store_false", help="transformers only")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -153,18 +190,29 @@ def main() -> None:
 
         build_tiny_qwen2vl(args.model)
     template = clips_workspace(args.clips)
-    print(f"tiny random Qwen2-VL, {args.clips} clips x {args.frames} frames ({args.frame_size}px), "
-          f"max {args.max_tokens} tokens, greedy, {os.cpu_count()} CPUs", flush=True)  # fmt: skip
+    print(
+        f"tiny random Qwen2-VL, {args.clips} clips x {args.frames} frames ({args.frame_size}px), "
+        f"max {args.max_tokens} tokens, greedy, {os.cpu_count()} CPUs",
+        flush=True,
+    )
     results = {}
     if args.vllm:
-        server = {"engine": "vllm", "vllm_args": EAGER if args.eager else [], "concurrency": args.concurrency,
-                  "batch_size": args.batch_size}  # fmt: skip
+        server = {
+            "engine": "vllm",
+            "vllm_args": EAGER if args.eager else [],
+            "concurrency": args.concurrency,
+            "batch_size": args.batch_size,
+        }
         results["datakit caption --engine vllm"] = run_engine(template, args, **server)
         t0 = time.perf_counter()
-        decoded = {i["clip_id"]: clip_frames(i, args.frames, args.frame_size) for i in clip_items(template, args.clips)}
+        decoded = {
+            i["clip_id"]: clip_frames(i, args.frames, args.frame_size)
+            for i in clip_items(template, args.clips)
+        }
         decode_s = time.perf_counter() - t0
-        results["  same, frames decoded beforehand"] = run_engine(template, args, PredecodedCaption,
-                                                                  frames_by_clip=decoded, **server)  # fmt: skip
+        results["  same, frames decoded beforehand"] = run_engine(
+            template, args, PredecodedCaption, frames_by_clip=decoded, **server
+        )
         results["vLLM offline LLM.chat"] = run_offline(template, args)
     results["datakit caption --engine transformers"] = run_engine(
         template, args, engine="transformers", batch_size=args.hf_batch_size
@@ -172,15 +220,19 @@ def main() -> None:
     for name, r in results.items():
         rate = r["tokens"] / r["seconds"]
         r["rate"] = rate
-        print(f"{name:40s} {r['clips']:4d} clips {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
-              f"{rate:8.1f} tokens/s   start-up {r['startup_s']:6.1f}s  {r['qa'] or ''}")  # fmt: skip
+        print(
+            f"{name:40s} {r['clips']:4d} clips {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
+            f"{rate:8.1f} tokens/s   start-up {r['startup_s']:6.1f}s  {r['qa'] or ''}"
+        )
     if args.vllm:
         ours, offline = results["datakit caption --engine vllm"], results["vLLM offline LLM.chat"]
         hf = results["datakit caption --engine transformers"]
         served = results["  same, frames decoded beforehand"]
         print(f"decoding the frames alone (one thread): {decode_s:.1f}s")
         print(f"ratio stage(vllm) / vLLM offline: {ours['rate'] / offline['rate']:.2f} (target >= 0.8)")
-        print(f"ratio stage(vllm, frames decoded beforehand) / vLLM offline: {served['rate'] / offline['rate']:.2f}")
+        print(
+            f"ratio stage(vllm, frames decoded beforehand) / vLLM offline: {served['rate'] / offline['rate']:.2f}"
+        )
         print(f"ratio stage(vllm) / stage(transformers): {ours['rate'] / hf['rate']:.2f}")
 
 

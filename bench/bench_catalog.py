@@ -29,8 +29,13 @@ def best(fn, n: int = 5) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp) / "ws")
-        ws.write("sources", [{"video_id": f"v{i}", "source": f"/x/{i}.mp4", "source_kind": "file", "status": "ok"}
-                             for i in range(1000)])  # fmt: skip
+        ws.write(
+            "sources",
+            [
+                {"video_id": f"v{i}", "source": f"/x/{i}.mp4", "source_kind": "file", "status": "ok"}
+                for i in range(1000)
+            ],
+        )
 
         def plain_attach() -> None:
             with duckdb.connect() as con:

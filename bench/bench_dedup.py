@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datakit.stages.dedup import group_rows  # noqa: E402
 
 
-def planted_embeddings(n: int, d: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def planted_embeddings(
+    n: int, d: int, pairs: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float16 unit vectors, first members, second members) with `pairs` planted near-duplicates."""
     rng = np.random.default_rng(seed)
     x = np.empty((n, d), np.float16)
@@ -74,14 +76,22 @@ def main() -> None:
     recall = float(np.mean(group[a] == group[b]))
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     load = os.getloadavg()[0]
-    print(f"dedup of {args.n:,} x {args.dim}-d float16 vectors, {args.pairs:,} planted pairs "
-          f"(cosine {cos.min():.3f}-{cos.max():.3f}), {args.threads} faiss threads, load average {load:.1f}")  # fmt: skip
-    print(f"  index {stats['index']}: {seconds:.1f} s to search and group, {cpu:.0f} CPU-seconds "
-          f"(data made in {made:.1f} s)")  # fmt: skip
-    print(f"  groups {stats['num_groups']:,}, duplicates {stats['num_duplicates']:,}, "
-          f"recall of planted pairs {recall:.4f}, peak memory {peak_gib:.2f} GiB")  # fmt: skip
-    print(f"  targets: under 600 s ({'met' if seconds < 600 else 'MISSED'}), recall >= 0.95 "
-          f"({'met' if recall >= 0.95 else 'MISSED'})")  # fmt: skip
+    print(
+        f"dedup of {args.n:,} x {args.dim}-d float16 vectors, {args.pairs:,} planted pairs "
+        f"(cosine {cos.min():.3f}-{cos.max():.3f}), {args.threads} faiss threads, load average {load:.1f}"
+    )
+    print(
+        f"  index {stats['index']}: {seconds:.1f} s to search and group, {cpu:.0f} CPU-seconds "
+        f"(data made in {made:.1f} s)"
+    )
+    print(
+        f"  groups {stats['num_groups']:,}, duplicates {stats['num_duplicates']:,}, "
+        f"recall of planted pairs {recall:.4f}, peak memory {peak_gib:.2f} GiB"
+    )
+    print(
+        f"  targets: under 600 s ({'met' if seconds < 600 else 'MISSED'}), recall >= 0.95 "
+        f"({'met' if recall >= 0.95 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

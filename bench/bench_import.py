@@ -40,8 +40,10 @@ def _hms(seconds: np.ndarray) -> pa.Array:
 def make_table(path: Path, rows: int, spans: int, chunk: int = 1_000_000, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     words = pa.array(["a man", "a dog", "a green ball", "two people", "a car", "the sea"])
-    with pcsv.CSVWriter(path, pa.schema([(n, pa.string()) for n in
-                                         ("videoID", "url", "timestamp", "caption", "matching_score")])) as w:
+    with pcsv.CSVWriter(
+        path,
+        pa.schema([(n, pa.string()) for n in ("videoID", "url", "timestamp", "caption", "matching_score")]),
+    ) as w:
         for r0 in range(0, rows, chunk):
             n = min(chunk, rows - r0)
             ids = pc.binary_join_element_wise("v", pa.array(np.arange(r0, r0 + n)).cast(pa.string()), "")
@@ -51,13 +53,23 @@ def make_table(path: Path, rows: int, spans: int, chunk: int = 1_000_000, seed: 
                 a, b = _hms(bounds[:, k]), _hms(bounds[:, k + 1])
                 pairs.append(pc.binary_join_element_wise("['", a, "', '", b, "']", ""))
                 who = pc.take(words, pa.array(rng.integers(0, len(words), n)))
-                caps.append(pc.binary_join_element_wise("'", who, " walks in scene ", pa.array(np.full(n, k)).cast(pa.string()), "'", ""))
+                caps.append(
+                    pc.binary_join_element_wise(
+                        "'", who, " walks in scene ", pa.array(np.full(n, k)).cast(pa.string()), "'", ""
+                    )
+                )
                 scores.append(pa.array(np.round(rng.uniform(0.2, 0.5, n), 3)).cast(pa.string()))
-            w.write_table(pa.table({
-                "videoID": ids,
-                "url": pc.binary_join_element_wise("https://www.youtube.com/watch?v=", ids, ""),
-                "timestamp": _list(pairs), "caption": _list(caps), "matching_score": _list(scores),
-            }))  # fmt: skip
+            w.write_table(
+                pa.table(
+                    {
+                        "videoID": ids,
+                        "url": pc.binary_join_element_wise("https://www.youtube.com/watch?v=", ids, ""),
+                        "timestamp": _list(pairs),
+                        "caption": _list(caps),
+                        "matching_score": _list(scores),
+                    }
+                )
+            )
 
 
 def _list(parts: list[pa.Array]) -> pa.Array:
@@ -93,10 +105,14 @@ def main() -> None:
     stats = import_table(ws, table, "panda70m", batch_rows=args.batch_rows)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"table: {args.rows} rows x {args.spans} spans, {table.stat().st_size / 1e6:.0f} MB CSV (generated in {gen_s:.1f} s)")
-    print(f"import: {wall:.1f} s, {stats.rows / wall:,.0f} rows/s, {stats.spans / wall:,.0f} spans/s, "
-          f"{stats.errors} error rows; CPU {cpu:.1f} s ({stats.rows / cpu:,.0f} rows per CPU-second; "
-          f"{os.cpu_count()} cores); peak RSS {peak_rss_mb():.0f} MB (before import {rss0:.0f} MB)")  # fmt: skip
+    print(
+        f"table: {args.rows} rows x {args.spans} spans, {table.stat().st_size / 1e6:.0f} MB CSV (generated in {gen_s:.1f} s)"
+    )
+    print(
+        f"import: {wall:.1f} s, {stats.rows / wall:,.0f} rows/s, {stats.spans / wall:,.0f} spans/s, "
+        f"{stats.errors} error rows; CPU {cpu:.1f} s ({stats.rows / cpu:,.0f} rows per CPU-second; "
+        f"{os.cpu_count()} cores); peak RSS {peak_rss_mb():.0f} MB (before import {rss0:.0f} MB)"
+    )
     print(f"loadavg: {' '.join(load)}")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)

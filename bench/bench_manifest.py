@@ -46,13 +46,41 @@ def video_rows(vids: range, per_video: int) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {"sources": [], "probes": [], "scene_runs": []}
     for i in vids:
         v = f"{i:016x}"
-        rows["sources"].append(dict(video_id=v, source=f"/data/{v}.mp4", source_kind="file", path=f"/data/{v}.mp4",
-                                    bytes=10**7, status="ok"))  # fmt: skip
-        rows["probes"].append(dict(video_id=v, status="ok" if i % 50 else "error", width=WIDTHS[i % 4],
-                                   height=HEIGHTS[i % 4], fps=FPS, num_frames=per_video * 240,
-                                   duration_s=per_video * 8.0, codec="h264", bytes=10**7))  # fmt: skip
-        rows["scene_runs"].append(dict(video_id=v, status="ok", detector="adaptive", params="{}", run_key=f"r{v}",
-                                       num_scenes=per_video, num_clips=per_video, analysed_frames=per_video * 240))  # fmt: skip
+        rows["sources"].append(
+            dict(
+                video_id=v,
+                source=f"/data/{v}.mp4",
+                source_kind="file",
+                path=f"/data/{v}.mp4",
+                bytes=10**7,
+                status="ok",
+            )
+        )
+        rows["probes"].append(
+            dict(
+                video_id=v,
+                status="ok" if i % 50 else "error",
+                width=WIDTHS[i % 4],
+                height=HEIGHTS[i % 4],
+                fps=FPS,
+                num_frames=per_video * 240,
+                duration_s=per_video * 8.0,
+                codec="h264",
+                bytes=10**7,
+            )
+        )
+        rows["scene_runs"].append(
+            dict(
+                video_id=v,
+                status="ok",
+                detector="adaptive",
+                params="{}",
+                run_key=f"r{v}",
+                num_scenes=per_video,
+                num_clips=per_video,
+                analysed_frames=per_video * 240,
+            )
+        )
     return rows
 
 
@@ -63,11 +91,34 @@ def clip_rows(vids: range, per_video: int) -> dict[str, list[dict]]:
         for k in range(per_video):
             s, e = k * 240, k * 240 + 30 + (k * 37 + i) % 420  # 1-15 s clips
             cid = f"{v}-{s}-{e}"
-            rows["clip_spans"].append(dict(clip_id=cid, video_id=v, scene_index=k, start_frame=s, end_frame=e,
-                                           start_s=s / FPS, end_s=e / FPS, num_frames=e - s, fps=FPS, width=w,
-                                           height=h, run_key=f"r{v}"))  # fmt: skip
-            rows["cuts"].append(dict(clip_id=cid, status="ok", path=f"/clips/{v}/{cid}.mp4", width=w, height=h,
-                                     fps=FPS, num_frames=e - s, bytes=10**6))  # fmt: skip
+            rows["clip_spans"].append(
+                dict(
+                    clip_id=cid,
+                    video_id=v,
+                    scene_index=k,
+                    start_frame=s,
+                    end_frame=e,
+                    start_s=s / FPS,
+                    end_s=e / FPS,
+                    num_frames=e - s,
+                    fps=FPS,
+                    width=w,
+                    height=h,
+                    run_key=f"r{v}",
+                )
+            )
+            rows["cuts"].append(
+                dict(
+                    clip_id=cid,
+                    status="ok",
+                    path=f"/clips/{v}/{cid}.mp4",
+                    width=w,
+                    height=h,
+                    fps=FPS,
+                    num_frames=e - s,
+                    bytes=10**6,
+                )
+            )
     return rows
 
 
@@ -110,7 +161,9 @@ def status_per_stage(ws: Workspace) -> list[tuple]:
         out = [con.execute("SELECT status, count(*) FROM sources GROUP BY ALL").fetchall()]
         for cls in stages().values():
             stage = cls()
-            out.append(con.execute(f"SELECT status, count(*) FROM {stage.marker_table} GROUP BY ALL").fetchall())
+            out.append(
+                con.execute(f"SELECT status, count(*) FROM {stage.marker_table} GROUP BY ALL").fetchall()
+            )
             out.append(con.execute(f"SELECT count(*) FROM ({stage.pending_sql()})").fetchall())
         out.append(con.execute("SELECT count(*) FROM clips").fetchall())
         return out
@@ -121,10 +174,12 @@ def status_per_stage(ws: Workspace) -> list[tuple]:
 def cut_over_clips():
     """The cut stage as it planned before datakit.clip_keys: its items read the whole `clips` view."""
     stage = stage_class("cut")()
-    stage.items_sql = lambda: """
+    stage.items_sql = lambda: (
+        """
         SELECT clip_id, video_id, start_frame, end_frame, fps, width, height, source_path AS path
         FROM clips WHERE coalesce(media_type, 'video') = 'video'
     """
+    )
     return stage
 
 
@@ -134,16 +189,34 @@ def measure(ws: Workspace, title: str, n_clips: int, repeat: int) -> dict[str, f
     print(f"{title} (live parts: {parts})", flush=True)
     big = n_clips >= 5_000_000
     t = {
-        "status": timed("status: every stage's counts, one query (datakit status)", lambda: len(status(ws)), repeat),
-        "status-before": timed("  the same counts, one query per stage and count (before)", lambda: len(status_per_stage(ws)),
-                               repeat),  # fmt: skip
-        "curated": timed("curated: @clips_2_15s LIMIT 1000", lambda: len(con.execute(CURATED).fetchall()), repeat,
-                         3.0 if big else 1.0),  # fmt: skip
-        "count": timed("curated: count(*) of @clips_2_15s", lambda: con.execute(CURATED_COUNT).fetchone()[0], repeat),
-        "plan-scenes": timed("plan scenes (every video done)", lambda: len(plan(ws, stage_class("scenes")())), repeat),
-        "plan-cut": timed(f"plan cut ({n_clips} clips, all done)", lambda: len(plan(ws, stage_class("cut")())), repeat),
-        "plan-cut-before": timed("  the same plan over the full clips view (before)", lambda: len(plan(ws, cut_over_clips())),
-                                 repeat),  # fmt: skip
+        "status": timed(
+            "status: every stage's counts, one query (datakit status)", lambda: len(status(ws)), repeat
+        ),
+        "status-before": timed(
+            "  the same counts, one query per stage and count (before)",
+            lambda: len(status_per_stage(ws)),
+            repeat,
+        ),
+        "curated": timed(
+            "curated: @clips_2_15s LIMIT 1000",
+            lambda: len(con.execute(CURATED).fetchall()),
+            repeat,
+            3.0 if big else 1.0,
+        ),
+        "count": timed(
+            "curated: count(*) of @clips_2_15s", lambda: con.execute(CURATED_COUNT).fetchone()[0], repeat
+        ),
+        "plan-scenes": timed(
+            "plan scenes (every video done)", lambda: len(plan(ws, stage_class("scenes")())), repeat
+        ),
+        "plan-cut": timed(
+            f"plan cut ({n_clips} clips, all done)", lambda: len(plan(ws, stage_class("cut")())), repeat
+        ),
+        "plan-cut-before": timed(
+            "  the same plan over the full clips view (before)",
+            lambda: len(plan(ws, cut_over_clips())),
+            repeat,
+        ),
     }
     con.close()
     return t
@@ -153,10 +226,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=1_000_000, help="clip spans (and cuts) in all")
     ap.add_argument("--clips-per-video", type=int, default=20)
-    ap.add_argument("--part-rows", type=int, default=200_000, help="rows per written part (a stage commits many)")
+    ap.add_argument(
+        "--part-rows", type=int, default=200_000, help="rows per written part (a stage commits many)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--compacted-only", action="store_true", help="skip the as-written and newer-part rounds (10M)")
-    ap.add_argument("--workspace", type=Path, help="build here (kept; reused when it already holds the clips)")
+    ap.add_argument(
+        "--compacted-only", action="store_true", help="skip the as-written and newer-part rounds (10M)"
+    )
+    ap.add_argument(
+        "--workspace", type=Path, help="build here (kept; reused when it already holds the clips)"
+    )
     args = ap.parse_args()
     n_videos = max(1, args.clips // args.clips_per_video)
     n_clips = n_videos * args.clips_per_video
@@ -173,20 +252,39 @@ def main() -> None:
         if not reuse:
             t0 = time.perf_counter()
             build(ws, n_videos, args.clips_per_video, args.part_rows)
-            print(f"built {n_videos} videos, {n_clips} clips in {time.perf_counter() - t0:.1f} s "
-                  f"(parts of {args.part_rows} rows); peak RSS so far {peak_rss_mb():.0f} MB", flush=True)  # fmt: skip
+            print(
+                f"built {n_videos} videos, {n_clips} clips in {time.perf_counter() - t0:.1f} s "
+                f"(parts of {args.part_rows} rows); peak RSS so far {peak_rss_mb():.0f} MB",
+                flush=True,
+            )
             if not args.compacted_only:
-                measure(ws, "as written by the stages (many parts per table: full dedupe)", n_clips, args.repeat)
+                measure(
+                    ws, "as written by the stages (many parts per table: full dedupe)", n_clips, args.repeat
+                )
             rss = peak_rss_mb()
             t0 = time.perf_counter()
             for table in tables():
                 ws.compact(table)
-            print(f"compacted in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mb():.0f} MB "
-                  f"(before compacting: {rss:.0f} MB)", flush=True)  # fmt: skip
+            print(
+                f"compacted in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mb():.0f} MB "
+                f"(before compacting: {rss:.0f} MB)",
+                flush=True,
+            )
         t = measure(ws, "after compaction (what a stage run does when parts pile up)", n_clips, args.repeat)
         if not reuse and not args.compacted_only:
-            ws.write("cuts", [dict(clip_id=f"{i:016x}-0-{30 + i % 420}", status="error", error="redo") for i in range(1000)])
-            measure(ws, "compacted + a newer part of 1000 rows (dedupe of the new part only)", n_clips, args.repeat)
+            ws.write(
+                "cuts",
+                [
+                    dict(clip_id=f"{i:016x}-0-{30 + i % 420}", status="error", error="redo")
+                    for i in range(1000)
+                ],
+            )
+            measure(
+                ws,
+                "compacted + a newer part of 1000 rows (dedupe of the new part only)",
+                n_clips,
+                args.repeat,
+            )
         print(f"peak RSS {peak_rss_mb():.0f} MB; load average: {open('/proc/loadavg').read().strip()}")
         print(f"status {t['status']:.3f} s, curated {t['curated']:.3f} s, plan-cut {t['plan-cut']:.3f} s")
     finally:

@@ -68,20 +68,28 @@ def measure(op: str, path: Path, frames: int, limit: int | None, out: Path = OUT
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=48)
-    ap.add_argument("--sizes", default="8192x4320,8192x8192",
-                    help="WxH list; a size over mediaio's pixel limit also runs with max_pixels=0")  # fmt: skip
+    ap.add_argument(
+        "--sizes",
+        default="8192x4320,8192x8192",
+        help="WxH list; a size over mediaio's pixel limit also runs with max_pixels=0",
+    )
     ap.add_argument("--out", type=Path, default=OUT, help="where the generated files are cached")
     args = ap.parse_args()
-    limit_code = "from mediaio.limits import MAX_PIXELS; print(MAX_PIXELS)"  # not imported here: av raises our RSS
-    max_pixels = int(subprocess.run([sys.executable, "-c", limit_code], cwd=ROOT, capture_output=True, text=True,
-                                    check=True).stdout)  # fmt: skip
+    limit_code = (
+        "from mediaio.limits import MAX_PIXELS; print(MAX_PIXELS)"  # not imported here: av raises our RSS
+    )
+    max_pixels = int(
+        subprocess.run(
+            [sys.executable, "-c", limit_code], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     cases = []
     for width, height in (tuple(map(int, size.split("x"))) for size in args.sizes.split(",")):
         limits = (None, 0) if width * height > max_pixels else (None,)
         path = args.out / f"huge_{width}x{height}.mp4"
         if not path.exists():  # in a process of its own: a child inherits its parent's peak RSS
-            code = "import sys; from demo.samples import make_huge_sample as m; m(sys.argv[1], *map(int, sys.argv[2:]))"
+            code = "import sys; from demo.sample_videos import make_huge_sample as m; m(sys.argv[1], *map(int, sys.argv[2:]))"
             make = [sys.executable, "-c", code, str(args.out), str(width), str(height), str(args.frames)]
             subprocess.run(make, cwd=ROOT, check=True)
         cases += [(path, limit) for limit in limits]
@@ -89,7 +97,10 @@ def main() -> None:
     for path, limit in cases:
         for op in ("imports", "probe", "scenes", "cut", "cut:256"):
             label = "default" if limit is None else str(limit)
-            print(f"{path.name:<22} {label:<10} {op:<12} {measure(op, path, args.frames, limit, args.out)}", flush=True)
+            print(
+                f"{path.name:<22} {label:<10} {op:<12} {measure(op, path, args.frames, limit, args.out)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_scenes.py --parts memory  # peak RSS of transnetv2 on a long video
     .venv/bin/python bench/bench_scenes.py --parts cli     # our PySceneDetect path vs its CLI
 
-accuracy: the demo videos and the transition set (`demo.samples.TRANSITION_SPECS`: 8-frame
+accuracy: the demo videos and the transition set (`demo.sample_videos.TRANSITION_SPECS`: 8-frame
   shots, dissolves of 4-48 frames) for adaptive, content, adaptive with the gradual pass and
   transnetv2. Hard cuts: precision/recall/F1 with +-2 frames; dissolves: found (a detected gradual
   transition overlaps it), share of its frames covered, frames lost outside it; and, what matters
@@ -41,7 +41,7 @@ from datakit.shot_detection import (  # noqa: E402
     scenes_from_transitions,
     small_bgr,
 )
-from demo.samples import SampleSpec, SampleTruth, make_demo_set, make_transition_set  # noqa: E402
+from demo.sample_videos import SampleSpec, SampleTruth, make_demo_set, make_transition_set  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "scenes"
 SCENEDETECT = Path(sys.executable).with_name("scenedetect")
@@ -304,9 +304,13 @@ def speed(videos: int, seconds: int, gpu: bool) -> None:
     )
     rows.append(("  same, torch threads 1", *_cpu(_threads, 1, stage_fps, truths, detector="transnetv2")))
     rows.append(("technique by technique (TransNetV2Detector, CPU):", 0.0, 0.0, ""))
-    rows.append(("  package net (Conv3d), 100/50 windows", *detector_fps(truths, True, precision="fp32", keep=50)))
+    rows.append(
+        ("  package net (Conv3d), 100/50 windows", *detector_fps(truths, True, precision="fp32", keep=50))
+    )
     rows.append(("  + bf16", *detector_fps(truths, True, precision="bf16", keep=50)))
-    rows.append(("  FastTransNetV2 (conv2d), 100/50 windows", *detector_fps(truths, False, precision="fp32", keep=50)))
+    rows.append(
+        ("  FastTransNetV2 (conv2d), 100/50 windows", *detector_fps(truths, False, precision="fp32", keep=50))
+    )
     rows.append(("  + 550/500 windows (each frame once)", *detector_fps(truths, False, precision="fp32")))
     rows.append(("  + bf16 (the default here)", *detector_fps(truths, False, precision="bf16")))
     rows.append(("TransNetV2 model alone, fp32, CPU", *_cpu(model_fps, "cpu", "fp32")))
@@ -325,8 +329,10 @@ def speed(videos: int, seconds: int, gpu: bool) -> None:
         print(f"  {label:50} {fps:9.0f} {per_cpu:10.0f}  {used}" if fps else f"  {label}")
     by = {label: fps for label, fps, _, _ in rows}
     ratio = by["datakit scenes --detector adaptive"] / by["datakit scenes --detector transnetv2 (CPU)"]
-    print(f"  transnetv2 stage time / adaptive stage time: {ratio:.2f} (target <= 2.5); "
-          f"decode floor / transnetv2: {by['decode + shrink to 48x27 (small_frames)'] / by['datakit scenes --detector transnetv2 (CPU)']:.2f}")
+    print(
+        f"  transnetv2 stage time / adaptive stage time: {ratio:.2f} (target <= 2.5); "
+        f"decode floor / transnetv2: {by['decode + shrink to 48x27 (small_frames)'] / by['datakit scenes --detector transnetv2 (CPU)']:.2f}"
+    )
     print(f"  load average: {open('/proc/loadavg').read().strip()}")
 
 
@@ -400,7 +406,8 @@ def run_cli(path: str, detector: str) -> tuple[list[int], float, float]:
     starts = [int(m) for m in re.findall(r"^\s*\|\s*\d+\s*\|\s*(\d+)\s*\|", text, re.M)]
     cuts = [s - 1 for s in starts[1:]]  # the CLI prints 1-based start frames
     m = re.search(r"Processed \d+ frames in ([\d.]+) seconds", text)
-    return cuts, wall, float(m.group(1)) if m else wall
+    processing = float(m.group(1)) if m else 0.0  # printed to 0.1 s: a short video can read 0.0
+    return cuts, wall, processing if processing > 0 else wall
 
 
 def run_decode_only(path: str) -> tuple[int, float]:

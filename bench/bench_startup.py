@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from demo.samples import SampleSpec, make_demo_set  # noqa: E402
+from demo.sample_videos import SampleSpec, make_demo_set  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OUT = ROOT / "bench" / "out" / "startup"
@@ -73,14 +73,24 @@ def main() -> None:
         return [datakit, "scenes", "-w", str(target)]
 
     commands = {
-        "bare import (duckdb, pyarrow.parquet)": lambda: [sys.executable, "-c", "import duckdb, pyarrow.parquet"],
+        "bare import (duckdb, pyarrow.parquet)": lambda: [
+            sys.executable,
+            "-c",
+            "import duckdb, pyarrow.parquet",
+        ],
         "datakit status": lambda: [datakit, "status", "-w", str(ws)],
         "datakit scenes, nothing to do": lambda: [datakit, "scenes", "-w", str(ws)],
         "scenedetect version": lambda: [str(BIN / "scenedetect"), "version"],
         f"{one}: datakit scenes": fresh_scenes,
         f"{one}: scenedetect CLI": lambda: [
-            str(BIN / "scenedetect"), "-i", str(video), "detect-adaptive", "list-scenes", "-n"],
-    }  # fmt: skip
+            str(BIN / "scenedetect"),
+            "-i",
+            str(video),
+            "detect-adaptive",
+            "list-scenes",
+            "-n",
+        ],
+    }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(args.repeat):
         for name, make in commands.items():
@@ -88,14 +98,20 @@ def main() -> None:
     wall = {name: statistics.median(w for w, _ in v) for name, v in times.items()}
     cpu = {name: statistics.median(c for _, c in v) for name, v in times.items()}
     base = "bare import (duckdb, pyarrow.parquet)"
-    print(f"median of {args.repeat} interleaved runs (seconds); load average: {open('/proc/loadavg').read().strip()}")
+    print(
+        f"median of {args.repeat} interleaved runs (seconds); load average: {open('/proc/loadavg').read().strip()}"
+    )
     for name in times:
-        print(f"  {name:45s} {wall[name]:6.2f} s   {wall[name] / wall[base]:5.2f}x bare import   "
-              f"cpu {cpu[name]:5.2f} s  {cpu[name] / cpu[base]:5.2f}x")  # fmt: skip
+        print(
+            f"  {name:45s} {wall[name]:6.2f} s   {wall[name] / wall[base]:5.2f}x bare import   "
+            f"cpu {cpu[name]:5.2f} s  {cpu[name] / cpu[base]:5.2f}x"
+        )
     ours, cli = f"{one}: datakit scenes", f"{one}: scenedetect CLI"
     print(f"one video, datakit scenes / scenedetect CLI: {wall[ours] / wall[cli]:.2f} (target <= 1.0)")
     for name in ("datakit status", "datakit scenes, nothing to do"):
-        print(f"{name}: {wall[name] / wall[base]:.2f}x bare import, cpu {cpu[name] / cpu[base]:.2f}x (target <= 1.5)")
+        print(
+            f"{name}: {wall[name] / wall[base]:.2f}x bare import, cpu {cpu[name] / cpu[base]:.2f}x (target <= 1.5)"
+        )
     shutil.rmtree(OUT, ignore_errors=True)
 
 

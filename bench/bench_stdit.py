@@ -32,8 +32,15 @@ CONFIG = dict(
     model_max_length=32,
     class_dropout_prob=0.1,
 )
-TINY = {**CONFIG, "input_size": (2, 8, 8), "hidden_size": 32, "depth": 2, "num_heads": 2, "caption_channels": 16,
-        "model_max_length": 8}  # fmt: skip  (--tiny: the tests' smoke run)
+TINY = {
+    **CONFIG,
+    "input_size": (2, 8, 8),
+    "hidden_size": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "caption_channels": 16,
+    "model_max_length": 8,
+}  # --tiny: the tests' smoke run
 
 
 def max_rss_mib() -> float:

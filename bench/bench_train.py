@@ -41,7 +41,7 @@ SOURCES = [  # (name, width, height, fps, seconds)
 
 
 def make_sources(out: Path) -> list[dict]:
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     rows = []
     for name, w, h, fps, seconds in SOURCES:
@@ -74,8 +74,18 @@ def bench_loader(sources: list[dict], n_clips: int) -> dict:
     for i in range(n_clips):
         src = sources[i % len(sources)]
         start = int(rng.integers(0, src["frames"] - 100))
-        rows.append(dict(clip_id=f"c{i}", source_path=src["path"], path=None, start_frame=start,
-                         end_frame=start + 100, width=src["width"], height=src["height"], caption=""))  # fmt: skip
+        rows.append(
+            dict(
+                clip_id=f"c{i}",
+                source_path=src["path"],
+                path=None,
+                start_frame=start,
+                end_frame=start + 100,
+                width=src["width"],
+                height=src["height"],
+                caption="",
+            )
+        )
     ds = ClipDataset(rows, cfg, multiple=16, seed=0)
     t0 = time.perf_counter()
     for i in range(n_clips):
@@ -93,16 +103,21 @@ def bench_loader(sources: list[dict], n_clips: int) -> dict:
 
 def make_workspace(root: Path) -> Path:
     """Three short videos of three shapes, scanned into a datakit workspace with the CLI."""
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
-    specs = [SampleSpec(f"v{i}", w, h, 24, "libx264", "mp4", [72, 72], seed=40 + i)
-             for i, (w, h) in enumerate([(320, 180), (320, 240), (240, 320)])]  # fmt: skip
+    specs = [
+        SampleSpec(f"v{i}", w, h, 24, "libx264", "mp4", [72, 72], seed=40 + i)
+        for i, (w, h) in enumerate([(320, 180), (320, 240), (240, 320)])
+    ]
     for spec in specs:
         make_sample(spec, root / "videos")
     ws = root / "ws"
     for args in (["ingest", str(root / "videos")], ["probe"], ["scenes"]):
-        subprocess.run([sys.executable, str(ROOT / "cli.py"), "datakit", args[0], "-w", str(ws), *args[1:]],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), "datakit", args[0], "-w", str(ws), *args[1:]],
+            check=True,
+            capture_output=True,
+        )
     return ws
 
 
@@ -112,8 +127,14 @@ def bench_steps(ws: Path, root: Path, name: str, stage: str, steps: int, overrid
     from training.run import Source, launch
 
     run = root / name
-    base = [f"model.tiny_dir={root / 'tiny'}", "train.progress=false", f"train.max_steps={steps}",
-            f"train.ckpt_every={steps}", "train.val_every=100000", "data.val_fraction=0"]  # fmt: skip
+    base = [
+        f"model.tiny_dir={root / 'tiny'}",
+        "train.progress=false",
+        f"train.max_steps={steps}",
+        f"train.ckpt_every={steps}",
+        "train.val_every=100000",
+        "data.val_fraction=0",
+    ]
     cfg = resolve_config(stage, tiny=True, overrides=base + overrides)
     try:
         launch(cfg, run_dir=run, source=Source(ws, select="select * from clips"), resume=False)
@@ -134,8 +155,12 @@ def bench_features(ws: Path, root: Path, steps: int) -> tuple[dict, dict]:
     from datakit.workspace import Workspace
     from training.features_stage import FeaturesStage
 
-    stage = FeaturesStage(selection=str(root / "run0"), train_stage="video", preset="tiny",
-                          overrides=[f"model.tiny_dir={root / 'tiny'}"])  # fmt: skip
+    stage = FeaturesStage(
+        selection=str(root / "run0"),
+        train_stage="video",
+        preset="tiny",
+        overrides=[f"model.tiny_dir={root / 'tiny'}"],
+    )
     t0 = time.perf_counter()
     stats = run_stage(Workspace(ws, create=False), stage, progress=False)
     cache = {"clips": stats.processed, "clips_per_s": stats.processed / (time.perf_counter() - t0)}
@@ -154,9 +179,14 @@ def bench_encode_vs_cache(root: Path, frames: int = 4) -> dict:
     from training.features import read_entry, sample_latents, write_shard
 
     torch.manual_seed(0)
-    sd = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                       block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                       sample_size=256)  # fmt: skip
+    sd = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=256,
+    )
     sd.save_pretrained(root / "sd-vae")
     vae = VideoAutoencoderKL(str(root / "sd-vae"))
     video = torch.rand(1, 3, frames, 256, 256) * 2 - 1
@@ -189,21 +219,28 @@ def print_loader(n_clips: int, root: Path) -> None:
     print(f"  speedup:                      {loader['speedup']:.1f}x")
     for gpu_rate in (8.4, 10.5):
         workers = math.ceil(gpu_rate / loader["span_clips_per_s"])
-        print(f"  loader workers to feed {gpu_rate} samples/s (XL/2 16×256 per GPU): {workers} "
-              "(at this CPU's per-core rate)")  # fmt: skip
+        print(
+            f"  loader workers to feed {gpu_rate} samples/s (XL/2 16×256 per GPU): {workers} "
+            "(at this CPU's per-core rate)"
+        )
 
 
 def print_steps(label: str, r: dict) -> None:
-    print(f"{label}: {r['step_s']:.3f} s/step, {r['samples_per_s']:.2f} samples/s, "
-          f"data wait {100 * r['data_wait']:.1f}% of the step")  # fmt: skip
+    print(
+        f"{label}: {r['step_s']:.3f} s/step, {r['samples_per_s']:.2f} samples/s, "
+        f"data wait {100 * r['data_wait']:.1f}% of the step"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--parts", default=",".join(PARTS),
-                        help=f"comma-separated subset of {','.join(PARTS)} (features needs steps)")  # fmt: skip
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (features needs steps)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if not parts <= set(PARTS) or ("features" in parts and "steps" not in parts):
@@ -220,20 +257,30 @@ def main() -> None:
             print_steps("tiny video (hidden 32, depth 2; 4×64 px, batch 2), online", online)
         if "features" in parts:
             cache, cached = bench_features(ws, root, args.steps)
-            print(f"feature cache for it: {cache['clips']} clips at {cache['clips_per_s']:.2f} clips/s "
-                  "(decode + VAE + T5, one process)")  # fmt: skip
+            print(
+                f"feature cache for it: {cache['clips']} clips at {cache['clips_per_s']:.2f} clips/s "
+                "(decode + VAE + T5, one process)"
+            )
             print_steps("tiny video from the feature cache", cached)
             print(f"  step time from the cache: {cached['step_s'] / online['step_s']:.2f}x the online step")
         if "encode" in parts:
             r = bench_encode_vs_cache(root)
-            print(f"SD-sized VAE encode at 256×256, online: {r['encode_s_per_frame']:.2f} s/frame "
-                  f"({16 * r['encode_s_per_frame']:.1f} s per 16-frame clip); from the cache: "
-                  f"{1000 * r['cache_s_per_frame']:.2f} ms/frame")  # fmt: skip
+            print(
+                f"SD-sized VAE encode at 256×256, online: {r['encode_s_per_frame']:.2f} s/frame "
+                f"({16 * r['encode_s_per_frame']:.1f} s per 16-frame clip); from the cache: "
+                f"{1000 * r['cache_s_per_frame']:.2f} ms/frame"
+            )
         if "mid" in parts:
-            overrides = ["model.stdit_args={hidden_size=384, depth=4, num_heads=6}", "data.num_frames=[8]",
-                         "data.resolution=[128]", "data.frame_interval=2"]  # fmt: skip
-            print_steps("mid video (hidden 384, depth 4; 8×128 px, batch 2)",
-                        bench_steps(ws, root, "run-mid", "video", args.steps, overrides))  # fmt: skip
+            overrides = [
+                "model.stdit_args={hidden_size=384, depth=4, num_heads=6}",
+                "data.num_frames=[8]",
+                "data.resolution=[128]",
+                "data.frame_interval=2",
+            ]
+            print_steps(
+                "mid video (hidden 384, depth 4; 8×128 px, batch 2)",
+                bench_steps(ws, root, "run-mid", "video", args.steps, overrides),
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -37,10 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SD_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-    block_out_channels=[128, 256, 512, 512], scaling_factor=0.18215,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-)  # fmt: skip
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
+    block_out_channels=[128, 256, 512, 512],
+    scaling_factor=0.18215,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+)
 T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
 
 
@@ -49,11 +55,14 @@ def facts() -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)",
-        "nvcc": shutil.which("nvcc") or "not found", "ninja": shutil.which("ninja") or "not found",
+        "nvcc": shutil.which("nvcc") or "not found",
+        "ninja": shutil.which("ninja") or "not found",
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-    }  # fmt: skip
+    }
     try:
         import colossalai
 
@@ -66,7 +75,11 @@ def facts() -> dict[str, Any]:
 def probe_setup(dry_run: bool) -> tuple[dict[str, str], str]:
     """The trainer settings this machine can run, and a label saying what they are."""
     if dry_run:
-        return {"train.plugin": "ddp", "train.precision": "fp32", "optim.name": "adamw"}, "DRY RUN (CPU, DDP, AdamW)"
+        return {
+            "train.plugin": "ddp",
+            "train.precision": "fp32",
+            "optim.name": "adamw",
+        }, "DRY RUN (CPU, DDP, AdamW)"
     import torch
 
     try:
@@ -92,19 +105,40 @@ def make_inputs(out: Path, dry_run: bool, clips: int) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     side, frames = (96, 12) if dry_run else (512, 50)
     rows = []
     for i in range(clips):
-        path = Path(make_sample(SampleSpec(f"clip{i}", side, side, 24, "libx264", "mp4", [frames], seed=100 + i),
-                                out / "videos").path)  # fmt: skip
-        rows.append(dict(clip_id=f"clip{i}", source_path=str(path), path=None, start_frame=0, end_frame=frames,
-                         fps=24.0, width=side, height=side, caption=f"random shapes moving, clip {i}"))  # fmt: skip
+        path = Path(
+            make_sample(
+                SampleSpec(f"clip{i}", side, side, 24, "libx264", "mp4", [frames], seed=100 + i),
+                out / "videos",
+            ).path
+        )
+        rows.append(
+            dict(
+                clip_id=f"clip{i}",
+                source_path=str(path),
+                path=None,
+                start_frame=0,
+                end_frame=frames,
+                fps=24.0,
+                width=side,
+                height=side,
+                caption=f"random shapes moving, clip {i}",
+            )
+        )
     folder = out / "ws" / "sets" / "gpu" / "v1"
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), folder / "rows.parquet")
-    card = {"name": "gpu", "version": 1, "recipe": "bench/gpu_check.py", "row_count": len(rows), "created": "now"}
+    card = {
+        "name": "gpu",
+        "version": 1,
+        "recipe": "bench/gpu_check.py",
+        "row_count": len(rows),
+        "created": "now",
+    }
     (folder / "card.json").write_text(json.dumps(card))
     info: dict[str, Any] = {"ws": out / "ws", "clips": clips}
     if dry_run:
@@ -114,8 +148,13 @@ def make_inputs(out: Path, dry_run: bool, clips: int) -> dict[str, Any]:
     tick = time.perf_counter()
     save_random_encoders(vae, t5)
     info["encoders_s"] = round(time.perf_counter() - tick, 1)
-    info["model"] = [f"model.vae={vae}", f"model.text_encoder={t5}", "model.local_files_only=true",
-                     "model.stdit=STDiT-XL/2", "model.model_max_length=120"]  # fmt: skip
+    info["model"] = [
+        f"model.vae={vae}",
+        f"model.text_encoder={t5}",
+        "model.local_files_only=true",
+        "model.stdit=STDiT-XL/2",
+        "model.model_max_length=120",
+    ]
     return info
 
 
@@ -179,12 +218,30 @@ def write_feature_cache(src_run: Path, dst_run: Path) -> None:
             video = load_clip(row, bucket, cfg.data, clip_window(row, bucket, cfg.data, None))
             mean, std = vae.posterior(video[None].to(device))
             text = t5.encode([row["caption"] or ""])
-            entry = {"mean": mean[0], "std": std[0], "text": text["y"][0, 0][text["mask"][0].bool()],
-                     "mask": text["mask"][0].to(torch.uint8)}  # fmt: skip
+            entry = {
+                "mean": mean[0],
+                "std": std[0],
+                "text": text["y"][0, 0][text["mask"][0].bool()],
+                "mask": text["mask"][0].to(torch.uint8),
+            }
             shard = dst_run / "features" / f"clip-{i:05d}.safetensors"
-            write_shard(shard, [{k: v.detach().to("cpu", copy=True) for k, v in entry.items()}], {"bench": "gpu_check"})
-            index.append({"clip_id": row["clip_id"], "status": "ok", "error": None, "shard": str(shard),
-                          "shard_index": 0, "frames": bucket.frames, "height": bucket.height, "width": bucket.width})  # fmt: skip
+            write_shard(
+                shard,
+                [{k: v.detach().to("cpu", copy=True) for k, v in entry.items()}],
+                {"bench": "gpu_check"},
+            )
+            index.append(
+                {
+                    "clip_id": row["clip_id"],
+                    "status": "ok",
+                    "error": None,
+                    "shard": str(shard),
+                    "shard_index": 0,
+                    "frames": bucket.frames,
+                    "height": bucket.height,
+                    "width": bucket.width,
+                }
+            )
     pq.write_table(pa.Table.from_pylist(index), dst_run / "data" / INDEX_FILE)
     del vae, t5
     if torch.cuda.is_available():
@@ -205,7 +262,9 @@ def metrics(run_dir: Path) -> list[dict]:
     return out
 
 
-def train(args: list[str], run_dir: Path, steps: int, timeout: float, kill: bool = True) -> tuple[list[dict], str]:
+def train(
+    args: list[str], run_dir: Path, steps: int, timeout: float, kill: bool = True
+) -> tuple[list[dict], str]:
     """`cli.py train` in its own process group; with `kill`, stopped (SIGKILL) once `steps` steps
     are logged, else left to finish. Returns (metrics, error line or "")."""
     log = run_dir.with_name(run_dir.name + ".log")
@@ -254,11 +313,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "gpu_check")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny random models, tiny sizes")
     ap.add_argument("--budget-s", type=float, default=430, help="stop starting cases after this many seconds")
-    ap.add_argument("--steps", type=int, default=8, help="steps per throughput case (the first 3 are warm-up)")
+    ap.add_argument(
+        "--steps", type=int, default=8, help="steps per throughput case (the first 3 are warm-up)"
+    )
     ap.add_argument("--batch-256", type=int, default=8)
     ap.add_argument("--batch-512", type=int, default=2)
     ap.add_argument("--cases", default="1,2,3,4,5")
-    ap.add_argument("--resume-steps", default="20,13,10", help="case 4: steps, killed after, checkpoint every")
+    ap.add_argument(
+        "--resume-steps", default="20,13,10", help="case 4: steps, killed after, checkpoint every"
+    )
     a = ap.parse_args()
     start = time.monotonic()
     out = a.out.resolve()
@@ -272,10 +335,25 @@ def main() -> None:
 
     res = ["64"] if a.dry_run else ["256"]
     hi = ["96"] if a.dry_run else ["512"]
-    frames = ["data.num_frames=[4]", "data.frame_interval=2"] if a.dry_run else ["data.num_frames=[16]", "data.frame_interval=3"]
-    common = ["--stage", "video", "-w", str(inputs["ws"]), *inputs["model"], *frames, "train.progress=false",
-              "data.val_fraction=0", "train.val_every=100000", "train.ckpt_every=100000", "data.num_workers=4",
-              *(f"{k}={v}" for k, v in setup.items())]  # fmt: skip
+    frames = (
+        ["data.num_frames=[4]", "data.frame_interval=2"]
+        if a.dry_run
+        else ["data.num_frames=[16]", "data.frame_interval=3"]
+    )
+    common = [
+        "--stage",
+        "video",
+        "-w",
+        str(inputs["ws"]),
+        *inputs["model"],
+        *frames,
+        "train.progress=false",
+        "data.val_fraction=0",
+        "train.val_every=100000",
+        "train.ckpt_every=100000",
+        "data.num_workers=4",
+        *(f"{k}={v}" for k, v in setup.items()),
+    ]
     warmup, steps = min(3, a.steps - 1), a.steps
     big = steps + 10_000  # stopped by us once `steps` are logged
     rows: list[dict[str, Any]] = []
@@ -293,13 +371,22 @@ def main() -> None:
             row = fn(left)
         except Exception as err:  # noqa: BLE001 (the table says what failed)
             row = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
-        rows.append({"case": n, "name": name, "what": what, **row, "wall_s": round(time.perf_counter() - tick)})
+        rows.append(
+            {"case": n, "name": name, "what": what, **row, "wall_s": round(time.perf_counter() - tick)}
+        )
         print(json.dumps(rows[-1]), flush=True)
 
     def online(resolution: list[str], batch: int, run: str):
         def fn(left: float) -> dict:
-            args = [*common, "--set", "gpu", f"data.resolution=[{resolution[0]}]", f"data.batch_size={batch}",
-                    "--max-steps", str(big)]  # fmt: skip
+            args = [
+                *common,
+                "--set",
+                "gpu",
+                f"data.resolution=[{resolution[0]}]",
+                f"data.batch_size={batch}",
+                "--max-steps",
+                str(big),
+            ]
             m, err = train(args, out / run, steps, min(left, 240))
             return {**summarise(m, warmup), "batch": batch, **({"error": err} if err else {})}
 
@@ -347,7 +434,13 @@ def main() -> None:
             for f in ("rows.parquet", "card.json", "features.parquet"):
                 if (out / "cache-256" / "data" / f).is_file():
                     shutil.copy(out / "cache-256" / "data" / f, run / "data" / f)
-            cfg = dict(small, data={**small["data"], "source": "features" if (run / "data" / "features.parquet").is_file() else "pixels"})
+            cfg = dict(
+                small,
+                data={
+                    **small["data"],
+                    "source": "features" if (run / "data" / "features.parquet").is_file() else "pixels",
+                },
+            )
             (run / "train_config.json").write_text(json.dumps(cfg, indent=2))
             runs[name] = run
         end = time.monotonic() + min(left, 600 if a.dry_run else 300)
@@ -361,16 +454,31 @@ def main() -> None:
         if err:
             return {"error": f"resumed run: {err}"}
         same = [(r["loss"], r["grad_norm"]) for r in got] == [(r["loss"], r["grad_norm"]) for r in whole]
-        return {"steps": len(got), "killed_after": first, "equal": same,
-                "max_loss_diff": max((abs(x["loss"] - y["loss"]) for x, y in zip(got, whole, strict=False)), default=None)}  # fmt: skip
+        return {
+            "steps": len(got),
+            "killed_after": first,
+            "equal": same,
+            "max_loss_diff": max(
+                (abs(x["loss"] - y["loss"]) for x, y in zip(got, whole, strict=False)), default=None
+            ),
+        }
 
     total, kill_at, _ = a.resume_steps.split(",")
     case(4, "resume", f"{total} steps, SIGKILL after {kill_at}, --resume (2 blocks)", resume)
     # the correctness check (4) runs before the second throughput size (3)
-    case(3, "online", f"{'4x96 tiny' if a.dry_run else '16x512'}: decode + VAE + T5 + STDiT step",
-         online(hi, a.batch_512, "online-512"))  # fmt: skip
+    case(
+        3,
+        "online",
+        f"{'4x96 tiny' if a.dry_run else '16x512'}: decode + VAE + T5 + STDiT step",
+        online(hi, a.batch_512, "online-512"),
+    )
     backend = "eager" if a.dry_run else "inductor"
-    case(5, "compile", f"case 2 with torch.compile ({backend})", cached("cache-256-compile", [f"train.compile={backend}"]))
+    case(
+        5,
+        "compile",
+        f"case 2 with torch.compile ({backend})",
+        cached("cache-256-compile", [f"train.compile={backend}"]),
+    )
 
     report(info, label, inputs, rows, out, time.monotonic() - start)
 
@@ -390,14 +498,24 @@ def report(info: dict, label: str, inputs: dict, rows: list[dict], out: Path, wa
             note = f"per-step losses {'EQUAL' if r['equal'] else 'DIFFER'} (killed after {r['killed_after']}, max diff {r['max_loss_diff']})"
         elif not note and not r.get("loss_finite", True):
             note = "non-finite loss"
-        cells = "".join(f"{r[k] if r.get(k) is not None else '-':>{w}}" for k, w in
-                        (("batch", 6), ("samples_per_s", 11), ("step_s", 8), ("data_wait", 6), ("peak_mem_gib", 10)))  # fmt: skip
+        cells = "".join(
+            f"{r[k] if r.get(k) is not None else '-':>{w}}"
+            for k, w in (
+                ("batch", 6),
+                ("samples_per_s", 11),
+                ("step_s", 8),
+                ("data_wait", 6),
+                ("peak_mem_gib", 10),
+            )
+        )
         lines.append(f"{r['case']:<5}{r['what'][:51]:<52}{cells}  {note}")
     lines.append(f"total {wall:.0f} s")
     text = "\n".join(lines)
     print(text, flush=True)
     (out / "gpu_check.txt").write_text(text + "\n")
-    (out / "gpu_check.json").write_text(json.dumps({"facts": info, "setup": label, "rows": rows}, indent=2, default=str))
+    (out / "gpu_check.json").write_text(
+        json.dumps({"facts": info, "setup": label, "rows": rows}, indent=2, default=str)
+    )
 
 
 if __name__ == "__main__":

@@ -121,8 +121,10 @@ def main() -> None:
     start = time.perf_counter()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"gpu_stdit_xl.py: --device {args.device} but CUDA is not available here "
-                 "(use --device cpu --tiny for a smoke test)")  # fmt: skip
+        sys.exit(
+            f"gpu_stdit_xl.py: --device {args.device} but CUDA is not available here "
+            "(use --device cpu --tiny for a smoke test)"
+        )
     sizes = [int(s) for s in (args.batch_sizes or ("2" if args.tiny else "4,8,16,32")).split(",")]
 
     print(f"python {platform.python_version()}, torch {torch.__version__}", end="")

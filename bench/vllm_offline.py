@@ -17,8 +17,12 @@ def main(requests_path: str, out_path: str) -> None:
 
     spec = json.loads(open(requests_path).read())
     t0 = time.perf_counter()
-    llm = LLM(model=spec["model"], seed=spec["seed"], limit_mm_per_prompt={"image": spec["max_images"]},
-              **spec.get("engine_kwargs", {}))  # fmt: skip
+    llm = LLM(
+        model=spec["model"],
+        seed=spec["seed"],
+        limit_mm_per_prompt={"image": spec["max_images"]},
+        **spec.get("engine_kwargs", {}),
+    )
     init_s = time.perf_counter() - t0
     params = SamplingParams(max_tokens=spec["max_tokens"], temperature=spec["temperature"], seed=spec["seed"])
     t0 = time.perf_counter()
@@ -27,7 +31,10 @@ def main(requests_path: str, out_path: str) -> None:
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
     with open(out_path, "w") as fh:
-        json.dump({"output_tokens": tokens, "prompt_tokens": prompt_tokens, "seconds": seconds, "init_s": init_s}, fh)
+        json.dump(
+            {"output_tokens": tokens, "prompt_tokens": prompt_tokens, "seconds": seconds, "init_s": init_s},
+            fh,
+        )
 
 
 if __name__ == "__main__":  # vLLM spawns worker processes that import this module

@@ -28,7 +28,7 @@ def samples(
 ) -> None:
     """Generate synthetic sample videos with known cuts (several codecs and sizes), each with its truth;
     and captioned shots with a Panda-70M-style metadata table (`datakit ingest shots/meta.csv --format panda70m`)."""
-    from demo.samples import make_bad_inputs, make_demo_set, make_learnable_set, make_transition_set
+    from demo.sample_videos import make_bad_inputs, make_demo_set, make_learnable_set, make_transition_set
 
     truths = make_demo_set(out_dir) + (make_transition_set(out_dir / "transitions") if transitions else [])
     for truth in truths:

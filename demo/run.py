@@ -58,7 +58,7 @@ def demo(
     from datakit.ingest import ingest
     from datakit.pipeline import load_config, run_pipeline, status
     from datakit.workspace import Workspace
-    from demo.samples import make_bad_inputs, make_demo_set, make_learnable_set
+    from demo.sample_videos import make_bad_inputs, make_demo_set, make_learnable_set
 
     timer, workspace = Timer(), workspace.resolve()
     _threads()

@@ -15,4 +15,5 @@ fi
 bash "$root/scripts/setup_vllm.sh"
 cd "$root"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

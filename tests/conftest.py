@@ -15,14 +15,14 @@ PYTHON = sys.executable
 @pytest.fixture(scope="session")
 def demo_samples(tmp_path_factory) -> list:
     """The demo's synthetic videos with their truth sidecars (session-wide, read-only)."""
-    from demo.samples import make_demo_set
+    from demo.sample_videos import make_demo_set
 
     return make_demo_set(tmp_path_factory.mktemp("samples"))
 
 
 @pytest.fixture(scope="session")
 def bad_inputs(tmp_path_factory) -> dict[str, Path]:
-    from demo.samples import make_bad_inputs
+    from demo.sample_videos import make_bad_inputs
 
     return make_bad_inputs(tmp_path_factory.mktemp("bad"))
 

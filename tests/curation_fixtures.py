@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from datakit.workspace import Workspace
-from demo.samples import SampleSpec, make_sample
+from demo.sample_videos import SampleSpec, make_sample
 
 GOOD = {
     "aesthetic": 7.0,

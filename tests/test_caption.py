@@ -59,7 +59,7 @@ def _clips_workspace(videos: Path, root: Path) -> Workspace:
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     """Two small videos of two scenes each (shared: tests must not change them)."""
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     out = tmp_path_factory.mktemp("videos")
     make_sample(SampleSpec("walk", 160, 120, 24, scene_frames=[60, 72], seed=7), out)

@@ -145,3 +145,26 @@ def test_demo_lineage(demo_run):
         timeout=120,
     )
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+@pytest.mark.timeout(600)
+def test_bench_demo_reports_the_learned_figures_of_a_finished_demo(demo_run, tmp_path):
+    ws, _, summary = demo_run
+    proc = subprocess.run(
+        [
+            PYTHON,
+            str(ROOT / "bench" / "bench_demo.py"),
+            "--summary",
+            str(ws / "demo_summary.json"),
+            "--out",
+            str(tmp_path / "demo.txt"),
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    psnr, own = summary["vae"]["val_psnr"], summary["prompts_nearest_own"]
+    assert f"vae held-out PSNR {psnr:.1f} dB; prompts nearest their own clip's colour {own}/4" in proc.stdout
+    assert "train hq" in proc.stdout and (tmp_path / "demo.txt").read_text() == proc.stdout

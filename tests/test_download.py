@@ -41,7 +41,7 @@ AUTH = "Basic " + base64.b64encode(b"user:s3cret pass").decode()  # what /privat
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> bytes:
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     truth = make_sample(SampleSpec("dl", 160, 120, 12, scene_frames=[12, 12]), tmp_path_factory.mktemp("v"))
     return Path(truth.path).read_bytes()

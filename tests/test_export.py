@@ -30,7 +30,7 @@ from datakit.stages.cut import CutStage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.workspace import Workspace
-from demo.samples import SampleSpec, make_sample
+from demo.sample_videos import SampleSpec, make_sample
 from tests.conftest import ROOT
 from tests.curation_fixtures import GOOD, write_scores
 

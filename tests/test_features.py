@@ -48,7 +48,7 @@ def write_set(ws: Path, name: str, version: int, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> dict:
     """Six 7-frame clips of two shapes and one too short, cached with the `datakit features` CLI."""
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     root = tmp_path_factory.mktemp("features")
     shapes = {"wide": (320, 180), "tall": (180, 320)}

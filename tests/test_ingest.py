@@ -15,7 +15,7 @@ from datakit.ids import url_video_id
 from datakit.ingest import ingest
 from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace
-from demo.samples import SampleSpec, make_sample
+from demo.sample_videos import SampleSpec, make_sample
 
 
 @pytest.fixture(scope="module")

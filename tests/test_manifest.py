@@ -242,7 +242,7 @@ def test_runs_compact_many_small_parts(tmp_path, demo_samples):
     run_stage(ws, stage, progress=False, compact_above_parts=2)
     assert len(ws.data_parts("probes")) == 1, "the first run's parts are merged"
     assert ws.sql("select count(*) n from probes where status = 'ok'")[0]["n"] == len(demo_samples)
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     for i in range(3):  # small later runs add parts beside the compacted one, up to the limit
         ingest(

@@ -18,7 +18,7 @@ import pytest
 from datakit.shot_detection import detect_scenes
 from datakit.stages.cut import clean_stale_temps, cut_clip
 from datakit.stages.probe import probe_file
-from demo.samples import (
+from demo.sample_videos import (
     make_huge_sample,
     make_image_as_video,
     make_rotated_sample,

@@ -15,7 +15,7 @@ from datakit.executors import run_stage
 from datakit.ingest import ingest
 from datakit.stages.probe import ProbeStage
 from datakit.workspace import Workspace
-from demo.samples import SampleSpec, make_sample
+from demo.sample_videos import SampleSpec, make_sample
 from tests.conftest import PYTHON, ROOT, cli_env
 
 N_VIDEOS = 60

@@ -32,7 +32,7 @@ from datakit.stages.motion import MotionStage
 from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.workspace import Workspace
-from demo.samples import write_video
+from demo.sample_videos import write_video
 from tests.conftest import PYTHON, ROOT, cli_env
 from tests.curation_fixtures import small_videos, write_clips, write_scores
 

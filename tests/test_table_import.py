@@ -19,7 +19,7 @@ from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.table_import import TableImportError, VideoIds, import_table
 from datakit.workspace import Workspace
-from demo.samples import SampleSpec, make_sample
+from demo.sample_videos import SampleSpec, make_sample
 
 PANDA_HEADER = "videoID,url,timestamp,caption,matching_score\n"
 

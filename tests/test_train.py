@@ -53,7 +53,7 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     """A workspace built with the datakit CLI: 3 videos of different shapes and 2 that get
     corrupted after the scan (their clips stay in the manifest), plus curated sets."""
     from datakit.workspace import Workspace
-    from demo.samples import SampleSpec, make_sample
+    from demo.sample_videos import SampleSpec, make_sample
 
     root = tmp_path_factory.mktemp("train-chain")
     specs = [

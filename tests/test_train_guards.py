@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from demo.samples import SampleSpec, make_sample
+from demo.sample_videos import SampleSpec, make_sample
 from tests.conftest import PYTHON, ROOT, cli_env
 
 pytestmark = pytest.mark.timeout(300)

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from demo.samples import SampleSpec, make_sample
+from demo.sample_videos import SampleSpec, make_sample
 from mediaio import read_frames
+from training.bucket_sampler import BucketBatchSampler
 from training.buckets import Bucket, assign_bucket, size_for
 from training.config import ConfigError, DataConfig, parse_overrides, resolve_config
 from training.data import ClipDataset, SampleKey, collate, window_frames
-from training.sampler import BucketBatchSampler
 from training.selection import SelectionError, check_files, normalise, read_set
 
 

@@ -24,7 +24,7 @@ from datakit.stages.probe import ProbeStage
 from datakit.stages.scenes import SceneStage
 from datakit.transnet import TransitionTracker, TransNetV2Detector, small_frames, windows
 from datakit.workspace import Workspace
-from demo.samples import TRANSITION_SPECS, make_transition_set, write_video
+from demo.sample_videos import TRANSITION_SPECS, make_transition_set, write_video
 from tests.conftest import PYTHON, ROOT, cli_env
 
 # 8- and 12-frame shots, dissolves of 4, 8, 10, 16 and 32 frames, hard cuts, H.264 and MPEG-4.

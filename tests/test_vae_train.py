@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from demo.samples import make_learnable_set
+from demo.sample_videos import make_learnable_set
 from training.config import resolve_config
 from training.vae_train import VAE_DIR, VaeConfig, train_vae, vae_path
 

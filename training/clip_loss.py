@@ -27,9 +27,9 @@ def _seed(clip_id: str) -> int:
 @torch.no_grad()
 def clip_losses(trainer) -> list[dict[str, Any]]:
     """(clip_id, train_loss) of every training clip, one clip at a time (rank 0 only)."""
+    from .bucket_sampler import BucketBatchSampler
     from .build import load_encoders, set_latent_shape
     from .data import ClipDataset
-    from .sampler import BucketBatchSampler
     from .selection import load_frozen, split_validation
 
     cfg, dev, stdit = trainer.cfg, trainer.ctx.device, trainer.models.stdit

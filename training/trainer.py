@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from models.diffusion import IDDPM
 
 from . import checkpoint as ckpt_io
+from .bucket_sampler import BucketBatchSampler
 from .build import Models, build_models, load_encoders, set_latent_shape
 from .config import RunConfig
 from .data import collate, worker_init
@@ -40,7 +41,6 @@ from .dist import DistContext, all_mean, all_true, barrier
 from .errors import RunError
 from .inputs import Inputs, inputs_for
 from .metrics import MetricsWriter
-from .sampler import BucketBatchSampler
 from .selection import split_validation
 from .weights import WeightView, fp32_snapshot, grads_finite, start_from
 
