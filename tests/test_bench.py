@@ -64,19 +64,11 @@ def test_bench_aesthetic(tmp_path):
     )
 
 
+TINY_CAPTION = ("--clips", "2", "--frames", "1", "--frame-size", "32", "--max-tokens", "4")
+
+
 def test_bench_caption_transformers():
-    out = bench(
-        "bench_caption.py",
-        "--no-vllm",
-        "--clips",
-        "2",
-        "--frames",
-        "1",
-        "--frame-size",
-        "32",
-        "--max-tokens",
-        "4",
-    ).stdout
+    out = bench("bench_caption.py", "--no-vllm", *TINY_CAPTION).stdout
     lines_matching(
         out,
         r"^tiny random Qwen2-VL, 2 clips x 1 frames \(32px\), max 4 tokens, greedy",
@@ -88,18 +80,7 @@ def test_bench_caption_transformers():
 def test_bench_caption_vllm_and_vllm_offline():
     if not Path(ROOT / ".venv-vllm" / "bin" / "python").exists():
         pytest.skip(".venv-vllm missing (bash scripts/setup_vllm.sh builds it)")
-    out = bench(
-        "bench_caption.py",
-        "--clips",
-        "2",
-        "--frames",
-        "1",
-        "--frame-size",
-        "32",
-        "--max-tokens",
-        "4",
-        timeout=1800,
-    ).stdout
+    out = bench("bench_caption.py", *TINY_CAPTION, timeout=1800).stdout
     lines_matching(
         out,
         r"^vLLM offline LLM\.chat\s+2 clips",

@@ -198,11 +198,11 @@ class Trainer:
         self.compute_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.resume_from = ckpt_io.latest_checkpoint(self.run_dir) if resume else None
 
-        self.models = self._build_models()
+        source = inputs_for(cfg)
+        self.models = self._build_models(encoders=source.encoders_in_step)
         self.diffusion = IDDPM(timestep_respacing="")
-        self.inputs = inputs_for(cfg)(cfg, self.run_dir, self.models, ctx.device)
+        self.inputs = source(cfg, self.run_dir, self.models, ctx.device)
         self.data = build_data(cfg, ctx, self.inputs, rows)
-        self.train_set, self.sampler = self.data.train_set, self.data.sampler
         self.booster, self.model, self.optimizer, self.scheduler, self.weights, self.ema = self._boost()
 
         self.state = TrainState()
@@ -217,7 +217,7 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------ building
-    def _build_models(self) -> Models:
+    def _build_models(self, encoders: bool) -> Models:
         """VAE, T5 and STDiT; a resumed run rebuilds the STDiT its checkpoint describes. With the
         feature cache the VAE and T5 are only built when sampling needs them."""
         resume_args = None
@@ -225,7 +225,6 @@ class Trainer:
             from models.checkpoint import read_model_config
 
             resume_args = read_model_config(self.resume_from)
-        encoders = inputs_for(self.cfg).encoders_in_step
         return build_models(self.cfg, self.ctx.device, self.compute_dtype, resume_args, encoders=encoders)
 
     def _boost(self) -> tuple[Any, Any, Any, Any, WeightView, Any]:
@@ -388,7 +387,7 @@ class Trainer:
         log.info("samples at step %d: %s", self.state.step, ", ".join(str(p) for p in paths))
 
     def _undecodable(self, what: str) -> str:
-        n = len(self.train_set)
+        n = len(self.data.train_set)
         return (
             f"no usable batch: {what} no clip that decodes; {self.state.failed_clips} clip decodes "
             f"failed so far ({n} training clips); first error: {self.first_error or '?'}. "
@@ -457,7 +456,7 @@ class Trainer:
         from datakit.progress import Progress
 
         c, s, ctx = self.cfg, self.state, self.ctx
-        total = c.train.max_steps or (c.train.epochs or 1) * self.sampler.steps_per_epoch()
+        total = c.train.max_steps or (c.train.epochs or 1) * self.data.sampler.steps_per_epoch()
         bar = Progress(
             f"train {c.stage}", total, initial=s.step, unit="steps", enabled=ctx.is_main and c.train.progress
         ).__enter__()  # rich on a TTY, plain lines off it
@@ -465,7 +464,7 @@ class Trainer:
         saved_at = s.step if self.last_ckpt else None
         in_a_row = warned = 0  # steps in a row with no decodable clip; skipped clips logged
         while not self.done():
-            self.sampler.set_epoch(s.epoch, s.position)
+            self.data.sampler.set_epoch(s.epoch, s.position)
             seen = used = 0  # sampler steps of this epoch in this launch, and those trained on
             for batch, wait in self._batches():
                 s.position += 1
