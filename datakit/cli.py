@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from datakit.lazy import pyarrow_skips_pandas
 from datakit.workspace import DEFAULT_WORKSPACE, Workspace, WorkspaceError
 
 RECIPES = Path(__file__).resolve().parents[1] / "manifests" / "recipes"
@@ -129,6 +130,8 @@ def ingest(inputs: tuple[str, ...], fmt: str | None, cols: tuple[str, ...], work
     """
     from datakit.ingest import ingest as do_ingest
     from datakit.table_import import TableImportError, parse_cols
+
+    pyarrow_skips_pandas()
 
     try:
         stats = do_ingest(_open(workspace), list(inputs), fmt, parse_cols(cols))

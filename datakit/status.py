@@ -90,15 +90,17 @@ def status_rows(ws: Workspace, *, defaults: bool = False) -> list[dict]:
         # Planning SQL reads the spans without the score joins (datakit.clip_keys); a branch that
         # still reads `clips` (text match: the caption) shares one evaluation of it, restricted to
         # the columns the branches name.
-        if not re.search(r"(?<!')\bclips\b(?!')", sql):  # the view, not the 'clips' row's name
-            return con.execute(sql).fetchall()
         names = [d[0] for d in con.execute("SELECT * FROM clips LIMIT 0").description]
         used = [c for c in names if re.search(rf"\b{re.escape(c)}\b", sql)] or names[:1]
         shared = f"WITH clips AS MATERIALIZED (SELECT {', '.join(used)} FROM temp.main.clips) "
         return con.execute(shared + sql).fetchall()
 
     counts: dict[tuple[str, str | None], dict[str, int]] = {}
-    for stage, key, kind, n in ws.read(query, for_sql=sql):
+    if re.search(r"(?<!')\bclips\b(?!')", sql):  # the view, not the 'clips' row's name
+        found = ws.read(query, for_sql=sql)
+    else:
+        found = [tuple(r.values()) for r in ws.fetch(sql)]
+    for stage, key, kind, n in found:
         counts.setdefault((stage, key), {})[kind] = n
     out = []
 

@@ -94,3 +94,12 @@ def test_plans_and_status_count_the_clips_of_the_view(tmp_path):
     scored = ws.sql("SELECT count(*) AS n FROM clips WHERE aesthetic IS NOT NULL")[0]["n"]
     aesthetic = [r for r in status_rows(ws) if r["stage"] == "aesthetic"]
     assert scored and sum(r["ok"] for r in aesthetic) == scored
+
+
+def test_fetch_inlines_the_views_and_gives_the_rows_of_sql(tmp_path):
+    ws = workspace(tmp_path)
+    query = f"SELECT {COLS}, aesthetic, caption FROM clips ORDER BY clip_id"
+    assert ws.fetch(query) == ws.sql(query) and len(ws.fetch(query)) > 3
+    own_with = "WITH v AS (SELECT clip_id FROM clips WHERE media_type = 'video') SELECT count(*) AS n FROM v"
+    assert ws.fetch(own_with) == ws.sql(own_with)
+    assert ws.fetch("SELECT 1 AS one") == [{"one": 1}]  # names no view

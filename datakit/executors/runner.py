@@ -108,7 +108,7 @@ def plan(ws: Workspace, stage: Stage, limit: int | None = None, *, retry_errors:
     sql = stage.pending_sql(retry_errors=retry_errors)
     if limit is not None:
         sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
-    return ws.sql(sql)
+    return ws.fetch(sql)
 
 
 def run_stage(
