@@ -42,6 +42,7 @@ def test_vae_stage_trains_and_is_taken_by_run_folder(tmp_path):
         block_out_channels=[8, 8],
         steps=4,
         permute_colours=True,
+        hue_rotate=True,
         batch_size=4,
         val_every=2,
         val_fraction=0.25,
@@ -64,3 +65,19 @@ def test_vae_stage_trains_and_is_taken_by_run_folder(tmp_path):
     )
     vae, t5 = encoder_paths(stage)
     assert vae == str(run / VAE_DIR) and t5.startswith(str(tmp_path / "tiny"))
+
+
+def test_hue_rotate_turns_colours_about_the_grey_axis():
+    import math
+
+    import torch
+
+    from training.vae_train import hue_rotate
+
+    x = torch.rand(3, 3, 4, 4) * 2 - 1
+    y = hue_rotate(x, torch.tensor([0.0, 2 * math.pi / 3, 1.0]))
+    assert torch.allclose(y[0], x[0])  # angle 0: unchanged
+    assert torch.allclose(y[1], x[1, [2, 0, 1]], atol=1e-6)  # a third of a turn: channels cycle
+    assert not torch.allclose(y[2], x[2])
+    grey = torch.full((1, 3, 2, 2), 0.3)
+    assert torch.allclose(hue_rotate(grey, torch.tensor([1.0])), grey)  # greys keep their level

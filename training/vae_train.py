@@ -52,6 +52,7 @@ class VaeConfig:
     val_fraction: float = 0.15  # held-out clips (by clip id, as the STDiT stages)
     val_every: int = 50
     permute_colours: bool = False  # augment: each sample's RGB channels in a random order (unseen colours)
+    hue_rotate: bool = False  # augment: each sample's colours turned by a random angle about the grey axis
     seed: int = 0
 
 
@@ -99,6 +100,15 @@ def build_vae(cfg: VaeConfig):
     with torch.no_grad():  # start from a nearly deterministic posterior (std e^-3): the decoder
         vae.quant_conv.bias[cfg.latent_channels :] = -6.0  # is not first drowned in sampling noise
     return vae
+
+
+def hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1], each image's RGB turned by `angle[i]` radians about the grey axis
+    (Rodrigues' rotation about (1, 1, 1)/√3): its hues move, its grey levels stay; clamped to [-1, 1]."""
+    k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    rot = torch.eye(3) + sin * k + (1 - cos) * (k @ k)
+    return torch.einsum("nij,njhw->nihw", rot, x).clamp(-1, 1)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -170,6 +180,8 @@ def train_vae(
             if cfg.permute_colours:
                 order = torch.argsort(torch.rand(len(x), 3, generator=gen), dim=1)
                 x = torch.gather(x, 1, order[:, :, None, None].expand_as(x))
+            if cfg.hue_rotate:
+                x = hue_rotate(x, torch.rand(len(x), generator=gen) * (2 * math.pi))
             rec, kl, _ = _losses(vae, x, sample=True)
             loss = rec + cfg.kl_weight * kl
             opt.zero_grad(set_to_none=True)
