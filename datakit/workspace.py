@@ -340,21 +340,16 @@ class Workspace:
 
         def run(con: duckdb.DuckDBPyConnection, views: dict[str, str]) -> list[dict]:
             ctes = ", ".join(f"{name} AS ({sql})" for name, sql in views.items())
-            cur = con.execute(f"WITH {ctes}\n{query}" if ctes else query)
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+            return _records(con.execute(f"WITH {ctes}\n{query}" if ctes else query))
 
         return self.read(run, for_sql=query, inline=True)
 
     def sql(self, query: str, params: list | None = None, *, sandbox: bool = False) -> list[dict]:
         """Run a query and return rows as dicts (for small results)."""
 
-        def run(con: duckdb.DuckDBPyConnection) -> list[dict]:
-            cur = con.execute(query, params or [])
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
-
-        return self.read(run, sandbox=sandbox, for_sql=query)
+        return self.read(
+            lambda con: _records(con.execute(query, params or [])), sandbox=sandbox, for_sql=query
+        )
 
     def arrow(self, query: str, params: list | None = None, *, sandbox: bool = False) -> pa.Table:
         return self.read(
@@ -642,6 +637,12 @@ def is_duckdb_file(path: Path) -> bool:
             return fh.read(12)[8:12] == b"DUCK"
     except OSError:
         return False
+
+
+def _records(cur: duckdb.DuckDBPyConnection) -> list[dict]:
+    """A query's rows as dicts keyed by column name."""
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 def _views_named_by(views: dict[str, str], sql: str) -> dict[str, str]:
