@@ -151,9 +151,7 @@ def run_stage_command(
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     from datakit.executors import StageSetupError
-    from datakit.lazy import pyarrow_skips_pandas
 
-    pyarrow_skips_pandas()  # the commit converts rows to Arrow: spare this process pandas' import
     try:
         stats = run_stage(
             ws,

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datakit.executors.base import EXECUTORS, executor_class
+from datakit.lazy import pyarrow_skips_pandas
 from datakit.stage import Rows, Stage, WorkerContext
 from datakit.workspace import Workspace
 
@@ -145,6 +146,8 @@ def run_stage(
         make_ctx = functools.partial(WorkerContext.for_workspace, ws.root, stage.name)
         stage.begin_run(make_ctx())
         committer = _Committer(ws, stage, items, stats)
+        if items:  # the commits convert rows to Arrow: spare the process pandas' import
+            pyarrow_skips_pandas()
         # a no-op run imports no executor (process pools, Ray: start-up of every resumed command)
         runner = executor_class(executor)(workers=workers, address=ray_address) if items else None
         stream = runner.results(stage, items, make_ctx) if runner else iter(())
