@@ -33,6 +33,16 @@ def _val_losses(run_dir: Path) -> list[float]:
     return [r["val_loss"] for r in map(json.loads, lines) if r.get("val_loss") is not None]
 
 
+def vae_config(scale: float = 1.0):
+    """The demo's VaeConfig (`scale` multiplies its steps)."""
+    from training.vae_train import VaeConfig
+
+    steps = max(10, round(VAE_STEPS * scale))
+    return VaeConfig(
+        resolution=RES, crop=None, batch_size=16, lr=4e-3, steps=steps, val_every=max(5, steps // 4)
+    )
+
+
 def stage_overrides(stage: str, frames: int, steps: int, runs: Path, previous: Path | None) -> list[str]:
     every = max(1, steps // 4)
     out = [
@@ -62,21 +72,13 @@ def train_and_check(ws, workspace: Path, timer, console, *, scale: float = 1.0) 
     from training.plots import loss_curve
     from training.run import Source, launch
     from training.selection import read_set
-    from training.vae_train import VaeConfig, train_vae
+    from training.vae_train import train_vae
 
     runs, out = workspace / "runs", {}
     console.rule("[bold]6. training: VAE, then image → video → hq STDiT on the curated sets (2 CPU cores)")
     with timer.part("train vae"):
         table, card = read_set(ws.root, "image")
-        cfg = VaeConfig(
-            resolution=RES,
-            crop=None,
-            batch_size=16,
-            lr=4e-3,
-            steps=max(10, round(VAE_STEPS * scale)),
-            val_every=max(5, round(VAE_STEPS * scale) // 4),
-        )
-        vae = train_vae(table.to_pylist(), card, runs / "vae", cfg)
+        vae = train_vae(table.to_pylist(), card, runs / "vae", vae_config(scale))
     out["vae"] = vae
     console.print(
         f"  vae   AutoencoderKL x4 on {vae['train_frames']} frames of set image: held-out PSNR "

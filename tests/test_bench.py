@@ -314,3 +314,26 @@ def test_gpu_stdit_xl_tiny_on_cpu():
         rf"^\s+off\s+1\s+{NUM}\s+{NUM}\s+nan\s+nan$",
         r"^total \d+s$",
     )
+
+
+def test_bench_vae_heldout(tmp_path):
+    out = bench(
+        "bench_vae_heldout.py",
+        "--shots",
+        "2",
+        "--size",
+        "32",
+        "--base",
+        "steps=4,val_every=2,frames_per_clip=2,batch_size=4,block_out_channels=8/8",
+        "--variant",
+        "hue_rotate=true",
+        "--out",
+        str(tmp_path / "vae.txt"),
+    ).stdout
+    lines_matching(
+        out,
+        r"^vae held-out PSNR on 8 clips \(2 generated shot videos \(32 px\)\); load average",
+        rf"^  demo: 4 steps, {NUM} s \({NUM} CPU-s\), held-out PSNR {NUM} dB \(min {NUM}; shots_\d\d-\d {NUM}",
+        rf"^  hue_rotate=true: 4 steps, .* held-out PSNR {NUM} dB",
+    )
+    assert (tmp_path / "vae.txt").read_text() == out
