@@ -4,7 +4,9 @@ Each command is run `--repeat` times, interleaved (A B C A B C ...) so that load
 hits all of them alike; the median wall and CPU (user + sys) times are printed.
 
 - `bare import`: `python -c "import duckdb, pyarrow.parquet"` (what any manifest command needs)
-- `datakit status` on a small workspace, `datakit scenes` with nothing to do (a no-op stage run)
+- `datakit status` on a small workspace, `datakit scenes` with nothing to do (a no-op stage run);
+  each twice: as repeated (the workspace remembers the counts and the empty plan, `Workspace.read`)
+  and as the first command after a write (the workspace's `cache/` removed before each run)
 - `scenedetect version` (PySceneDetect's CLI start-up)
 - one 482-frame 720p video: `datakit scenes` (whole command, fresh workspace after ingest+probe)
   against `scenedetect -i FILE detect-adaptive list-scenes -n`
@@ -72,6 +74,13 @@ def main() -> None:
         subprocess.run([datakit, "probe", "-w", str(target)], check=True, capture_output=True)
         return [datakit, "scenes", "-w", str(target)]
 
+    def forget(make):  # the first command after a write finds no remembered result (Workspace.read)
+        def run() -> list[str]:
+            shutil.rmtree(ws / "cache", ignore_errors=True)
+            return make()
+
+        return run
+
     commands = {
         "bare import (duckdb, pyarrow.parquet)": lambda: [
             sys.executable,
@@ -79,7 +88,11 @@ def main() -> None:
             "import duckdb, pyarrow.parquet",
         ],
         "datakit status": lambda: [datakit, "status", "-w", str(ws)],
+        "datakit status, nothing remembered": forget(lambda: [datakit, "status", "-w", str(ws)]),
         "datakit scenes, nothing to do": lambda: [datakit, "scenes", "-w", str(ws)],
+        "datakit scenes, nothing to do, nothing remembered": forget(
+            lambda: [datakit, "scenes", "-w", str(ws)]
+        ),
         "scenedetect version": lambda: [str(BIN / "scenedetect"), "version"],
         f"{one}: datakit scenes": fresh_scenes,
         f"{one}: scenedetect CLI": lambda: [
@@ -103,12 +116,17 @@ def main() -> None:
     )
     for name in times:
         print(
-            f"  {name:45s} {wall[name]:6.2f} s   {wall[name] / wall[base]:5.2f}x bare import   "
+            f"  {name:50s} {wall[name]:6.2f} s   {wall[name] / wall[base]:5.2f}x bare import   "
             f"cpu {cpu[name]:5.2f} s  {cpu[name] / cpu[base]:5.2f}x"
         )
     ours, cli = f"{one}: datakit scenes", f"{one}: scenedetect CLI"
     print(f"one video, datakit scenes / scenedetect CLI: {wall[ours] / wall[cli]:.2f} (target <= 1.0)")
-    for name in ("datakit status", "datakit scenes, nothing to do"):
+    for name in (
+        "datakit status",
+        "datakit status, nothing remembered",
+        "datakit scenes, nothing to do",
+        "datakit scenes, nothing to do, nothing remembered",
+    ):
         print(
             f"{name}: {wall[name] / wall[base]:.2f}x bare import, cpu {cpu[name] / cpu[base]:.2f}x (target <= 1.5)"
         )

@@ -251,6 +251,15 @@ class Stage:
         return {self.marker_table: [{self.key: item[self.key], "status": "error", "error": message}]}
 
 
+def expiry_sql(markers: list[str]) -> str:
+    """When counts over these marker tables change with no write: the next 'retry' row falling due."""
+    due = " UNION ALL ".join(
+        f"SELECT min(retry_at) AS t FROM _latest_{m} WHERE status = 'retry' AND retry_at > epoch(now())"
+        for m in dict.fromkeys(markers)
+    )
+    return f"SELECT min(t) FROM ({due})"
+
+
 def _type_ok(value: Any, expected: Any) -> bool:
     if expected is Any:
         return True

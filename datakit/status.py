@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import pyarrow.parquet as pq
-
 from datakit.clip_keys import CLIP_IDS_SQL
+from datakit.stage import expiry_sql
 from datakit.workspace import Workspace
 
 COLUMNS = ("stage", "table", "model_key", "ok", "pending", "retry", "error")
@@ -77,14 +76,14 @@ def status_sql(
     return "\nUNION ALL ".join(parts), covered
 
 
-def _rows_on_disk(ws: Workspace, table: str) -> int:
-    """Rows in a table's live parts, from the Parquet footers (no data read)."""
-    return sum(pq.read_metadata(p).num_rows for p in ws.live_parts(table))
-
-
 def status_rows(ws: Workspace, *, defaults: bool = False) -> list[dict]:
-    """Rows of COLUMNS, in run order: ingest, each stage (one row per model key run), clips."""
-    sql, covered = status_sql(defaults, lambda table: _rows_on_disk(ws, table) > 0)
+    """Rows of COLUMNS, in run order: ingest, each stage (one row per model key run), clips.
+
+    The counts are remembered (`Workspace.read`): a repeated status on unchanged parts reads one
+    small file instead of the tables.
+    """
+    sql, covered = status_sql(defaults, lambda table: bool(ws.live_parts(table)))  # no part: no row
+    remember = ("status", expiry_sql([table for _, table, _ in covered[1:]]))
 
     def query(con) -> list[tuple]:
         # Planning SQL reads the spans without the score joins (datakit.clip_keys); a branch that
@@ -97,9 +96,9 @@ def status_rows(ws: Workspace, *, defaults: bool = False) -> list[dict]:
 
     counts: dict[tuple[str, str | None], dict[str, int]] = {}
     if re.search(r"(?<!')\bclips\b(?!')", sql):  # the view, not the 'clips' row's name
-        found = ws.read(query, for_sql=sql)
+        found = ws.read(lambda con: [list(r) for r in query(con)], for_sql=sql, remember=remember)
     else:
-        found = [tuple(r.values()) for r in ws.fetch(sql)]
+        found = [list(r.values()) for r in ws.fetch(sql, remember=remember)]
     for stage, key, kind, n in found:
         counts.setdefault((stage, key), {})[kind] = n
     out = []

@@ -9,6 +9,7 @@ Layout of a workspace directory:
     media/                  downloaded videos;  clips/  extracted clip files
     locks/                  fcntl locks: one per stage run, per table, and one for readers
     runs/                   one folder per stage run: config and stats
+    cache/                  results of remembered reads (`read(remember=...)`), keyed by the parts they read
     quarantine/<table>/     unreadable parts moved aside by `datakit repair`
 
 Parts are written to a temporary name and renamed, so a reader never sees half a file and a
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -61,6 +63,7 @@ _SANDBOX_CONFIG = {
 }
 
 T = TypeVar("T")
+_REMEMBER_MAX_ROWS = 1000  # a bigger result (a plan with work to do) is not kept: the run changes its parts
 
 
 def default_workspace() -> Path:
@@ -235,8 +238,12 @@ class Workspace:
         `compact` only the few newer parts are deduplicated and their keys removed from the
         compacted part (every row in them is newer than any row in it).
         """
-        key = schema.tables()[name].key
+        table = schema.tables()[name]
+        key = table.key
         dedupe = _newest_per_key(key)
+        if parts is not None and [p.name for p in parts] == [INIT_PART]:  # no rows: read no file
+            columns = ", ".join(f'NULL::{c.type} AS "{c.name}"' for c in table.columns)
+            return f"SELECT {columns} LIMIT 0"
         if parts is None:  # the catalog file: relative to the workspace (see build_catalog)
             glob = _sql_str(f"tables/{name}/*.parquet")
             return f"SELECT * EXCLUDE ({WRITTEN_COLUMN}) FROM read_parquet({glob}, union_by_name = true) {dedupe}"
@@ -309,6 +316,7 @@ class Workspace:
         sandbox: bool = False,
         for_sql: str | None = None,
         inline: bool = False,
+        remember: tuple[str, str | None] | None = None,
     ) -> T:
         """Run `fn(connection)` on a snapshot of the views; damaged parts raise DamagedPartsError.
 
@@ -316,10 +324,22 @@ class Workspace:
         through other views, are created (binding a view reads its parts' footers: start-up cost).
         inline (with for_sql): none is created; `fn(connection, views)` gets them (name -> SELECT,
         in dependency order) to inline (see `fetch`).
+        remember (with for_sql): `(name, until_sql)`: `fn`'s result, if JSON, is kept in
+        `cache/<name>.json` under a key of `for_sql`, the views and every part file they read (name,
+        size, mtime); up to _REMEMBER_MAX_ROWS rows. While no part changes, a later call returns it without opening DuckDB: a
+        repeated `status`, a resumed stage with nothing to do. `until_sql` (a query of one number, run
+        on the same snapshot after `fn`) is the epoch second the result expires even so (NULL:
+        never), for results that move with the clock (a 'retry' row's `retry_at`). `name` must change
+        when `fn` does.
         """
-        con, release, files, views = self._snapshot(
-            sandbox, None if sandbox else for_sql, inline and not sandbox
+        if remember is not None and for_sql is not None and not sandbox and not _READS_FILES.search(for_sql):
+            return self._remembered(fn, for_sql, inline, *remember)
+        return self._run(
+            fn, self._snapshot(sandbox, None if sandbox else for_sql, inline and not sandbox), inline
         )
+
+    def _run(self, fn: Callable, snapshot: tuple, inline: bool):
+        con, release, files, views = snapshot
         try:
             return fn(con, views) if inline else fn(con)
         except duckdb.Error as exc:
@@ -329,20 +349,63 @@ class Workspace:
             con.close()
             release()
 
-    def fetch(self, query: str) -> list[dict]:
+    def _remembered(self, fn: Callable, for_sql: str, inline: bool, name: str, until_sql: str | None):
+        reader = self._reader_lock()  # the parts listed stay on disk until the read below is done
+        try:
+            parts = {table: self._snapshot_parts(table) for table in schema.tables()}
+            every_view = self.view_sql(parts)
+            views = _views_named_by(every_view, for_sql + "\n" + (until_sql or ""))
+            read = sorted(
+                {p for ps in parts.values() for p in ps if any(str(p) in v for v in views.values())}
+            )
+            stats = [(str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns) for p in read]
+            path = self.root / "cache" / f"{name}.json"
+            key = hashlib.sha256(
+                json.dumps([duckdb.__version__, for_sql, until_sql, views, stats]).encode()
+            ).hexdigest()
+            if all(part_problem(p) is None for p in read):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    kept = json.loads(path.read_text())
+                    if kept["key"] == key and (kept["until"] is None or time.time() < kept["until"]):
+                        return kept["value"]
+            snapshot = self._snapshot(False, for_sql, inline, (reader, parts))  # it releases the lock
+            reader = None
+        finally:
+            if reader:
+                reader.close()
+
+        def run(con: duckdb.DuckDBPyConnection, *args) -> tuple:
+            value = fn(con, *args)
+            if not until_sql:
+                return value, None
+            ctes = ", ".join(f"{v} AS ({q})" for v, q in _views_named_by(every_view, until_sql).items())
+            return value, con.execute(f"WITH {ctes}\n{until_sql}" if ctes else until_sql).fetchone()[0]
+
+        value, until = self._run(run, snapshot, inline)
+        if not (isinstance(value, list) and len(value) > _REMEMBER_MAX_ROWS):
+            with contextlib.suppress(OSError, TypeError, ValueError):  # a read-only workspace; not JSON
+                data = json.dumps(
+                    {"key": key, "until": None if until is None else float(until), "value": value}
+                )
+                path.parent.mkdir(exist_ok=True)
+                atomic_write_bytes(path, data.encode())
+        return value
+
+    def fetch(self, query: str, *, remember: tuple[str, str | None] | None = None) -> list[dict]:
         """Rows of one SELECT (no parameters) over a snapshot, the views it names inlined as its CTEs.
 
         No view is created: binding a view reads its parts' footers, and the query binds it again
         (about 60 ms of a small workspace's `datakit status`). A query with its own WITH gets views.
+        remember: as in `read`.
         """
         if re.match(r"\s*WITH\b", query, re.IGNORECASE):
-            return self.sql(query)
+            return self.read(lambda con: _records(con.execute(query)), for_sql=query, remember=remember)
 
         def run(con: duckdb.DuckDBPyConnection, views: dict[str, str]) -> list[dict]:
             ctes = ", ".join(f"{name} AS ({sql})" for name, sql in views.items())
             return _records(con.execute(f"WITH {ctes}\n{query}" if ctes else query))
 
-        return self.read(run, for_sql=query, inline=True)
+        return self.read(run, for_sql=query, inline=True, remember=remember)
 
     def sql(self, query: str, params: list | None = None, *, sandbox: bool = False) -> list[dict]:
         """Run a query and return rows as dicts (for small results)."""
@@ -357,14 +420,20 @@ class Workspace:
         )
 
     def _snapshot(
-        self, sandbox: bool, for_sql: str | None = None, inline: bool = False
+        self,
+        sandbox: bool,
+        for_sql: str | None = None,
+        inline: bool = False,
+        listed: tuple[IO | None, dict[str, list[Path]]] | None = None,
     ) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None], list[Path], dict[str, str]]:
-        """A connection over the live parts as listed now (inline: without the views), a release
-        function, the files it reads and the views (name -> SELECT)."""
-        reader = self._reader_lock()
+        """A connection over the live parts as listed now (or as `listed`, the reader lock held and
+        the parts listed under it; inline: without the views), a release function, the files it
+        reads and the views (name -> SELECT)."""
+        reader, parts = listed or (self._reader_lock(), None)
         release = reader.close if reader else lambda: None
         try:
-            parts = {name: self._snapshot_parts(name) for name in schema.tables()}
+            if parts is None:
+                parts = {name: self._snapshot_parts(name) for name in schema.tables()}
             files = [p for ps in parts.values() for p in ps]
             damaged = {p: why for p in files if (why := part_problem(p))}
             if damaged:
@@ -658,6 +727,7 @@ def _views_named_by(views: dict[str, str], sql: str) -> dict[str, str]:
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_READS_FILES = re.compile(r"\b(read_\w+|glob|parquet_scan|\w+_scan)\s*\(", re.IGNORECASE)
 
 
 def _newest_per_key(key: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from datakit.executors.base import EXECUTORS, executor_class
 from datakit.lazy import pyarrow_skips_pandas
-from datakit.stage import Rows, Stage, WorkerContext
+from datakit.stage import Rows, Stage, WorkerContext, expiry_sql
 from datakit.workspace import Workspace
 
 
@@ -106,10 +106,12 @@ class _Committer:
 
 
 def plan(ws: Workspace, stage: Stage, limit: int | None = None, *, retry_errors: bool = False) -> list[dict]:
+    """The items a run would do now; "nothing" is remembered until a part or the clock changes it, so
+    a resumed command whose stage is done opens no DuckDB connection (`Workspace.read`)."""
     sql = stage.pending_sql(retry_errors=retry_errors)
     if limit is not None:
         sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
-    return ws.fetch(sql)
+    return ws.fetch(sql, remember=(f"plan-{stage.name}", expiry_sql([stage.marker_table])))
 
 
 def run_stage(
