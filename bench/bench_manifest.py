@@ -8,7 +8,9 @@ like a stage run's commits): sources, probes and scene_runs for every video, cli
 for every clip. Then times (best of --repeat) `datakit status` (one query), the @clips_2_15s recipe
 with LIMIT 1000 and its count(*), and planning `scenes` and `cut` with everything done: as
 written (many parts: every view deduplicates by key), after `compact`, and compacted plus a newer
-part. Prints the peak RSS of writing and of compacting. Targets: at 1M clips each < 1 s; at 10M
+part. Status and plans are timed as the first read after a write (nothing remembered) and, on a
+line of their own, repeated on unchanged parts (remembered: `Workspace.read(remember=...)`).
+Prints the peak RSS of writing and of compacting. Targets: at 1M clips each < 1 s; at 10M
 status and count(*) < 1 s, the LIMIT 1000 query < 3 s. The last line is
 `status <t> s, curated <t> s, plan-cut <t> s` for the compacted workspace.
 """
@@ -183,6 +185,16 @@ def cut_over_clips():
     return stage
 
 
+def forgetting(ws: Workspace, fn):
+    """`fn` as the first read after a write: nothing remembered (`Workspace.read(remember=...)`)."""
+
+    def run():
+        shutil.rmtree(ws.root / "cache", ignore_errors=True)
+        return fn()
+
+    return run
+
+
 def measure(ws: Workspace, title: str, n_clips: int, repeat: int) -> dict[str, float]:
     con = ws.connect()  # a reader's snapshot of the parts as they are now
     parts = {t: len(ws.live_parts(t)) for t in ("clip_spans", "cuts")}
@@ -190,7 +202,12 @@ def measure(ws: Workspace, title: str, n_clips: int, repeat: int) -> dict[str, f
     big = n_clips >= 5_000_000
     t = {
         "status": timed(
-            "status: every stage's counts, one query (datakit status)", lambda: len(status(ws)), repeat
+            "status: every stage's counts, one query (datakit status)",
+            forgetting(ws, lambda: len(status(ws))),
+            repeat,
+        ),
+        "status-remembered": timed(
+            "  the same, repeated on unchanged parts (remembered)", lambda: len(status(ws)), repeat
         ),
         "status-before": timed(
             "  the same counts, one query per stage and count (before)",
@@ -207,14 +224,23 @@ def measure(ws: Workspace, title: str, n_clips: int, repeat: int) -> dict[str, f
             "curated: count(*) of @clips_2_15s", lambda: con.execute(CURATED_COUNT).fetchone()[0], repeat
         ),
         "plan-scenes": timed(
-            "plan scenes (every video done)", lambda: len(plan(ws, stage_class("scenes")())), repeat
+            "plan scenes (every video done)",
+            forgetting(ws, lambda: len(plan(ws, stage_class("scenes")()))),
+            repeat,
         ),
         "plan-cut": timed(
-            f"plan cut ({n_clips} clips, all done)", lambda: len(plan(ws, stage_class("cut")())), repeat
+            f"plan cut ({n_clips} clips, all done)",
+            forgetting(ws, lambda: len(plan(ws, stage_class("cut")()))),
+            repeat,
+        ),
+        "plan-cut-remembered": timed(
+            "  the same, a resumed run on unchanged parts (remembered)",
+            lambda: len(plan(ws, stage_class("cut")())),
+            repeat,
         ),
         "plan-cut-before": timed(
             "  the same plan over the full clips view (before)",
-            lambda: len(plan(ws, cut_over_clips())),
+            forgetting(ws, lambda: len(plan(ws, cut_over_clips()))),
             repeat,
         ),
     }
@@ -286,6 +312,10 @@ def main() -> None:
                 args.repeat,
             )
         print(f"peak RSS {peak_rss_mb():.0f} MB; load average: {open('/proc/loadavg').read().strip()}")
+        print(
+            f"remembered (repeated on unchanged parts): status {t['status-remembered']:.3f} s, "
+            f"plan-cut {t['plan-cut-remembered']:.3f} s"
+        )
         print(f"status {t['status']:.3f} s, curated {t['curated']:.3f} s, plan-cut {t['plan-cut']:.3f} s")
     finally:
         if tmp:

@@ -176,6 +176,9 @@ def test_bench_manifest(tmp_path):
     assert re.fullmatch(r"status [\d.]+ s, curated [\d.]+ s, plan-cut [\d.]+ s", lines[-1]), lines[-1]
     assert "built 20 videos, 400 clips" in out and "peak RSS" in out
     assert re.search(r"plan cut \(400 clips, all done\)\s+[\d.]+ s\s+\(0\)", out), "every clip was cut"
+    assert re.fullmatch(
+        r"remembered \(repeated on unchanged parts\): status [\d.]+ s, plan-cut [\d.]+ s", lines[-2]
+    )
 
 
 def test_bench_media_memory(tmp_path):
