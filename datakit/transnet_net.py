@@ -121,15 +121,25 @@ class FastTransNetV2(nn.Module):
 
         `dtype` is the arithmetic of the convolutions and the first dense layer (float32 or
         bfloat16); similarities, histograms and the heads stay float32."""
-        x = frames.to(dtype) / 255.0
+        means, feats = self.trunk(frames.to(dtype) / 255.0)
+        return self.heads(frames, means, feats)
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolutions, >90% of the work: frames (B, T, 27, 48, 3) scaled to [0, 1] ->
+        (per-frame spatial means of each stack's output, float32 (B, T, 448); the last stack's
+        output flattened (B, T, 4608), in x's dtype)."""
         means = []
         for stack in self.stacks:
             x = stack(x)
             means.append(x.float().mean(dim=(2, 3)))
-        b, t = x.shape[:2]
-        feats = x.reshape(b, t, -1)
+        return torch.cat(means, dim=2), x.reshape(x.shape[0], x.shape[1], -1)
 
-        emb = F.normalize(self.frame_sim_projection(torch.cat(means, dim=2)), p=2, dim=2)
+    def heads(
+        self, frames: torch.Tensor, means: torch.Tensor, feats: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Similarities, histograms and the dense layers (in feats' dtype, then float32)."""
+        dtype = feats.dtype
+        emb = F.normalize(self.frame_sim_projection(means), p=2, dim=2)
         frame_sim = F.relu(self.frame_sim_fc(_banded(emb @ emb.transpose(1, 2))))
         hist = _histograms(frames)
         color = F.relu(self.color_fc(_banded(hist @ hist.transpose(1, 2))))

@@ -236,6 +236,16 @@ def test_bench_scenes_accuracy_and_speed():
     )
 
 
+def test_bench_transnet_cpu():
+    out = bench("bench_transnet_cpu.py", "--parts", "cpu", "net", "--window", "100", "--calls", "1").stdout
+    lines_matching(
+        out,
+        r"^cpu: torch kernels \w+, native bf16 (True|False), \d+ threads; precision auto -> (fp32|bf16)$",
+        rf"^  FastTransNetV2, torch fp32, 1 thread\s+{NUM}\s+{NUM}\s+load\s+{NUM}\s+max \|p - torch fp32\| 0\.0e\+00",
+        r"^load average at the end: ",
+    )
+
+
 def test_bench_startup():
     out = bench("bench_startup.py", "--repeat", "1", "--small").stdout
     row = rf"\s+{NUM} s\s+{NUM}x bare import\s+cpu\s+{NUM} s\s+{NUM}x$"
