@@ -6,6 +6,8 @@
 
 Each variant is the demo's VaeConfig (`demo.learn.vae_config()`) with `key=value` fields replaced
 (lists as 16/32/32); `demo` is the unchanged one. The held-out clips are the vae stage's own split.
+"flat colours from the mean latent": the demo's 8 flat colours decoded from their latents' spatial
+mean, RMS error in 0-255 levels (large: the latent carries colour in fine patterns, not in its values).
 Without --workspace it generates the demo's captioned shots (`make_learnable_set`) and trains on those.
 """
 
@@ -85,6 +87,26 @@ def per_clip_psnr(run: Path, rows: list[dict], cfg) -> dict[str, float]:
     return out
 
 
+def flat_colour_error(run: Path, size: int) -> float:
+    """RMS error (0-255 levels) of the demo's flat colours decoded from their latent's spatial mean:
+    small when the latent's channel values carry colour, large when fine patterns in it do (a hard
+    latent for a diffusion model to sample)."""
+    import torch
+    from diffusers.models import AutoencoderKL
+
+    from demo.sample_videos import COLOURS
+    from training.vae_train import VAE_DIR
+
+    vae = AutoencoderKL.from_pretrained(str(run / VAE_DIR), local_files_only=True).eval()
+    rgb = torch.tensor(list(COLOURS.values())).float()
+    x = (rgb / 127.5 - 1)[:, :, None, None].expand(-1, -1, size, size)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mode()
+        flat = vae.decode(z.mean((2, 3), keepdim=True).expand_as(z)).sample
+    got = (flat.clamp(-1, 1) + 1).mul(127.5).mean((2, 3))
+    return float((got - rgb).pow(2).mean().sqrt())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,7 +127,9 @@ def main() -> None:
     from training.selection import read_set, split_validation
     from training.vae_train import train_vae
 
-    torch.set_num_threads(max(1, min(len(os.sched_getaffinity(0)), 2)))
+    torch.set_num_threads(
+        int(os.environ.get("BENCH_THREADS", 0)) or max(1, min(len(os.sched_getaffinity(0)), 2))
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-vae-"))
     if args.workspace:
         table, card = read_set(args.workspace / "manifest", "image")
@@ -131,8 +155,9 @@ def main() -> None:
         shown = ", ".join(f"{k} {v:.1f}" for k, v in clips.items())
         line = (
             f"  {name}: {cfg.steps} steps, {wall:.0f} s ({cpu:.0f} CPU-s), held-out PSNR "
-            f"{summary['val_psnr']:.1f} dB (min {min(clips.values()):.1f}; {shown}); "
-            f"load {os.getloadavg()[0]:.1f}"
+            f"{summary['val_psnr']:.1f} dB (min {min(clips.values()):.1f}; {shown}); flat colours "
+            f"from the mean latent: RMS error {flat_colour_error(run, cfg.crop or cfg.resolution):.0f} "
+            f"levels; load {os.getloadavg()[0]:.1f}"
         )
         lines.append(line)
         print(line, flush=True)

@@ -339,7 +339,7 @@ def test_bench_vae_heldout(tmp_path):
         "--base",
         "steps=4,val_every=2,frames_per_clip=2,batch_size=4,block_out_channels=8/8",
         "--variant",
-        "hue_rotate=true",
+        "hue_rotate=true,equivariance=1.0",
         "--out",
         str(tmp_path / "vae.txt"),
     ).stdout
@@ -347,6 +347,7 @@ def test_bench_vae_heldout(tmp_path):
         out,
         r"^vae held-out PSNR on 8 clips \(2 generated shot videos \(32 px\)\); load average",
         rf"^  demo: 4 steps, {NUM} s \({NUM} CPU-s\), held-out PSNR {NUM} dB \(min {NUM}; shots_\d\d-\d {NUM}",
-        rf"^  hue_rotate=true: 4 steps, .* held-out PSNR {NUM} dB",
+        rf"^  hue_rotate=true,equivariance=1.0: 4 steps, .* held-out PSNR {NUM} dB .*; flat colours from "
+        rf"the mean latent: RMS error {NUM} levels; load",
     )
     assert (tmp_path / "vae.txt").read_text() == out

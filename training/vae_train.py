@@ -53,6 +53,9 @@ class VaeConfig:
     val_every: int = 50
     permute_colours: bool = False  # augment: each sample's RGB channels in a random order (unseen colours)
     hue_rotate: bool = False  # augment: each sample's colours turned by a random angle about the grey axis
+    # Scale equivariance (as EQ-VAE): the latent average-pooled 2x must decode to the frame pooled 2x,
+    # with this weight; the latent's channel values, not fine patterns in it, then carry colour.
+    equivariance: float = 0.0
     seed: int = 0
 
 
@@ -117,12 +120,17 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / max(mse, 1e-12))
 
 
-def _losses(vae, x: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _losses(vae, x: torch.Tensor, sample: bool, equivariance: float = 0.0):
+    """(reconstruction MSE [+ weighted equivariance MSE], KL per value, reconstruction)."""
     post = vae.encode(x).latent_dist
     z = post.sample() if sample else post.mode()
     rec = vae.decode(z).sample
     kl = post.kl().mean() / x[0].numel()  # per pixel value, as the reconstruction term
-    return torch.nn.functional.mse_loss(rec, x), kl, rec
+    mse = torch.nn.functional.mse_loss(rec, x)
+    if equivariance:
+        pool = torch.nn.functional.avg_pool2d
+        mse = mse + equivariance * torch.nn.functional.mse_loss(vae.decode(pool(z, 2)).sample, pool(x, 2))
+    return mse, kl, rec
 
 
 @torch.no_grad()
@@ -182,7 +190,7 @@ def train_vae(
                 x = torch.gather(x, 1, order[:, :, None, None].expand_as(x))
             if cfg.hue_rotate:
                 x = hue_rotate(x, torch.rand(len(x), generator=gen) * (2 * math.pi))
-            rec, kl, _ = _losses(vae, x, sample=True)
+            rec, kl, _ = _losses(vae, x, sample=True, equivariance=cfg.equivariance)
             loss = rec + cfg.kl_weight * kl
             opt.zero_grad(set_to_none=True)
             loss.backward()
