@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("image", "video", "hq")
+from training.stage_names import STAGES
 
 
 class ConfigError(ValueError):

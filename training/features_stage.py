@@ -30,7 +30,7 @@ from datakit.scoring import ScoreStage, identity_columns, now, sql_str
 from datakit.stage import OptionError, Resources, WorkerContext, option
 from datakit.tables import Column as C
 from datakit.tables import Table
-from training.config import STAGES as TRAIN_STAGES  # stdlib only: listing stages stays fast
+from training.stage_names import STAGES as TRAIN_STAGES  # no config import: listing stages stays fast
 
 REQUIRED = ("clip_id", "start_frame", "end_frame", "width", "height")
 
