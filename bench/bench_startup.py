@@ -6,7 +6,7 @@ hits all of them alike; the median wall and CPU (user + sys) times are printed.
 - `bare import`: `python -c "import duckdb, pyarrow.parquet"` (what any manifest command needs)
 - `datakit status` on a small workspace, `datakit scenes` with nothing to do (a no-op stage run);
   each twice: as repeated (the workspace remembers the counts and the empty plan, `Workspace.read`)
-  and as the first command after a write (the workspace's `cache/` removed before each run)
+  and as the first command after a write (its remembered answer removed before each run)
 - `scenedetect version` (PySceneDetect's CLI start-up)
 - one 482-frame 720p video: `datakit scenes` (whole command, fresh workspace after ingest+probe)
   against `scenedetect -i FILE detect-adaptive list-scenes -n`
@@ -74,9 +74,9 @@ def main() -> None:
         subprocess.run([datakit, "probe", "-w", str(target)], check=True, capture_output=True)
         return [datakit, "scenes", "-w", str(target)]
 
-    def forget(make):  # the first command after a write finds no remembered result (Workspace.read)
+    def forget(make, name: str):  # the first command after a write: its answer is not remembered yet
         def run() -> list[str]:
-            shutil.rmtree(ws / "cache", ignore_errors=True)
+            (ws / "cache" / f"{name}.json").unlink(missing_ok=True)  # Workspace.read(remember=(name, ...))
             return make()
 
         return run
@@ -88,10 +88,10 @@ def main() -> None:
             "import duckdb, pyarrow.parquet",
         ],
         "datakit status": lambda: [datakit, "status", "-w", str(ws)],
-        "datakit status, nothing remembered": forget(lambda: [datakit, "status", "-w", str(ws)]),
+        "datakit status, nothing remembered": forget(lambda: [datakit, "status", "-w", str(ws)], "status"),
         "datakit scenes, nothing to do": lambda: [datakit, "scenes", "-w", str(ws)],
         "datakit scenes, nothing to do, nothing remembered": forget(
-            lambda: [datakit, "scenes", "-w", str(ws)]
+            lambda: [datakit, "scenes", "-w", str(ws)], "plan-scenes"
         ),
         "scenedetect version": lambda: [str(BIN / "scenedetect"), "version"],
         f"{one}: datakit scenes": fresh_scenes,

@@ -254,9 +254,11 @@ def test_bench_startup():
         r"^median of 1 interleaved runs",
         rf"^  bare import \(duckdb, pyarrow\.parquet\){row}",
         rf"^  datakit status{row}",
+        rf"^  datakit status, nothing remembered{row}",
         rf"^  one 48-frame 180p video: scenedetect CLI{row}",
         rf"^one video, datakit scenes / scenedetect CLI: {NUM} \(target <= 1\.0\)$",
         rf"^datakit scenes, nothing to do: {NUM}x bare import, cpu {NUM}x \(target <= 1\.5\)$",
+        rf"^datakit scenes, nothing to do, nothing remembered: {NUM}x bare import, cpu {NUM}x \(target <= 1\.5\)$",
     )
 
 
