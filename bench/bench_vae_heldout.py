@@ -14,8 +14,6 @@ Without --workspace it generates the demo's captioned shots (`make_learnable_set
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
 import dataclasses
 import os
 import resource
@@ -49,27 +47,10 @@ def parse_variant(text: str, base):
 
 
 def shot_rows(out: Path, videos: int, size: int) -> list[dict]:
-    from demo.sample_videos import make_learnable_set
+    from demo.sample_videos import learnable_rows, make_learnable_set
 
     table = make_learnable_set(out, size=size, videos=videos)
-    rows = []
-    for video in csv.DictReader(table.open()):
-        n = 36  # frames per shot: make_learnable_set's 3 s at 12 fps
-        for k in range(len(ast.literal_eval(video["timestamp"]))):
-            rows.append(
-                dict(
-                    clip_id=f"{video['videoID']}-{k}",
-                    video_id=video["videoID"],
-                    source_path=str(table.parent / video["url"]),
-                    path=None,
-                    start_frame=n * k,
-                    end_frame=n * k + n,
-                    fps=12.0,
-                    width=size,
-                    height=size,
-                )
-            )
-    return rows
+    return learnable_rows(table, size=size, frames_per_shot=36)  # make_learnable_set's 3 s at 12 fps
 
 
 def per_clip_psnr(run: Path, rows: list[dict], cfg) -> dict[str, float]:

@@ -534,3 +534,30 @@ def make_learnable_set(
         writer.writerows(rows)
     tmp.replace(table)
     return table
+
+
+def learnable_rows(table: Path, *, size: int, frames_per_shot: int, fps: float = 12.0) -> list[dict]:
+    """Selection rows (one per shot, as a curated set holds them) of a `make_learnable_set` table,
+    for training straight from it; `size`, `frames_per_shot` and `fps` as it was made with."""
+    import ast
+    import csv
+
+    table = Path(table)
+    rows = []
+    with table.open() as f:
+        for video in csv.DictReader(f):
+            for k in range(len(ast.literal_eval(video["timestamp"]))):
+                rows.append(
+                    dict(
+                        clip_id=f"{video['videoID']}-{k}",
+                        video_id=video["videoID"],
+                        source_path=str(table.parent / video["url"]),
+                        path=None,
+                        start_frame=frames_per_shot * k,
+                        end_frame=frames_per_shot * (k + 1),
+                        fps=fps,
+                        width=size,
+                        height=size,
+                    )
+                )
+    return rows

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
-from demo.sample_videos import make_learnable_set
+from demo.sample_videos import learnable_rows, make_learnable_set
 from training.config import resolve_config
 from training.vae_train import VAE_DIR, VaeConfig, train_vae, vae_path
-
-
-def _rows(table) -> list[dict]:
-    rows = []
-    for video in csv.DictReader(table.open()):
-        for k in range(len(eval(video["timestamp"]))):  # noqa: S307 - our own table
-            rows.append(
-                dict(
-                    clip_id=f"{video['videoID']}-{k}",
-                    video_id=video["videoID"],
-                    source_path=str(table.parent / video["url"]),
-                    path=None,
-                    start_frame=12 * k,
-                    end_frame=12 * k + 12,
-                    fps=12.0,
-                    width=32,
-                    height=32,
-                )
-            )
-    return rows
 
 
 def test_vae_stage_trains_and_is_taken_by_run_folder(tmp_path):
@@ -48,7 +27,9 @@ def test_vae_stage_trains_and_is_taken_by_run_folder(tmp_path):
         val_fraction=0.25,
     )
     run = tmp_path / "runs" / "vae"
-    summary = train_vae(_rows(table), {"name": "image", "version": 1}, run, cfg)
+    summary = train_vae(
+        learnable_rows(table, size=32, frames_per_shot=12), {"name": "image", "version": 1}, run, cfg
+    )
     assert (run / VAE_DIR / "config.json").is_file() and (run / "loss.png").stat().st_size > 1000
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [0, 2, 4]
