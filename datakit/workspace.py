@@ -324,10 +324,10 @@ class Workspace:
         through other views, are created (binding a view reads its parts' footers: start-up cost).
         inline (with for_sql): none is created; `fn(connection, views)` gets them (name -> SELECT,
         in dependency order) to inline (see `fetch`).
-        remember (with for_sql): `(name, until_sql)`: `fn`'s result, if JSON, is kept in
-        `cache/<name>.json` under a key of `for_sql`, the views and every part file they read (name,
-        size, mtime); up to _REMEMBER_MAX_ROWS rows. While no part changes, a later call returns it without opening DuckDB: a
-        repeated `status`, a resumed stage with nothing to do. `until_sql` (a query of one number, run
+        remember (with for_sql): `(name, until_sql)`: `fn`'s result, if JSON and at most
+        _REMEMBER_MAX_ROWS rows, is kept in `cache/<name>.json` under a key of `for_sql`, the views
+        and every part file they read (name, size, mtime). While no part changes, a later call
+        returns it without opening DuckDB: a repeated `status`, a resumed stage with nothing to do. `until_sql` (a query of one number, run
         on the same snapshot after `fn`) is the epoch second the result expires even so (NULL:
         never), for results that move with the clock (a 'retry' row's `retry_at`). `name` must change
         when `fn` does.
@@ -358,7 +358,9 @@ class Workspace:
             read = sorted(
                 {p for ps in parts.values() for p in ps if any(str(p) in v for v in views.values())}
             )
-            stats = [(str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns) for p in read]
+            stats = [
+                (str(p.relative_to(self.root)), st.st_size, st.st_mtime_ns) for p in read if (st := p.stat())
+            ]
             path = self.root / "cache" / f"{name}.json"
             key = hashlib.sha256(
                 json.dumps([duckdb.__version__, for_sql, until_sql, views, stats]).encode()
