@@ -327,10 +327,10 @@ class Workspace:
         remember (with for_sql): `(name, until_sql)`: `fn`'s result, if JSON and at most
         _REMEMBER_MAX_ROWS rows, is kept in `cache/<name>.json` under a key of `for_sql`, the views
         and every part file they read (name, size, mtime). While no part changes, a later call
-        returns it without opening DuckDB: a repeated `status`, a resumed stage with nothing to do. `until_sql` (a query of one number, run
-        on the same snapshot after `fn`) is the epoch second the result expires even so (NULL:
-        never), for results that move with the clock (a 'retry' row's `retry_at`). `name` must change
-        when `fn` does.
+        returns it without opening DuckDB: a repeated `status`, a resumed stage with nothing to do.
+        `until_sql` (a query of one number, run on the same snapshot after `fn`) is the epoch second
+        the result expires even so (NULL: never), for results that move with the clock (a 'retry'
+        row's `retry_at`). `name` must change when `fn` does.
         """
         if remember is not None and for_sql is not None and not sandbox and not _READS_FILES.search(for_sql):
             return self._remembered(fn, for_sql, inline, *remember)
@@ -359,7 +359,8 @@ class Workspace:
                 {p for ps in parts.values() for p in ps if any(str(p) in v for v in views.values())}
             )
             stats = [
-                (str(p.relative_to(self.root)), st.st_size, st.st_mtime_ns) for p in read if (st := p.stat())
+                (str(p.relative_to(self.root)), st.st_size, st.st_mtime_ns)
+                for p, st in ((p, p.stat()) for p in read)
             ]
             path = self.root / "cache" / f"{name}.json"
             key = hashlib.sha256(
